@@ -1,0 +1,583 @@
+"""MLB-Seg meta-learned pixel weights, computed exactly with one forward-mode JVP.
+
+Interface for the trainer
+-------------------------
+For the non-strong samples of a batch (weak and unlabeled; strong samples may
+sit in the same batch with ``valid_* = False``) the trainer has two per-pixel
+targets:
+
+* ``targets_init`` = y~: :attr:`Targets.init_label` with its IGNORE pixels
+  filled by the current model's prediction (:func:`fill_ignored`); for an
+  unlabeled sample, the prediction of the model trained so far (refreshed
+  every ``config.unlabeled_refresh`` steps);
+* ``targets_own`` = y^: the model's own enhanced prediction (:mod:`.ple`).
+
+Per step it calls::
+
+    pw = exact_pixel_weights(model, x, y_init, y_own, v_init, v_own, xs, ys, strong_loss,
+                             alpha=config.meta_lr or lr, sample_gamma=gamma,
+                             fixed_init=fixed if config.pixel_weights_fix_certain else None,
+                             virtual_loss_fn=unweighted_terms, return_details=True,
+                             update_buffers=True)
+    c_init, c_own = pixel_costs(pw.logits, y_init, y_own, v_init, v_own)
+    loss_pw = (pw.w_init * c_init + pw.w_own * c_own).sum()       # gamma is already inside w
+    loss = loss_pw + other terms; loss.backward(); optimizer.step()
+
+* **gamma** (DII instance weight): pass it as ``sample_gamma`` (shape (B,)). The
+  weighted training loss is then ``sum_p eps_p * gamma_k * c_p``, so the raw
+  weights scale with gamma_k before clamping and normalisation:
+  ``w_p ∝ gamma_k * max(w~_p, 0)``. Do **not** multiply ``loss_pw`` by gamma
+  again. (Without ``sample_gamma`` the weights ignore gamma; then multiply
+  per sample yourself.)
+* **alpha** is the virtual step's learning rate: ``config.meta_lr``, or the
+  optimiser's current lr when that is None (what the original code does: it
+  takes the virtual step with the real optimiser). alpha only scales w~, which
+  the normalisation removes, except through ``virtual_loss_fn``'s step size.
+* **logits**: ``pw.logits`` is the primal output of the dual forward, still on
+  the autograd graph of the model's parameters: reuse it for the real update
+  instead of a second forward ("sharing the dual forward"). With
+  ``update_buffers=True`` the BatchNorm running statistics are updated exactly
+  as an ordinary train-mode forward would.
+* **cost per step** (measured by :mod:`.pw_speed`): one backward of the
+  unweighted terms (only with ``virtual_loss_fn``), one forward + backward of
+  the meta loss on the strong batch at theta', and one dual (JVP) forward of
+  the weak batch, which replaces the real step's forward.
+
+What is computed, and why it is exact
+-------------------------------------
+Per-pixel costs ``c_p`` (softmax cross-entropy for ``K >= 2`` channels, BCE
+with logits for ``K == 1``) against both targets, with weights eps = 0. The
+virtual step is ::
+
+    theta' = theta - alpha * grad_theta [ sum_p eps_p * gamma_k(p) * c_p(theta) + U(theta) ]
+
+where ``U`` are the *unweighted* terms (``virtual_loss_fn``; in the original
+MLB-Seg code: the PLE consistency term and the mean-teacher MSE; None means
+U = 0, the learning-to-reweight choice, theta' = theta). At eps = 0 only U
+moves theta', and since ``d theta' / d eps_p = -alpha * gamma_k grad c_p(theta)``
+(U does not depend on eps) ::
+
+    w~_p = -dL_meta(theta')/d eps_p = alpha * gamma_k * < grad L_meta(theta'), grad c_p(theta) >.
+
+With ``v = grad L_meta(theta')`` and the chain rule through the logits z,
+``<v, grad c_p> = <dc_p/dz_p, (J_z v)_p>`` where ``dc_p/dz_p = softmax(z_p) -
+onehot(y_p)`` (``sigmoid(z_p) - y_p`` for BCE). ``t = J_z v`` is one forward-mode
+JVP of the logits of the weak batch along v, and it serves both targets. No
+approximation is made (the test checks the unrolled double-backward computation
+to a relative error below 1e-4); momentum and weight decay of a real
+optimiser would shift theta' but not this derivative.
+
+Normalisation: ``w = max(w~, 0) / sum max(w~, 0)`` over the whole batch, both
+targets, all pixels that take part; all zeros when nothing is positive.
+
+Held-fixed pixels (``fixed_init``): pixels the weak label makes certain
+(``Targets.certainty != UNKNOWN``: outside every box, an "absent" tag, point
+disks) can be excluded from the competition: both weights are 0 there and they
+do not enter the normaliser. The trainer supervises them through its ordinary
+(gamma-weighted) partial cross-entropy on ``Targets.target``, so they keep
+their certain label at full strength instead of sharing the batch's unit mass.
+
+BatchNorm: train-mode BN updates running statistics in place, which ``jvp``
+rejects. The dual forward runs through :func:`torch.func.functional_call` with
+the model's float buffers passed as primals (zero tangents) on copies and
+``num_batches_tracked`` hidden, so it uses batch statistics like an ordinary
+train-mode forward; with ``update_buffers=True`` the updated copies are written
+back to the module afterwards. The meta forward at theta' uses discarded copies.
+
+Fallback: where an operation has no forward-mode rule the same t = J_z v is
+computed with the double-backward trick (``J v = d/du <J^T u, v>``), with one
+:class:`UserWarning` per call. ``method="double-backward"`` forces it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+__all__ = [
+    "PixelWeights",
+    "exact_pixel_weights",
+    "fill_ignored",
+    "normalise_weights",
+    "pixel_costs",
+    "pixel_cost_grads",
+    "unrolled_pixel_weights",
+    "weight_maps_at",
+    "weight_summary",
+]
+
+Forward = Callable[[Tensor], Tensor]
+StrongLoss = Callable[[Tensor, Tensor], Tensor]
+VirtualLoss = Callable[[Forward], Tensor]
+
+
+@dataclass
+class PixelWeights:
+    """Result of a pixel-weight computation (``return_details=True``).
+
+    Attributes
+    ----------
+    w_init, w_own : Tensor
+        Normalised weights (B, H, W), float32, detached; together they sum to 1
+        (or are all 0).
+    raw_init, raw_own : Tensor
+        The raw weights w~ before clamping and normalisation (0 where a pixel
+        does not take part), in the model's dtype.
+    logits : Tensor or None
+        The primal logits of the weak batch at theta (B, K, H, W), on the
+        autograd graph of the parameters (reuse them for the real update).
+        None for the unrolled reference.
+    method : str
+        ``"jvp"``, ``"double-backward"`` or ``"unrolled"``.
+    meta_loss : float
+        L_meta(theta') on the strong batch.
+    notes : tuple of str
+        One-line notices (the fallback).
+    """
+
+    w_init: Tensor
+    w_own: Tensor
+    raw_init: Tensor
+    raw_own: Tensor
+    logits: Tensor | None
+    method: str
+    meta_loss: float
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+# -- per-pixel costs -----------------------------------------------------------
+def _as_targets(y: Tensor, logits: Tensor) -> Tensor:
+    """Targets as class indices (K >= 2, long) or {0, 1} floats (K == 1), invalid values made harmless."""
+    if logits.shape[1] == 1:
+        return y.to(logits.dtype).clamp(0, 1)
+    return y.long().clamp(0, logits.shape[1] - 1)
+
+
+def _valid(valid: Tensor | None, like: Tensor) -> Tensor:
+    if valid is None:
+        return torch.ones(like.shape, dtype=torch.bool, device=like.device)
+    return valid.to(device=like.device, dtype=torch.bool)
+
+
+def pixel_costs(
+    logits: Tensor,
+    targets_init: Tensor,
+    targets_own: Tensor,
+    valid_init: Tensor | None = None,
+    valid_own: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Per-pixel costs ``c = [CE(z, y~), CE(z, y^)]``, 0 where a target is not valid.
+
+    Parameters
+    ----------
+    logits : Tensor
+        (B, K, H, W). ``K >= 2``: softmax cross-entropy against class indices;
+        ``K == 1``: binary cross-entropy with logits against {0, 1}.
+    targets_init, targets_own : Tensor
+        (B, H, W) class indices (values outside [0, K) only where not valid).
+    valid_init, valid_own : Tensor, optional
+        (B, H, W) bool; None = every pixel.
+
+    Returns
+    -------
+    (c_init, c_own) : tuple of Tensor
+        (B, H, W) each, differentiable in ``logits``.
+    """
+    out = []
+    for y, valid in ((targets_init, valid_init), (targets_own, valid_own)):
+        yt = _as_targets(y, logits)
+        if logits.shape[1] == 1:
+            c = F.binary_cross_entropy_with_logits(logits[:, 0], yt, reduction="none")
+        else:
+            c = F.cross_entropy(logits, yt, reduction="none")
+        out.append(c * _valid(valid, yt))
+    return out[0], out[1]
+
+
+def pixel_cost_grads(logits: Tensor, targets: Tensor) -> Tensor:
+    """``dc_p / dz_p`` of the per-pixel cost, (B, K, H, W): ``softmax(z) - onehot(y)`` or ``sigmoid(z) - y``."""
+    y = _as_targets(targets, logits)
+    if logits.shape[1] == 1:
+        return (torch.sigmoid(logits[:, 0]) - y).unsqueeze(1)
+    onehot = F.one_hot(y, logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
+    return torch.softmax(logits, dim=1) - onehot
+
+
+def fill_ignored(init_label: Tensor, logits: Tensor, ignore: int = -1) -> tuple[Tensor, Tensor]:
+    """Initial label y~: the weak label where it says something, the model's prediction elsewhere.
+
+    Parameters
+    ----------
+    init_label : Tensor
+        (B, H, W) int, :attr:`Targets.init_label` (``ignore`` where unknown).
+    logits : Tensor
+        (B, K, H, W) current predictions (detached internally).
+    ignore : int
+        The "says nothing" value. Default -1 (:data:`targets.IGNORE`).
+
+    Returns
+    -------
+    (y_init, from_label) : tuple of Tensor
+        The filled targets (long) and a bool mask of the pixels the label gave.
+    """
+    with torch.no_grad():
+        pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+    known = init_label != ignore
+    return torch.where(known, init_label.long(), pred), known
+
+
+# -- normalisation -------------------------------------------------------------
+def normalise_weights(
+    raw_init: Tensor, raw_own: Tensor, take_part: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
+    """``w = max(w~, 0) / sum max(w~, 0)`` over both maps and the whole batch; all 0 if nothing is positive.
+
+    ``take_part`` (two bool masks) zeroes pixels that do not take part before
+    the sum. Returns float32 tensors, detached.
+    """
+    a = raw_init.detach().float().clamp_min(0)
+    b = raw_own.detach().float().clamp_min(0)
+    if take_part is not None:
+        a = a * take_part[0]
+        b = b * take_part[1]
+    total = a.sum() + b.sum()
+    # 0-safe: a batch where following any pixel would hurt the strong batch gets no pixel loss at all
+    if not torch.isfinite(total) or total <= 0:
+        return torch.zeros_like(a), torch.zeros_like(b)
+    return a / total, b / total
+
+
+# -- helpers for the functional calls -------------------------------------------
+def _first(out):
+    # smp models with aux_params return (mask, label): the mask logits are what is weighted
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _params_of(model: nn.Module, params: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
+    if params is not None:
+        return dict(params)
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _buffer_copies(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor | None]]:
+    """(float buffers, cloned; other buffers, with BN's ``num_batches_tracked`` hidden as None)."""
+    floats, others = {}, {}
+    for name, buf in model.named_buffers():
+        if name.endswith("num_batches_tracked"):
+            others[name] = None  # BN then uses `momentum` and never touches the counter
+        elif buf.is_floating_point():
+            floats[name] = buf.detach().clone()
+        else:
+            others[name] = buf
+    return floats, others
+
+
+def _forward_fn(model: nn.Module, params: Mapping[str, Tensor]) -> Forward:
+    floats, others = _buffer_copies(model)
+
+    def forward(x: Tensor) -> Tensor:
+        return _first(functional_call(model, {**params, **floats, **others}, (x,), strict=False))
+
+    return forward
+
+
+def _virtual_params(
+    model: nn.Module, params: dict[str, Tensor], alpha: float, virtual_loss_fn: VirtualLoss | None
+) -> dict[str, Tensor]:
+    """theta' = theta - alpha * grad U(theta), as fresh leaves (eps = 0: the weighted costs vanish)."""
+    if virtual_loss_fn is None:
+        return {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    u = virtual_loss_fn(_forward_fn(model, leaves))
+    grads = torch.autograd.grad(u, list(leaves.values()), allow_unused=True)
+    return {
+        n: (p - alpha * g if g is not None else p).detach().requires_grad_(True)
+        for (n, p), g in zip(leaves.items(), grads)
+    }
+
+
+def _meta_grad(
+    model: nn.Module, theta_prime: dict[str, Tensor], x_strong: Tensor, y_strong: Tensor, strong_loss_fn: StrongLoss
+) -> tuple[list[Tensor], float]:
+    loss = strong_loss_fn(_forward_fn(model, theta_prime)(x_strong), y_strong)
+    grads = torch.autograd.grad(loss, list(theta_prime.values()), allow_unused=True)
+    v = [g.detach() if g is not None else torch.zeros_like(p) for g, p in zip(grads, theta_prime.values())]
+    return v, float(loss.detach())
+
+
+def _jvp_logits(
+    model: nn.Module, params: dict[str, Tensor], v: list[Tensor], x: Tensor
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """(z, J_z v, updated float buffers) with one dual forward."""
+    floats, others = _buffer_copies(model)
+    pnames, bnames = list(params), list(floats)
+
+    def f(*primals: Tensor) -> Tensor:
+        p = dict(zip(pnames, primals[: len(pnames)]))
+        b = dict(zip(bnames, primals[len(pnames) :]))
+        return _first(functional_call(model, {**p, **b, **others}, (x,), strict=False))
+
+    # buffers are primals with zero tangent so BN may update its (copied) running stats in place
+    primals = tuple(params.values()) + tuple(floats.values())
+    tangents = tuple(v) + tuple(torch.zeros_like(b) for b in floats.values())
+    z, t = torch.func.jvp(f, primals, tangents)
+    return z, t, floats
+
+
+def _double_backward_logits(
+    model: nn.Module, params: dict[str, Tensor], v: list[Tensor], x: Tensor
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """(z, J_z v, updated float buffers) by reverse mode twice: J v = d/du <J^T u, v>."""
+    floats, others = _buffer_copies(model)
+    leaves = {n: (p if p.requires_grad else p.detach().requires_grad_(True)) for n, p in params.items()}
+    z = _first(functional_call(model, {**leaves, **floats, **others}, (x,), strict=False))
+    u = torch.zeros_like(z, requires_grad=True)
+    jtu = torch.autograd.grad(z, list(leaves.values()), grad_outputs=u, create_graph=True, allow_unused=True)
+    pairs = [(g, vi) for g, vi in zip(jtu, v) if g is not None]
+    (t,) = torch.autograd.grad([g for g, _ in pairs], u, grad_outputs=[vi for _, vi in pairs])
+    return z, t.detach(), floats
+
+
+def _write_back(model: nn.Module, floats: dict[str, Tensor]) -> None:
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name in floats:
+                buf.copy_(floats[name])
+            elif name.endswith("num_batches_tracked"):
+                buf.add_(1)
+
+
+def _gamma_map(sample_gamma: Tensor | None, like: Tensor) -> Tensor:
+    if sample_gamma is None:
+        return torch.ones((like.shape[0], 1, 1), dtype=like.dtype, device=like.device)
+    g = torch.as_tensor(sample_gamma, dtype=like.dtype, device=like.device).reshape(-1, 1, 1)
+    if g.shape[0] != like.shape[0]:
+        raise ValueError(f"sample_gamma has {g.shape[0]} entries for a batch of {like.shape[0]}; give one per sample")
+    if (g < 0).any():
+        raise ValueError("sample_gamma must be >= 0 (DII weights live in [0, 1])")
+    return g
+
+
+def _take_part(valid_init, valid_own, fixed_init, like: Tensor) -> tuple[Tensor, Tensor]:
+    """Bool (B, H, W) masks of the pixels that compete, per target; ``like`` is a (B, H, W) map."""
+    vi, vo = _valid(valid_init, like), _valid(valid_own, like)
+    if fixed_init is not None:
+        free = ~fixed_init.to(device=like.device, dtype=torch.bool)
+        vi, vo = vi & free, vo & free
+    return vi, vo
+
+
+def _check_shapes(x_weak: Tensor, *maps: Tensor | None) -> None:
+    want = (x_weak.shape[0], *x_weak.shape[2:])
+    for m in maps:
+        if m is not None and tuple(m.shape) != tuple(want):
+            raise ValueError(f"per-pixel maps must have shape (B, H, W) = {want}, got {tuple(m.shape)}")
+
+
+# -- the exact weights -----------------------------------------------------------
+def exact_pixel_weights(
+    model: nn.Module,
+    x_weak: Tensor,
+    targets_init: Tensor,
+    targets_own: Tensor,
+    valid_init: Tensor | None,
+    valid_own: Tensor | None,
+    x_strong: Tensor,
+    y_strong: Tensor,
+    strong_loss_fn: StrongLoss,
+    alpha: float,
+    *,
+    sample_gamma: Tensor | None = None,
+    fixed_init: Tensor | None = None,
+    params: Mapping[str, Tensor] | None = None,
+    virtual_loss_fn: VirtualLoss | None = None,
+    meta_grad: list[Tensor] | None = None,
+    method: str = "auto",
+    update_buffers: bool = False,
+    return_details: bool = False,
+) -> tuple[Tensor, Tensor] | PixelWeights:
+    """MLB-Seg pixel weights for both targets, exactly, with one forward-mode JVP.
+
+    See the module docstring for the formula and the trainer interface.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The segmentation network in the mode the real step uses (train mode:
+        BatchNorm with batch statistics). Its output (or the first element of
+        a tuple output) are logits (B, K, H, W).
+    x_weak : Tensor
+        (B, C, H, W) the non-strong images of the batch.
+    targets_init, targets_own : Tensor
+        (B, H, W) y~ and y^ as class indices (K >= 2) or {0, 1} (K == 1).
+    valid_init, valid_own : Tensor or None
+        (B, H, W) bool, pixels where each target takes part; None = all.
+    x_strong, y_strong : Tensor
+        The strong (meta) batch and what ``strong_loss_fn`` compares against.
+    strong_loss_fn : callable
+        ``strong_loss_fn(logits_strong, y_strong) -> scalar`` = L_meta.
+    alpha : float
+        Virtual-step learning rate (``config.meta_lr`` or the optimiser's lr).
+    sample_gamma : Tensor, optional
+        (B,) DII weight per sample, >= 0; the weighted costs are gamma_k * c_p.
+        Default None (all 1).
+    fixed_init : Tensor, optional
+        (B, H, W) bool, pixels held fixed (excluded: weight 0 for both targets,
+        outside the normaliser). Default None (every valid pixel takes part).
+    params : mapping, optional
+        The parameters the virtual step moves; default every parameter of
+        ``model`` that requires grad.
+    virtual_loss_fn : callable, optional
+        ``virtual_loss_fn(forward) -> scalar``: the unweighted terms U of the
+        virtual step, computed with ``forward(x)`` (the model at theta with
+        copied buffers). Default None: U = 0, theta' = theta.
+    meta_grad : list of Tensor, optional
+        ``grad L_meta(theta')`` if the caller already has it (one per param,
+        same order); skips the meta forward/backward.
+    method : {"auto", "jvp", "double-backward"}
+        "auto" (default) tries the JVP and falls back to double-backward with
+        one warning when an op has no forward-mode rule.
+    update_buffers : bool
+        Write the BatchNorm running statistics of the dual forward back to the
+        module, as an ordinary train-mode forward would. Default False.
+    return_details : bool
+        Return a :class:`PixelWeights` instead of ``(w_init, w_own)``.
+
+    Returns
+    -------
+    (w_init, w_own) : tuple of Tensor, or PixelWeights
+        Float32 (B, H, W) weights, non-negative, summing to 1 over both (or all 0).
+
+    Examples
+    --------
+    >>> w_init, w_own = exact_pixel_weights(net, x, y_init, y_own, None, None, xs, ys,
+    ...                                     lambda z, y: F.cross_entropy(z, y), alpha=1e-3)  # doctest: +SKIP
+    """
+    if method not in ("auto", "jvp", "double-backward"):
+        raise ValueError(f"method must be 'auto', 'jvp' or 'double-backward', not {method!r}")
+    _check_shapes(x_weak, targets_init, targets_own, valid_init, valid_own, fixed_init)
+    theta = _params_of(model, params)
+    meta_loss = float("nan")
+    if meta_grad is None:
+        theta_prime = _virtual_params(model, theta, alpha, virtual_loss_fn)
+        v, meta_loss = _meta_grad(model, theta_prime, x_strong, y_strong, strong_loss_fn)
+    else:
+        v = [g.detach() for g in meta_grad]
+        if len(v) != len(theta):
+            raise ValueError(f"meta_grad has {len(v)} tensors for {len(theta)} parameters")
+
+    notes: list[str] = []
+    used = method
+    if method in ("auto", "jvp"):
+        try:
+            z, t, floats = _jvp_logits(model, theta, v, x_weak)
+            used = "jvp"
+        except (RuntimeError, NotImplementedError) as exc:
+            if method == "jvp":
+                raise
+            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            note = (f"pixel weights: forward-mode JVP unavailable for this model ({reason}); "
+                    "using the double-backward fallback (same values, slower)")
+            warnings.warn(note, UserWarning, stacklevel=2)
+            notes.append(note)
+            used = "double-backward"
+    if used == "double-backward":
+        z, t, floats = _double_backward_logits(model, theta, v, x_weak)
+    if update_buffers:
+        _write_back(model, floats)
+
+    zd, t = z.detach(), t.detach()
+    gamma = _gamma_map(sample_gamma, zd)
+    # w~_p = alpha * gamma_k * <dc_p/dz_p, (J_z v)_p>: one JVP serves both targets
+    raw_init = alpha * gamma * (pixel_cost_grads(zd, targets_init) * t).sum(1)
+    raw_own = alpha * gamma * (pixel_cost_grads(zd, targets_own) * t).sum(1)
+    vi, vo = _take_part(valid_init, valid_own, fixed_init, raw_init)
+    raw_init, raw_own = raw_init * vi, raw_own * vo
+    w_init, w_own = normalise_weights(raw_init, raw_own, (vi, vo))
+    if not return_details:
+        return w_init, w_own
+    return PixelWeights(w_init, w_own, raw_init, raw_own, z, used, meta_loss, tuple(notes))
+
+
+def unrolled_pixel_weights(
+    model: nn.Module,
+    x_weak: Tensor,
+    targets_init: Tensor,
+    targets_own: Tensor,
+    valid_init: Tensor | None,
+    valid_own: Tensor | None,
+    x_strong: Tensor,
+    y_strong: Tensor,
+    strong_loss_fn: StrongLoss,
+    alpha: float,
+    *,
+    sample_gamma: Tensor | None = None,
+    fixed_init: Tensor | None = None,
+    params: Mapping[str, Tensor] | None = None,
+    virtual_loss_fn: VirtualLoss | None = None,
+    return_details: bool = False,
+) -> tuple[Tensor, Tensor] | PixelWeights:
+    """The original MLB-Seg computation, as a reference: a differentiable virtual step and a backward to eps.
+
+    eps is a (2, B, H, W) tensor of zeros requiring grad; theta' = theta -
+    alpha * grad(sum eps * gamma * c + U) with ``create_graph=True``; the meta
+    loss at theta' is differentiated back to eps and w~ = -dL_meta/deps. Same
+    arguments and result as :func:`exact_pixel_weights` (``logits`` is None).
+    Costs about 5-8x a plain step; use it to check, not to train.
+    """
+    _check_shapes(x_weak, targets_init, targets_own, valid_init, valid_own, fixed_init)
+    theta = {n: p.detach().requires_grad_(True) for n, p in _params_of(model, params).items()}
+    forward = _forward_fn(model, theta)
+    z = forward(x_weak)
+    c_init, c_own = pixel_costs(z, targets_init, targets_own, valid_init, valid_own)
+    eps = torch.zeros((2, *c_init.shape), dtype=z.dtype, device=z.device, requires_grad=True)
+    gamma = _gamma_map(sample_gamma, z)
+    loss = (eps[0] * gamma * c_init).sum() + (eps[1] * gamma * c_own).sum()
+    if virtual_loss_fn is not None:
+        loss = loss + virtual_loss_fn(forward)
+    grads = torch.autograd.grad(loss, list(theta.values()), create_graph=True, allow_unused=True)
+    theta_prime = {n: (p - alpha * g if g is not None else p) for (n, p), g in zip(theta.items(), grads)}
+    meta = strong_loss_fn(_forward_fn(model, theta_prime)(x_strong), y_strong)
+    (g_eps,) = torch.autograd.grad(meta, eps)
+    raw = -g_eps.detach()
+    vi, vo = _take_part(valid_init, valid_own, fixed_init, c_init)
+    raw_init, raw_own = raw[0] * vi, raw[1] * vo
+    w_init, w_own = normalise_weights(raw_init, raw_own, (vi, vo))
+    if not return_details:
+        return w_init, w_own
+    return PixelWeights(w_init, w_own, raw_init, raw_own, None, "unrolled", float(meta.detach()))
+
+
+# -- for reports and the run record ----------------------------------------------
+def weight_summary(w_init: Tensor, w_own: Tensor) -> list[tuple[float, float]]:
+    """Per sample: (mean weight on its initial label, mean weight on its own prediction), times H*W.
+
+    Scaled by the pixel count so that 1.0 means "as much as a uniform weight
+    over one target of one image would give"; comparable across sizes.
+    """
+    hw = w_init.shape[-1] * w_init.shape[-2]
+    a = (w_init.detach().float().flatten(1).mean(1) * hw).tolist()
+    b = (w_own.detach().float().flatten(1).mean(1) * hw).tolist()
+    return list(zip(a, b))
+
+
+def weight_maps_at(w: Tensor, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Weight maps (B, H, W) resized (bilinear) to each sample's own (rows, cols), as float32 numpy.
+
+    Values are rescaled so the image's maximum is 1 (a heatmap a person can
+    read; the absolute scale is batch-dependent). An all-zero map stays 0.
+    """
+    out = []
+    for i, shape in enumerate(shapes):
+        m = F.interpolate(w[i : i + 1, None].detach().float(), size=tuple(shape), mode="bilinear",
+                          align_corners=False)[0, 0]
+        top = m.max()
+        out.append((m / top if top > 0 else m).cpu().numpy().astype(np.float32))
+    return out

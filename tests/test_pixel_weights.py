@@ -1,0 +1,320 @@
+"""MLB-Seg pixel weights: the exact JVP form against the unrolled original, the fallback, and what they learn."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_hybridseg.core.pixel_weights import (
+    exact_pixel_weights,
+    fill_ignored,
+    normalise_weights,
+    pixel_costs,
+    unrolled_pixel_weights,
+    weight_maps_at,
+    weight_summary,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the CI machine's cores are shared: keep each test on one
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def tiny_bn_net(classes: int = 2, in_ch: int = 1) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(in_ch, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=2, dilation=2), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, classes, 1),
+    )
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def strong_loss_for(classes: int):
+    if classes == 1:
+        return lambda z, y: F.binary_cross_entropy_with_logits(z[:, 0], y.to(z.dtype))
+    return lambda z, y: F.cross_entropy(z, y)
+
+
+def batch(classes: int, dtype=torch.float64, b: int = 3, size: int = 16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, 1, size, size, generator=g, dtype=dtype)
+    xs = torch.randn(2, 1, size, size, generator=g, dtype=dtype)
+    y_init = torch.randint(0, max(classes, 2), (b, size, size), generator=g)
+    y_own = torch.randint(0, max(classes, 2), (b, size, size), generator=g)
+    ys = torch.randint(0, max(classes, 2), (2, size, size), generator=g)
+    valid = torch.rand(b, size, size, generator=g) > 0.2
+    return x, y_init, y_own, valid, xs, ys
+
+
+# -- (1) exact == unrolled ------------------------------------------------------------
+@pytest.mark.parametrize("classes", [1, 2, 3])
+@pytest.mark.parametrize("with_virtual_terms", [False, True])
+def test_exact_weights_match_unrolled_reference_with_batchnorm(classes, with_virtual_terms):
+    torch.manual_seed(0)
+    model = tiny_bn_net(classes).double().train()
+    x, y_init, y_own, valid, xs, ys = batch(classes)
+    gamma = torch.tensor([1.0, 0.5, 0.2])
+    fixed = torch.zeros_like(valid)
+    fixed[:, :3] = True
+
+    def unweighted(forward):  # stands in for the PLE consistency + teacher MSE terms
+        return torch.sigmoid(forward(x)).pow(2).mean()
+
+    kw = dict(sample_gamma=gamma, fixed_init=fixed, virtual_loss_fn=unweighted if with_virtual_terms else None,
+              return_details=True)
+    args = (model, x, y_init, y_own, valid, None, xs, ys, strong_loss_for(classes), 0.1)
+    exact = exact_pixel_weights(*args, **kw)
+    ref = unrolled_pixel_weights(*args, **kw)
+    assert exact.method == "jvp"
+    assert rel_err(exact.raw_init, ref.raw_init) < 1e-4
+    assert rel_err(exact.raw_own, ref.raw_own) < 1e-4
+    assert rel_err(exact.w_init, ref.w_init) < 1e-4
+    assert rel_err(exact.w_own, ref.w_own) < 1e-4
+    # not a trivially-zero comparison: both targets carry positive and negative raw weights
+    for raw in (ref.raw_init, ref.raw_own):
+        assert (raw > 0).any() and (raw < 0).any()
+    assert exact.meta_loss == pytest.approx(ref.meta_loss, rel=1e-9)
+
+
+def test_exact_weights_match_unrolled_reference_on_smp_unet_in_float32():
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    torch.manual_seed(0)
+    model = smp.Unet(encoder_name="resnet18", encoder_weights=None, encoder_depth=3,
+                     decoder_channels=(16, 8, 4), in_channels=1, classes=2).train()
+    x, y_init, y_own, valid, xs, ys = batch(2, dtype=torch.float32, b=2, size=32)
+    args = (model, x, y_init, y_own, valid, valid, xs, ys, strong_loss_for(2), 0.01)
+    exact = exact_pixel_weights(*args, return_details=True)
+    ref = unrolled_pixel_weights(*args, return_details=True)
+    assert exact.method == "jvp"
+    assert rel_err(exact.raw_init, ref.raw_init) < 1e-4
+    assert rel_err(exact.raw_own, ref.raw_own) < 1e-4
+    assert rel_err(exact.w_init, ref.w_init) < 1e-4
+
+
+def test_alpha_and_gamma_scale_raw_weights_linearly():
+    torch.manual_seed(0)
+    model = tiny_bn_net().double().train()
+    x, y_init, y_own, valid, xs, ys = batch(2)
+    args = (model, x, y_init, y_own, None, None, xs, ys, strong_loss_for(2))
+    a = exact_pixel_weights(*args, 0.1, return_details=True)
+    b = exact_pixel_weights(*args, 0.3, sample_gamma=torch.tensor([1.0, 0.0, 0.5]), return_details=True)
+    torch.testing.assert_close(b.raw_init[0], 3 * a.raw_init[0])
+    assert (b.raw_init[1] == 0).all() and (b.w_own[1] == 0).all()
+    torch.testing.assert_close(b.raw_own[2], 1.5 * a.raw_own[2])
+
+
+# -- (2) the double-backward fallback --------------------------------------------------
+class _ReluWithoutForwardAD(torch.autograd.Function):
+    """A ReLU with only a backward rule: forward-mode AD (and functorch) cannot go through it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x > 0)
+
+
+class _NoForwardAD(nn.Module):
+    def forward(self, x):
+        return _ReluWithoutForwardAD.apply(x)
+
+
+def test_forced_double_backward_equals_jvp():
+    torch.manual_seed(0)
+    model = tiny_bn_net().double().train()
+    x, y_init, y_own, valid, xs, ys = batch(2)
+    args = (model, x, y_init, y_own, valid, valid, xs, ys, strong_loss_for(2), 0.1)
+    jvp = exact_pixel_weights(*args, return_details=True)
+    dbl = exact_pixel_weights(*args, method="double-backward", return_details=True)
+    assert dbl.method == "double-backward"
+    assert rel_err(dbl.raw_init, jvp.raw_init) < 1e-10
+    assert rel_err(dbl.raw_own, jvp.raw_own) < 1e-10
+
+
+def test_op_without_forward_rule_falls_back_with_one_notice_and_same_values():
+    torch.manual_seed(0)
+    model = tiny_bn_net().double().train()
+    model[2] = _NoForwardAD()
+    x, y_init, y_own, valid, xs, ys = batch(2)
+    args = (model, x, y_init, y_own, valid, None, xs, ys, strong_loss_for(2), 0.1)
+    with pytest.warns(UserWarning, match="double-backward fallback") as record:
+        got = exact_pixel_weights(*args, return_details=True)
+    assert len([w for w in record if "pixel weights" in str(w.message)]) == 1
+    assert got.method == "double-backward" and len(got.notes) == 1 and "\n" not in got.notes[0]
+    ref = unrolled_pixel_weights(*args, return_details=True)
+    assert rel_err(got.raw_init, ref.raw_init) < 1e-4
+    assert rel_err(got.raw_own, ref.raw_own) < 1e-4
+    with pytest.raises(RuntimeError):
+        exact_pixel_weights(*args, method="jvp")
+
+
+# -- (3) normalisation, clamp, held-fixed pixels -----------------------------------------
+def test_weights_are_clamped_at_zero_and_sum_to_one_over_batch_and_both_targets():
+    torch.manual_seed(1)
+    model = tiny_bn_net().double().train()
+    x, y_init, y_own, valid, xs, ys = batch(2)
+    got = exact_pixel_weights(model, x, y_init, y_own, valid, None, xs, ys, strong_loss_for(2), 0.1,
+                              return_details=True)
+    assert got.w_init.dtype == torch.float32 and got.w_init.shape == y_init.shape
+    assert float(got.w_init.sum() + got.w_own.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert (got.w_init >= 0).all() and (got.w_own >= 0).all()
+    assert (got.w_init[got.raw_init <= 0] == 0).all()
+    assert (got.w_init[~valid] == 0).all()
+    # proportional to the positive raw weights
+    pos = got.raw_init > 0
+    ratio = got.w_init[pos].double() / got.raw_init[pos]
+    assert float(ratio.std() / ratio.mean()) < 1e-5
+
+
+def test_normalisation_is_zero_safe_when_no_weight_is_positive():
+    w_init, w_own = normalise_weights(-torch.rand(2, 4, 4), torch.zeros(2, 4, 4))
+    assert (w_init == 0).all() and (w_own == 0).all()
+    assert torch.isfinite(w_init).all()
+
+
+def test_fixed_pixels_get_no_weight_and_stay_out_of_the_normaliser():
+    torch.manual_seed(0)
+    model = tiny_bn_net().double().train()
+    x, y_init, y_own, _, xs, ys = batch(2)
+    fixed = torch.zeros(y_init.shape, dtype=torch.bool)
+    fixed[:, 8:] = True
+    args = (model, x, y_init, y_own, None, None, xs, ys, strong_loss_for(2), 0.1)
+    free = exact_pixel_weights(*args, return_details=True)
+    held = exact_pixel_weights(*args, fixed_init=fixed, return_details=True)
+    assert (held.w_init[fixed] == 0).all() and (held.w_own[fixed] == 0).all()
+    assert float(held.w_init.sum() + held.w_own.sum()) == pytest.approx(1.0, abs=1e-5)
+    # the free pixels keep their relative weights, renormalised among themselves
+    scale = free.w_init[~fixed].sum() + free.w_own[~fixed].sum()
+    torch.testing.assert_close(held.w_init[~fixed], free.w_init[~fixed] / scale)
+
+
+# -- sharing the dual forward --------------------------------------------------------------
+def test_dual_forward_logits_train_like_a_plain_forward_and_update_batchnorm():
+    torch.manual_seed(0)
+    model = tiny_bn_net().double().train()
+    twin = copy.deepcopy(model)
+    x, y_init, y_own, valid, xs, ys = batch(2)
+    got = exact_pixel_weights(model, x, y_init, y_own, valid, valid, xs, ys, strong_loss_for(2), 0.1,
+                              return_details=True, update_buffers=True)
+    c_init, c_own = pixel_costs(got.logits, y_init, y_own, valid, valid)
+    (got.w_init.double() * c_init + got.w_own.double() * c_own).sum().backward()
+
+    z = twin(x)  # the ordinary train-mode forward the trainer would otherwise run
+    c_init, c_own = pixel_costs(z, y_init, y_own, valid, valid)
+    (got.w_init.double() * c_init + got.w_own.double() * c_own).sum().backward()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    for (name, b), q in zip(model.named_buffers(), twin.buffers()):
+        torch.testing.assert_close(b, q, msg=name)
+
+
+def test_computing_weights_without_update_leaves_the_model_untouched():
+    torch.manual_seed(0)
+    model = tiny_bn_net().double().train()
+    before = copy.deepcopy(model.state_dict())
+    x, y_init, y_own, valid, xs, ys = batch(2)
+    exact_pixel_weights(model, x, y_init, y_own, valid, valid, xs, ys, strong_loss_for(2), 0.1)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_bad_inputs_say_what_is_wrong():
+    model = tiny_bn_net().double().train()
+    x, y_init, y_own, valid, xs, ys = batch(2)
+    with pytest.raises(ValueError, match=r"\(B, H, W\)"):
+        exact_pixel_weights(model, x, y_init[:, :4], y_own, None, None, xs, ys, strong_loss_for(2), 0.1)
+    with pytest.raises(ValueError, match="one per sample"):
+        exact_pixel_weights(model, x, y_init, y_own, None, None, xs, ys, strong_loss_for(2), 0.1,
+                            sample_gamma=torch.ones(2))
+    with pytest.raises(ValueError, match="method"):
+        exact_pixel_weights(model, x, y_init, y_own, None, None, xs, ys, strong_loss_for(2), 0.1, method="fast")
+
+
+# -- helpers -------------------------------------------------------------------------------
+def test_fill_ignored_takes_the_label_where_known_and_the_prediction_elsewhere():
+    init = torch.tensor([[[-1, 1], [0, -1]]])
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, 1, 0, 0] = 5.0  # predicts foreground at (0, 0)
+    y, known = fill_ignored(init, logits)
+    assert y.tolist() == [[[1, 1], [0, 0]]]
+    assert known.tolist() == [[[False, True], [True, False]]]
+
+
+def test_weight_maps_come_back_at_each_samples_own_size_scaled_to_one():
+    w = torch.zeros(2, 8, 8)
+    w[0, 2:4, 2:4] = 0.01
+    maps = weight_maps_at(w, [(30, 20), (5, 7)])
+    assert maps[0].shape == (30, 20) and maps[1].shape == (5, 7)
+    assert maps[0].max() == pytest.approx(1.0) and maps[0].dtype == np.float32
+    assert (maps[1] == 0).all()
+    summary = weight_summary(w, torch.zeros_like(w))
+    assert summary[0][0] == pytest.approx(0.04) and summary[1] == (0.0, 0.0)
+
+
+# -- (4) the quality test: wrong pixels lose their weight -------------------------------------
+def _disks(n: int, size: int, gen: torch.Generator):
+    rr, cc = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    xs, ys = [], []
+    for _ in range(n):
+        r = 4 + 4 * torch.rand(1, generator=gen).item()
+        cy, cx = (8 + (size - 16) * torch.rand(2, generator=gen)).tolist()
+        m = (rr - cy) ** 2 + (cc - cx) ** 2 <= r * r
+        xs.append((m.float() + 0.3 * torch.randn(size, size, generator=gen))[None])
+        ys.append(m.long())
+    return torch.stack(xs), torch.stack(ys)
+
+
+def test_wrong_weak_pixels_end_with_far_less_weight_than_right_ones():
+    size = 32
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    xs, ys = _disks(4, size, gen)
+    xw, truth = _disks(8, size, gen)
+    # a known wrong region per weak mask: a 10x10 block of "foreground" on background, away from the disk
+    wrong = torch.zeros_like(truth, dtype=torch.bool)
+    for i in range(len(truth)):
+        cy, cx = (c.float().mean() for c in torch.nonzero(truth[i], as_tuple=True))
+        r0 = 2 if cy > size / 2 else size - 12
+        c0 = 2 if cx > size / 2 else size - 12
+        wrong[i, r0 : r0 + 10, c0 : c0 + 10] = True
+    weak = truth.clone()
+    weak[wrong] = 1
+    wrong &= weak != truth
+    assert wrong.sum() > 400  # the corruption is substantial
+
+    model = tiny_bn_net().train()
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    mass_wrong, mass_right = [], []
+    for _ in range(40):
+        with torch.no_grad():
+            own = model(xw).argmax(1)
+        pw = exact_pixel_weights(model, xw, weak, own, None, None, xs, ys, lambda z, y: F.cross_entropy(z, y),
+                                 1e-2, return_details=True, update_buffers=True)
+        c_init, c_own = pixel_costs(pw.logits, weak, own)
+        loss = F.cross_entropy(model(xs), ys) + (pw.w_init * c_init + pw.w_own * c_own).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mass_wrong.append(float(pw.w_init[wrong].mean()))
+        mass_right.append(float(pw.w_init[~wrong].mean()))
+    wrong_mean, right_mean = np.mean(mass_wrong[-10:]), np.mean(mass_right[-10:])
+    assert right_mean > 0
+    assert wrong_mean < 0.2 * right_mean, (wrong_mean, right_mean)
