@@ -1,0 +1,460 @@
+"""Importers: real dataset layouts -> :class:`~napari_hybridseg.core.collection.Collection`.
+
+Layouts (see ``hybridseg import --help`` and the README):
+
+``kvasir``
+    ``images/``, ``masks/`` and a box JSON ``{id: {"height", "width", "bbox": [{"label", "xmin",
+    "ymin", "xmax", "ymax"}, ...]}}`` (Kvasir-SEG's ``kavsir_bboxes.json``; any ``*bbox*.json``).
+    The dataset's boxes become ``sample.boxes`` beside the mask. An optional
+    ``*sessile*.csv`` (``image_id,flag``) tags flagged images ``"sessile"``.
+``folder``
+    ``images/`` + ``masks/`` (or ``labels/``), PNG/JPG/TIF/BMP, matched by file stem; a mask
+    may carry a suffix (``_mask``, ``-seg``, ``_gt``, ``_label``..., optionally numbered:
+    several masks of one image are merged). Images without a mask are unlabeled.
+``busi``
+    Class folders ``<class>/<name>.png`` with ``<name>_mask.png`` (``_mask_1``...). The folder
+    name becomes an image-level tag; ``normal`` (and ``healthy``, ``negative``) mean
+    "lesion absent", any other folder "lesion present" unless ``tag_implies`` says otherwise.
+``images``
+    A folder of images alone (searched recursively): all unlabeled.
+
+Dataset quirks handled everywhere: lossy JPEG, 1-bit, RGB and RGBA masks are
+thresholded (``convert('L') > 127``), label masks with values other than 0/255 are
+kept as labels; hidden files and macOS ``._*`` forks are skipped; byte-identical
+images get one ``group`` (so a split never separates them) and conflicting tags on
+them are reported; masks whose size differs from their image are resized (nearest)
+and reported. Everything reported is in ``collection.meta["import"]["notes"]``.
+
+Images are not decoded at import: their size comes from the file header and is
+stored in ``sample.meta["shape"]``. Masks are decoded (they decide the role).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .collection import DEFAULT_COLORS, Box, ClassInfo, Collection, Sample, TagImplies
+from .images import IMAGE_SUFFIXES, ImageError, read_mask, resize_labels
+from .store import header_shape
+
+__all__ = ["LAYOUTS", "DatasetError", "import_dataset"]
+
+LAYOUTS = ("kvasir", "folder", "busi", "images")
+
+#: folder names that mean "no lesion anywhere" in class-folder datasets (BUSI: normal)
+ABSENT_NAMES = frozenset({"normal", "healthy", "negative", "no_lesion", "nolesion", "background"})
+
+_MASK_SUFFIX = re.compile(
+    r"[ _\-.]?(?:mask|masks|seg|segmentation|label|labels|gt|groundtruth|ground_truth|anno|annotation)"
+    r"(?:[ _\-]?\d+)?$",
+    re.IGNORECASE,
+)
+
+Progress = Callable[[int, int], None]
+
+
+class DatasetError(ValueError):
+    """A dataset folder that cannot be imported as the chosen layout; says what was expected."""
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+def _is_image(path: Path) -> bool:
+    # hidden files and macOS resource forks ("._x.jpg") look like images by name but are not
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _list_images(folder: Path, *, recursive: bool = False) -> list[Path]:
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted((p for p in it if _is_image(p) and not any(part.startswith(".") for part in
+                                                              p.relative_to(folder).parts)),
+                  key=lambda p: p.as_posix())
+
+
+def _subdir(src: Path, names: Sequence[str]) -> Path | None:
+    for name in names:
+        for p in src.iterdir():
+            if p.is_dir() and p.name.lower() == name:
+                return p
+    return None
+
+
+class _Importer:
+    """Shared state of one import: the collection, notes, duplicate detection."""
+
+    def __init__(self, src: Path, layout: str, progress: Progress | None):
+        self.src = src
+        self.collection = Collection(classes=[], tag_defs=[])
+        self.notes: list[str] = []
+        self.progress = progress
+        self.hashes: dict[str, str] = {}  # file digest -> first sample id
+        self.collection.meta["import"] = {"layout": layout, "source": str(src.absolute())}
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def add_sample(self, name: str, image_path: Path, *, tags: Sequence[str] = ()) -> Sample:
+        c = self.collection
+        sid = c.unique_id(name)
+        try:
+            shape = header_shape(image_path)
+        except Exception as exc:
+            raise DatasetError(f"{image_path}: cannot read the image header ({exc}); remove or replace the file") \
+                from exc
+        sample = c.add(Sample(sid, image_path=image_path.absolute(), tags=list(tags),
+                              meta={"shape": [shape[0], shape[1]], "source": image_path.name}))
+        self._check_duplicate(sample, image_path)
+        return sample
+
+    def _check_duplicate(self, sample: Sample, path: Path) -> None:
+        # byte-identical files are the same picture (BUSI benign (433) == malignant (145)):
+        # one group keeps them on one side of any split
+        digest = hashlib.sha1(path.read_bytes()).hexdigest()
+        first = self.hashes.setdefault(digest, sample.id)
+        if first != sample.id:
+            other = self.collection[first]
+            group = other.group or f"duplicate-{digest[:12]}"
+            other.group = sample.group = group
+            sample.meta["duplicate_of"] = first
+            msg = f"{sample.id} is a byte-identical copy of {first}; both put in group {group!r}"
+            if sorted(other.tags) != sorted(sample.tags):
+                msg += f" (conflicting tags {other.tags} vs {sample.tags})"
+            self.note(msg)
+
+    def set_mask(self, sample: Sample, paths: Sequence[Path], *, binary: bool | None = None) -> None:
+        masks = []
+        for p in paths:
+            try:
+                masks.append(read_mask(p, binary=binary))
+            except ImageError as exc:
+                raise DatasetError(f"{exc}; remove or replace the mask file") from exc
+        shape = tuple(sample.meta["shape"])
+        for i, m in enumerate(masks):
+            if m.shape != shape:
+                self.note(f"{sample.id}: mask {paths[i].name} is {m.shape[1]}x{m.shape[0]} but the image is "
+                          f"{shape[1]}x{shape[0]}; resized (nearest neighbour)")
+                masks[i] = resize_labels(m, shape)
+        mask = masks[0]
+        if len(masks) > 1:  # several masks of one image (BUSI _mask_1): union; label masks by maximum
+            mask = np.maximum.reduce([m.astype(np.uint16) for m in masks])
+            mask = mask.astype(np.uint8) if mask.max(initial=0) <= 255 else mask
+        sample.mask = mask
+        sample.meta["mask_source"] = [p.name for p in paths]
+
+    def finish(self, default_class: str) -> Collection:
+        c = self.collection
+        values = sorted({int(v) for s in c for v in (np.unique(s.mask) if s.mask is not None else ()) if v}
+                        | {b.label for s in c for b in s.boxes})
+        if not c.classes:
+            if values in ([], [1]):
+                c.classes.append(ClassInfo(default_class, 1, DEFAULT_COLORS[1]))
+            else:  # label masks: one class per value found
+                for v in values:
+                    c.classes.append(ClassInfo(f"class {v}", v, DEFAULT_COLORS[(v - 1) % len(DEFAULT_COLORS)]))
+        c.meta["import"]["notes"] = self.notes
+        return c
+
+    def tick(self, i: int, n: int) -> None:
+        if self.progress is not None:
+            self.progress(i, n)
+
+
+def _match_masks(images: list[Path], masks: list[Path], imp: _Importer) -> dict[Path, list[Path]]:
+    """Pair mask files with image files by stem, allowing mask suffixes such as ``_mask`` or ``-seg_2``."""
+    by_stem: dict[str, Path] = {}
+    by_fold: dict[str, Path] = {}
+    for p in images:
+        if p.stem in by_stem:
+            imp.note(f"{p.name}: another image has the same name stem ({by_stem[p.stem].name}); skipped")
+            continue
+        by_stem[p.stem] = p
+        by_fold.setdefault(p.stem.casefold(), p)
+    out: dict[Path, list[Path]] = {}
+    orphans = []
+    for m in masks:
+        stem = m.stem
+        img = by_stem.get(stem)
+        if img is None:
+            base = _MASK_SUFFIX.sub("", stem)
+            img = by_stem.get(base) or by_fold.get(base.casefold()) or by_fold.get(stem.casefold())
+        if img is None:
+            orphans.append(m.name)
+            continue
+        out.setdefault(img, []).append(m)
+    if orphans:
+        imp.note(f"{len(orphans)} mask file(s) match no image and were ignored: {', '.join(orphans[:5])}"
+                 + (" ..." if len(orphans) > 5 else ""))
+    for lst in out.values():
+        lst.sort(key=lambda p: (len(p.stem), p.name))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# layouts
+# ----------------------------------------------------------------------------------------------
+def _import_folder(src: Path, imp: _Importer, *, binary: bool | None) -> None:
+    img_dir = _subdir(src, ("images", "image", "imgs", "img"))
+    if img_dir is None:
+        raise DatasetError(f"{src}: expected a subfolder images/ (with masks/ beside it) for layout 'folder'")
+    mask_dir = _subdir(src, ("masks", "mask", "labels", "label", "annotations", "gt", "ground_truth"))
+    images = _list_images(img_dir)
+    if not images:
+        raise DatasetError(f"{img_dir}: no images (PNG, JPG, TIF, BMP) found")
+    masks = _list_images(mask_dir) if mask_dir is not None else []
+    if mask_dir is None:
+        imp.note(f"{src}: no masks/ folder; every image imported unlabeled")
+    pairs = _match_masks(images, masks, imp)
+    for i, path in enumerate(images):
+        sample = imp.add_sample(path.stem, path)
+        if path in pairs:
+            imp.set_mask(sample, pairs[path], binary=binary)
+        imp.tick(i + 1, len(images))
+
+
+def _find_one(src: Path, pattern: str) -> Path | None:
+    found = sorted(p for p in src.glob(pattern) if p.is_file() and not p.name.startswith("."))
+    return found[0] if found else None
+
+
+def _import_kvasir(src: Path, imp: _Importer, *, binary: bool | None) -> None:
+    _import_folder(src, imp, binary=True if binary is None else binary)  # JPEG masks: threshold
+    c = imp.collection
+    by_stem = {Path(s.meta["source"]).stem: s for s in c}
+    box_file = _find_one(src, "*bbox*.json")
+    class_name = "polyp"
+    if box_file is None:
+        imp.note(f"{src}: no box JSON (*bbox*.json); weak boxes will be derived from masks")
+    else:
+        try:
+            data = json.loads(box_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{box_file}: line {exc.lineno} column {exc.colno}: invalid JSON ({exc.msg})") \
+                from exc
+        if not isinstance(data, dict):
+            raise DatasetError(f"{box_file}: expected an object {{image id: {{height, width, bbox: [...]}}}}")
+        labels: set[str] = set()
+        unknown, dropped = [], 0
+        for key, entry in data.items():
+            sample = by_stem.get(str(key))
+            if sample is None:
+                unknown.append(str(key))
+                continue
+            try:
+                boxes = entry["bbox"]
+                jh, jw = int(entry.get("height", 0)), int(entry.get("width", 0))
+            except (TypeError, KeyError, ValueError) as exc:
+                raise DatasetError(f"{box_file}: entry {key!r} lacks \"bbox\" or has a bad height/width") from exc
+            h, w = sample.meta["shape"]
+            sy = h / jh if jh else 1.0
+            sx = w / jw if jw else 1.0
+            if (jh and jh != h) or (jw and jw != w):
+                imp.note(f"{sample.id}: box JSON says {jw}x{jh} but the image is {w}x{h}; boxes rescaled")
+            for b in boxes:
+                try:
+                    x0, y0 = float(b["xmin"]) * sx, float(b["ymin"]) * sy
+                    x1, y1 = float(b["xmax"]) * sx, float(b["ymax"]) * sy
+                except (TypeError, KeyError, ValueError) as exc:
+                    raise DatasetError(f"{box_file}: entry {key!r}: a box needs xmin, ymin, xmax, ymax") from exc
+                x0, x1 = np.clip(sorted((x0, x1)), 0, w)
+                y0, y1 = np.clip(sorted((y0, y1)), 0, h)
+                if x1 - x0 < 1 or y1 - y0 < 1:
+                    dropped += 1
+                    continue
+                labels.add(str(b.get("label", "polyp")))
+                sample.boxes.append(Box(x0, y0, x1, y1, label=1))
+            sample.meta["dataset_boxes"] = True
+        if unknown:
+            imp.note(f"{box_file.name}: {len(unknown)} id(s) match no image: {', '.join(unknown[:5])}")
+        if dropped:
+            imp.note(f"{box_file.name}: {dropped} box(es) empty after clipping to the image; dropped")
+        if len(labels) == 1:
+            class_name = labels.pop()
+        elif len(labels) > 1:
+            imp.note(f"{box_file.name}: box labels {sorted(labels)} all mapped to one class")
+        _note_box_mask_disagreement(c, imp)
+    c.classes.append(ClassInfo(class_name, 1, DEFAULT_COLORS[1]))
+
+    flag_file = _find_one(src, "*sessile*.csv")
+    if flag_file is not None:
+        tag = "sessile"
+        c.ensure_tag(tag, TagImplies.NOTHING)
+        n = 0
+        with flag_file.open(newline="", encoding="utf-8") as fh:
+            for row in csv.reader(fh):
+                if len(row) < 2 or row[0] in ("image_id", "id"):
+                    continue
+                sample = by_stem.get(row[0].strip())
+                # 1 = in the Kvasir-Sessile subset; 0 only means "not in that subset", so it gets no tag
+                if sample is not None and row[1].strip() == "1":
+                    sample.tags.append(tag)
+                    n += 1
+        imp.note(f"{flag_file.name}: {n} image(s) tagged {tag!r}")
+
+
+def _note_box_mask_disagreement(c: Collection, imp: _Importer) -> None:
+    """Record how far each dataset box set lies from the box derived from its (speck-free) mask."""
+    from .hybridize import boxes_from_mask
+
+    far = 0
+    for s in c:
+        if s.mask is None or not s.boxes:
+            continue
+        derived = boxes_from_mask(s.mask)
+        if not derived:
+            continue
+        a = np.array([[b.x0, b.y0, b.x1, b.y1] for b in s.boxes])
+        d = np.array([[b.x0, b.y0, b.x1, b.y1] for b in derived])
+        hull_a = np.r_[a[:, :2].min(0), a[:, 2:].max(0)]
+        hull_d = np.r_[d[:, :2].min(0), d[:, 2:].max(0)]
+        diff = float(np.abs(hull_a - hull_d).max())
+        s.meta["box_mask_diff_px"] = round(diff, 1)
+        if diff > 5 or len(derived) != len(s.boxes):
+            far += 1
+    if far:
+        imp.note(f"{far} image(s) whose dataset boxes differ from their mask by more than 5 px or in number "
+                 "(see sample.meta['box_mask_diff_px']); the dataset's boxes are kept")
+
+
+def _class_folders(src: Path) -> list[Path]:
+    def folders(p: Path) -> list[Path]:
+        return sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")
+                      and any(_is_image(f) for f in d.iterdir()))
+
+    found = folders(src)
+    if not found:  # BUSI ships inside Dataset_BUSI_with_GT/: descend through single wrapper folders
+        subs = [d for d in src.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        if len(subs) == 1:
+            return _class_folders(subs[0])
+    return found
+
+
+def _import_busi(src: Path, imp: _Importer, *, binary: bool | None, tag_implies: dict[str, str] | None,
+                 class_name: str) -> None:
+    folders = _class_folders(src)
+    if not folders:
+        raise DatasetError(f"{src}: expected class folders (e.g. benign/, malignant/, normal/) holding images "
+                           "and their _mask files for layout 'busi'")
+    c = imp.collection
+    c.classes.append(ClassInfo(class_name, 1, DEFAULT_COLORS[1]))
+    implies = {k.lower(): v for k, v in (tag_implies or {}).items()}
+    for folder in folders:
+        tag = folder.name
+        rule = implies.get(tag.lower(), "absent" if tag.lower() in ABSENT_NAMES else "present")
+        c.ensure_tag(tag, TagImplies(rule), None if TagImplies(rule) is TagImplies.NOTHING else 1)
+    total = sum(1 for f in folders for p in f.iterdir() if _is_image(p))
+    done = 0
+    for folder in folders:
+        files = _list_images(folder)
+        stems = {p.stem for p in files}
+        # a file is a mask if stripping a mask suffix leaves the stem of another file in the folder
+        masks = [p for p in files if p.stem not in stems or _MASK_SUFFIX.sub("", p.stem) in stems - {p.stem}]
+        mask_set = set(masks)
+        images = [p for p in files if p not in mask_set]
+        pairs = _match_masks(images, masks, imp)
+        empty = 0
+        for path in images:
+            sample = imp.add_sample(path.stem, path, tags=[folder.name])
+            if path in pairs:
+                imp.set_mask(sample, pairs[path], binary=True if binary is None else binary)
+                empty += not sample.mask.any()
+            else:
+                imp.note(f"{folder.name}/{path.name}: no mask; imported with its tag only")
+            done += len(pairs.get(path, [])) + 1
+            imp.tick(done, total)
+        if empty:
+            imp.note(f"{folder.name}: {empty} of {len(images)} mask(s) are empty")
+
+
+def _import_images(src: Path, imp: _Importer) -> None:
+    folder = _subdir(src, ("images",)) or src
+    images = _list_images(folder, recursive=True)
+    if not images:
+        raise DatasetError(f"{folder}: no images (PNG, JPG, TIF, BMP) found")
+    for i, path in enumerate(images):
+        rel = path.relative_to(folder).with_suffix("")
+        imp.add_sample("_".join(rel.parts), path)
+        imp.tick(i + 1, len(images))
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------
+def import_dataset(
+    src: str | Path,
+    layout: str,
+    *,
+    class_name: str | None = None,
+    tag_implies: dict[str, str] | None = None,
+    binary_masks: bool | None = None,
+    strong_fraction: float | None = None,
+    weak: str = "box",
+    noise: float = 0.0,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> Collection:
+    """Import a dataset folder as a collection (nothing is written; see ``save_project``).
+
+    Parameters
+    ----------
+    src : str or Path
+        The dataset folder.
+    layout : {"kvasir", "folder", "busi", "images"}
+        How the folder is organised (module docstring).
+    class_name : str, optional
+        Name of the single foreground class. Default ``"polyp"`` for kvasir
+        (or the box JSON's label), ``"lesion"`` otherwise. Label masks with
+        several values get one class per value instead.
+    tag_implies : dict, optional
+        busi: folder name -> ``"absent"`` / ``"present"`` / ``"nothing"``,
+        overriding the default (``normal`` absent, every other folder present).
+    binary_masks : bool, optional
+        ``True``: threshold every mask at half range; ``False``: keep values as
+        labels; ``None`` (default): per file, as :func:`~.images.read_mask` decides
+        (kvasir and busi always threshold).
+    strong_fraction, weak, noise, seed
+        If ``strong_fraction`` is given, the imported collection is passed to
+        :func:`~.hybridize.make_hybrid` with these arguments.
+    progress : callable, optional
+        Called as ``progress(done, total)``.
+
+    Returns
+    -------
+    Collection
+        ``collection.meta["import"]`` holds the layout, source and notes on
+        every quirk met.
+
+    Raises
+    ------
+    DatasetError
+        If the folder does not match the layout, or a file is unreadable.
+    """
+    src = Path(src)
+    if layout not in LAYOUTS:
+        raise DatasetError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if not src.is_dir():
+        raise DatasetError(f"{src}: no such folder")
+    imp = _Importer(src, layout, progress)
+    if layout == "kvasir":
+        _import_kvasir(src, imp, binary=binary_masks)
+        if class_name:
+            imp.collection.classes[0].name = class_name
+    elif layout == "folder":
+        _import_folder(src, imp, binary=binary_masks)
+    elif layout == "busi":
+        _import_busi(src, imp, binary=binary_masks, tag_implies=tag_implies, class_name=class_name or "lesion")
+    else:
+        _import_images(src, imp)
+    collection = imp.finish(class_name or "lesion")
+    if strong_fraction is not None:
+        from .hybridize import make_hybrid
+
+        collection = make_hybrid(collection, strong_fraction=strong_fraction, weak=weak, noise=noise, seed=seed)
+    return collection
