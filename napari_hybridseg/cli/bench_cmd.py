@@ -1,7 +1,141 @@
-"""`hybridseg bench` (placeholder until its issue lands: registers nothing)."""
+"""`hybridseg bench`: the hybrid-supervision benchmark on a fully labelled dataset.
+
+Runs the protocol of ``../shared/BENCHMARK.md`` (split, label budget,
+recorded corruption, six arms, evaluation at original resolution) and writes
+``results.json``, ``report.md`` and figures into ``--out``. Rerun with the
+same ``--out`` to resume: finished arms are skipped.
+"""
 
 from __future__ import annotations
 
+import argparse
+import shlex
+import sys
+from pathlib import Path
 
-def register(subparsers) -> None:  # noqa: ARG001
-    return None
+# the arms and presets are repeated here (not imported) so that `hybridseg --help` stays light
+ARMS = ("strong-only", "naive", "dii", "dii+dcr", "full", "all-strong")
+PRESETS = ("cpu-quick", "gpu")
+
+
+def _arms(value: str) -> tuple[str, ...]:
+    arms = tuple(a.strip() for a in value.replace(" ", ",").split(",") if a.strip())
+    bad = [a for a in arms if a not in ARMS]
+    if bad or not arms:
+        raise argparse.ArgumentTypeError(f"unknown arm(s) {bad}; choose from {','.join(ARMS)}")
+    return arms
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark hybrid supervision on a fully labelled dataset (six arms, report.md)",
+        description=(
+            "Split DATASET (seeded, group-aware 70/10/20), keep masks for --strong-fraction of the training "
+            "images, turn the rest into weak labels with --noise of them deliberately wrong, train the arms "
+            f"({', '.join(ARMS)}) with the same network, size, steps and seed, and score each on the test images "
+            "at their original resolution. Writes results.json, report.md and figures into --out; rerun with the "
+            "same --out to resume after an interruption."
+        ),
+    )
+    p.add_argument("dataset", metavar="DATASET", help="dataset folder (fully labelled)")
+    p.add_argument("--layout", required=True, choices=("kvasir", "folder", "busi"), help="dataset layout")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumes if it holds a run)")
+    p.add_argument("--preset", default="cpu-quick", choices=PRESETS,
+                   help="cpu-quick: 128 px Unet/resnet18, all six arms in ~20 min on 2 cores; "
+                        "gpu: paper scale for a CUDA machine (default: %(default)s)")
+    p.add_argument("--strong-fraction", type=float, default=0.1, metavar="F",
+                   help="fraction of training images that keep their mask (default: %(default)s)")
+    p.add_argument("--weak", default="box", choices=("box", "point", "tag"),
+                   help="weak label of the other training images (default: %(default)s)")
+    p.add_argument("--noise", type=float, default=0.3, metavar="F",
+                   help="fraction of weak labels made wrong on purpose (default: %(default)s)")
+    p.add_argument("--groups", metavar="CSV", help="CSV of image_id,group rows (patient, video): "
+                                                    "a group never straddles the split")
+    p.add_argument("--no-dedup", action="store_true",
+                   help="do not group near-duplicate images (thumbnail correlation) before splitting")
+    p.add_argument("--arms", type=_arms, default=ARMS, metavar="A,B,...",
+                   help=f"arms to run, comma-separated (default: all: {','.join(ARMS)})")
+    p.add_argument("--seed", type=int, default=0, help="seed of split, labels, corruption and training (default: 0)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps (default: auto)")
+    p.add_argument("--steps", type=int, metavar="N", help="training steps per arm (default: the preset's)")
+    p.add_argument("--batch-size", type=int, metavar="B", help="batch size (default: the preset's)")
+    p.add_argument("--size", type=int, metavar="PX", help="training input size (default: the preset's)")
+    p.add_argument("--limit", type=int, metavar="N", help="use a seeded subset of N images (quick checks)")
+    p.add_argument("--note", default="", help="a note printed at the top of the report, e.g. 'measured under load'")
+    p.add_argument("--report-only", action="store_true", help="only redraw report.md and figures from --out")
+    p.set_defaults(handler=run)
+
+
+def _progress():
+    """A tqdm bar per arm, fed by the trainer's reports."""
+    from tqdm.auto import tqdm
+
+    from napari_hybridseg.core.reports import DoneReport, StartReport, StepReport
+
+    bars: dict[str, tqdm] = {}
+
+    def on_report(arm: str, report) -> None:
+        bar = bars.get(arm)
+        if isinstance(report, StartReport):
+            bar = bars[arm] = tqdm(total=report.total_steps, initial=report.start_step, desc=f"{arm:>11}",
+                                   unit="step", dynamic_ncols=True, file=sys.stderr)
+            bar.set_postfix_str(report.device)
+        elif isinstance(report, StepReport) and bar is not None:
+            bar.update(max(0, report.step - bar.n))
+            loss = report.losses.get("total")
+            if loss is not None:
+                bar.set_postfix_str(f"loss {loss:.3f}  {report.device}")
+        elif isinstance(report, DoneReport) and bar is not None:
+            bar.close()
+
+    return on_report
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_hybridseg.cli import CLIError
+    from napari_hybridseg.core.bench.report import write_report
+
+    out = Path(args.out)
+    if args.report_only:
+        path = write_report(out)
+        print(f"report: {path}")
+        return 0
+    if not Path(args.dataset).is_dir():
+        raise CLIError(f"{args.dataset}: dataset folder not found")
+    for name in ("steps", "batch_size", "size", "limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+    from napari_hybridseg.core.bench.protocol import BenchSettings, run_benchmark
+
+    overrides: dict = {}
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    if args.size:
+        overrides["model"] = {"input_size": args.size}
+    try:
+        settings = BenchSettings(
+            dataset=str(Path(args.dataset).resolve()), layout=args.layout, out=str(out.resolve()),
+            preset=args.preset, strong_fraction=args.strong_fraction, weak=args.weak, noise=args.noise,
+            seed=args.seed, arms=args.arms, groups_csv=args.groups, dedup=not args.no_dedup,
+            device=args.device, steps=args.steps, limit=args.limit, overrides=overrides, note=args.note,
+        )
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    command = "hybridseg " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None
+    print(f"benchmark: {', '.join(settings.arms)} -> {out}", file=sys.stderr)
+    results = run_benchmark(settings, on_report=_progress(), command_line=command,
+                            log=lambda msg: print(msg, file=sys.stderr))
+    report = write_report(out, results)
+    print(f"results: {out / 'results.json'}")
+    print(f"report:  {report}")
+    figures = sorted(p.name for p in out.glob("*.png"))
+    if figures:
+        print(f"figures: {', '.join(str(out / f) for f in figures)}")
+    missing = [a for a in settings.arms if a not in results["arms"]]
+    if missing:
+        print(f"arms without results: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    return 0

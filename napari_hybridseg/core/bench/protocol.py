@@ -1,0 +1,957 @@
+"""The hybrid-supervision benchmark protocol (``../shared/BENCHMARK.md``).
+
+One run: import a fully labelled dataset, split it (seeded, group-aware,
+70/10/20), keep masks for ``strong_fraction`` of the training images and turn
+the rest weak with a recorded fraction ``noise`` corrupted, then train the six
+arms with the same architecture, input size, step budget and seed and
+evaluate each on the test images at their original resolution.
+
+Layout of the output folder ``out``::
+
+    settings.json        what was asked for (a rerun must match it to resume)
+    split.json           ids per part, strong / weak / corrupted ids, groups
+    arms/<arm>.json      one finished arm (written atomically: its presence means "done")
+    runs/<arm>/          the trainer's run folder (checkpoint, run.json, gamma.json)
+    grid/                thumbnails of a few test images, truth and each arm's prediction
+    results.json         everything above in one file (rewritten after every arm)
+    report.md, *.png     written by :mod:`.report`
+
+Training and prediction go through a :class:`Backend` (the project's trainer
+and predictor by default), so the protocol itself is testable in seconds with
+a fake one. Qt-free and napari-free; torch is imported only by the backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..collection import Collection, Role, Sample
+from ..config import PRESETS, TrainConfig
+from ..config import preset as make_preset
+from ..metrics import auroc, bootstrap_ci, dice, iou
+from ..reports import DoneReport, PreviewReport, RequestPreview, StartReport, StepReport, WeightsReport
+from ..targets import IGNORE, UNKNOWN, make_targets, mask_to_index
+from .split import Split, merge_groups, near_duplicate_groups, read_groups_csv, split_ids, thumbnail
+
+__all__ = [
+    "ARMS",
+    "BENCH_PRESETS",
+    "ArmData",
+    "Backend",
+    "BenchSettings",
+    "Prepared",
+    "arm_collection",
+    "arm_config",
+    "default_backend",
+    "evaluate_masks",
+    "gamma_quality",
+    "pixel_weight_ratio",
+    "prepare",
+    "prepare_collection",
+    "run_arm",
+    "run_benchmark",
+]
+
+#: The arms, in the order they run and appear in the report.
+ARMS = ("strong-only", "naive", "dii", "dii+dcr", "full", "all-strong")
+
+#: Arms that learn DII's per-image weights.
+DII_ARMS = ("dii", "dii+dcr", "full")
+
+#: TrainConfig overrides of each benchmark preset (on top of core.config.PRESETS).
+#: cpu-quick budget (2 cores, all six arms <= 20 min): the arms cost about
+#: 1 + 1 + 1.1 + 2 + 3 + 1 = 9.1 single-network steps per step of budget;
+#: at ~0.3 s per single-network step of 8 images at 128 px (bf16) that is
+#: ~2.7 s per budget step, so 300 steps leave ~6 minutes for decoding,
+#: evaluation and figures. The lead re-measures on a quiet machine.
+BENCH_PRESETS: dict[str, dict[str, Any]] = {
+    "cpu-quick": {"steps": 300, "batch_size": 8, "checkpoint_every": 10**9, "preview_every": 10**9},
+    "gpu": {"steps": 4000, "batch_size": 16, "checkpoint_every": 1000, "preview_every": 10**9},
+}
+
+
+# -- settings -------------------------------------------------------------
+@dataclass
+class BenchSettings:
+    """Everything that decides a benchmark's numbers (and where it writes).
+
+    Parameters
+    ----------
+    dataset : str
+        Dataset folder in a layout the project imports.
+    layout : str
+        ``"kvasir"``, ``"folder"`` or ``"busi"`` (any layout ``import_dataset`` knows).
+    out : str
+        Output folder; rerunning with the same folder resumes.
+    preset : str
+        ``"cpu-quick"`` (default) or ``"gpu"``.
+    strong_fraction : float
+        Fraction of training images that keep their mask. Default 0.1.
+    weak : str
+        Weak label kind of the rest: ``"box"`` (default), ``"point"``, ``"tag"``.
+    noise : float
+        Fraction of weak labels made wrong on purpose. Default 0.3.
+    seed : int
+        Seed of the split, the label budget, the corruption and training. Default 0.
+    arms : tuple of str
+        Arms to run, a subset of :data:`ARMS`. Default all six.
+    groups_csv : str or None
+        CSV of ``image_id,group`` rows; a group never straddles a split.
+    dedup : bool
+        Also group near-duplicate images (thumbnail correlation). Default True.
+    dedup_threshold : float
+        Correlation above which two images are one picture. Default 0.985.
+    device : str
+        ``"auto"`` (default), ``"cpu"``, ``"cuda"``, ...
+    steps : int or None
+        Step budget per arm; ``None`` takes the preset's.
+    limit : int or None
+        Use a seeded subset of this many images (smoke tests). Default all.
+    grid_images : int
+        Test images shown in the prediction grid. Default 6.
+    n_boot : int
+        Bootstrap resamples of the Dice interval. Default 2000.
+    overrides : dict
+        Extra TrainConfig settings applied to every arm (e.g. ``{"batch_size": 4}``).
+    note : str
+        Free text shown at the top of the report (e.g. "measured under load");
+        it does not decide any number.
+    """
+
+    dataset: str
+    layout: str
+    out: str
+    preset: str = "cpu-quick"
+    strong_fraction: float = 0.1
+    weak: str = "box"
+    noise: float = 0.3
+    seed: int = 0
+    arms: tuple[str, ...] = ARMS
+    groups_csv: str | None = None
+    dedup: bool = True
+    dedup_threshold: float = 0.985
+    device: str = "auto"
+    steps: int | None = None
+    limit: int | None = None
+    grid_images: int = 6
+    n_boot: int = 2000
+    overrides: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        self.arms = tuple(self.arms)
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown:
+            raise ValueError(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
+        if self.preset not in BENCH_PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(BENCH_PRESETS)}")
+        if not 0.0 < self.strong_fraction <= 1.0:
+            raise ValueError(f"strong_fraction must be in (0, 1], got {self.strong_fraction}")
+        if not 0.0 <= self.noise < 1.0:
+            raise ValueError(f"noise must be in [0, 1), got {self.noise}")
+        if self.weak not in ("box", "point", "tag"):
+            raise ValueError(f"weak must be 'box', 'point' or 'tag', got {self.weak!r}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["arms"] = list(self.arms)
+        return d
+
+    def fingerprint(self) -> str:
+        """Hash of the settings that decide the numbers (not ``out`` nor which arms run)."""
+        d = self.to_dict()
+        for key in ("out", "arms", "grid_images", "note"):
+            d.pop(key)
+        d["dataset"] = str(Path(self.dataset).resolve())
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def base_config(self) -> TrainConfig:
+        """The TrainConfig every arm starts from: the preset, the step budget, the seed, the device."""
+        cfg = make_preset(self.preset) if self.preset in PRESETS else TrainConfig()
+        cfg = cfg.replace(**BENCH_PRESETS[self.preset], seed=self.seed, device=self.device)
+        if self.steps is not None:
+            cfg = cfg.replace(steps=int(self.steps))
+        if self.overrides:
+            model_over = self.overrides.get("model")
+            rest = {k: v for k, v in self.overrides.items() if k != "model"}
+            if model_over:
+                cfg = cfg.replace(model=cfg.model.replace(**model_over))
+            cfg = cfg.replace(**rest)
+        return cfg
+
+
+def arm_config(base: TrainConfig, arm: str) -> TrainConfig:
+    """The TrainConfig of one arm: ``base`` with only the method switches changed.
+
+    Architecture, input size, steps, batch, optimiser and seed stay those of
+    ``base``, so the arms differ only in what the method does.
+    """
+    off = {"dii": False, "dcr": False, "pixel_weights": "off", "ple": False, "teacher": False}
+    switches = {
+        "strong-only": off,
+        "naive": off,
+        "dii": {**off, "dii": True},
+        "dii+dcr": {**off, "dii": True, "dcr": True},
+        "full": {"dii": True, "dcr": True, "pixel_weights": "exact", "ple": True, "teacher": True},
+        "all-strong": off,
+    }
+    if arm not in switches:
+        raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+    return base.replace(**switches[arm])
+
+
+def _copy_collection(collection: Collection, samples: Iterable[Sample]) -> Collection:
+    out = Collection(classes=[dataclasses.replace(c) for c in collection.classes],
+                     tag_defs=[dataclasses.replace(t) for t in collection.tag_defs],
+                     meta=dict(collection.meta))
+    for s in samples:
+        out.add(s)
+    return out
+
+
+def arm_collection(train: Collection, arm: str) -> Collection:
+    """The training collection of one arm, built from the hybrid training set.
+
+    * ``strong-only``: the strong images alone (weak labels discarded);
+    * ``all-strong``: every training image with its true mask (``reference_mask``);
+    * every other arm: the hybrid set as it is (strong + weak, corrupted included).
+
+    Samples are shallow copies: pixel arrays are shared, never re-decoded.
+    """
+    if arm == "strong-only":
+        return _copy_collection(train, [dataclasses.replace(s) for s in train if s.role is Role.STRONG])
+    if arm == "all-strong":
+        samples = []
+        for s in train:
+            truth = s.mask if s.mask is not None else s.reference_mask
+            if truth is None:
+                raise ValueError(f"sample {s.id!r} has neither a mask nor a reference mask: all-strong needs one")
+            samples.append(dataclasses.replace(s, mask=truth, boxes=[], points=[], corrupted=False, corruption=None))
+        return _copy_collection(train, samples)
+    if arm in ARMS:
+        return _copy_collection(train, [dataclasses.replace(s) for s in train])
+    raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+
+
+# -- backend --------------------------------------------------------------
+@dataclass
+class Backend:
+    """How the protocol trains and predicts (swap it for a fake in tests).
+
+    ``train(collection, config, run_dir)`` is the trainer generator
+    (:func:`napari_hybridseg.core.trainer.train`); ``load_predictor(run_dir)``
+    returns an object whose ``predict(image)`` gives ``(labels, probs)`` at the
+    image's original size (:class:`napari_hybridseg.core.predict.Predictor`).
+    """
+
+    train: Callable[..., Generator]
+    load_predictor: Callable[[Path], Any]
+    name: str = "custom"
+
+
+def default_backend() -> Backend:
+    """The project's trainer and predictor (imports torch)."""
+    from ..predict import Predictor
+    from ..trainer import train
+
+    return Backend(train=train, load_predictor=Predictor.load, name="napari_hybridseg")
+
+
+# -- data -----------------------------------------------------------------
+@dataclass
+class Prepared:
+    """The benchmark's data: the hybrid collection and its split."""
+
+    collection: Collection  # all used samples; train ones hybridised, val/test with masks
+    split: Split
+    strong: list[str]
+    weak: list[str]
+    corrupted: dict[str, str]  # weak id -> corruption kind
+    notes: list[str] = field(default_factory=list)
+    prep_s: float = 0.0
+
+    def subset(self, ids: Iterable[str]) -> Collection:
+        return _copy_collection(self.collection, [self.collection[i] for i in ids])
+
+    @property
+    def train(self) -> Collection:
+        return self.subset(self.split.train)
+
+    def split_record(self) -> dict[str, Any]:
+        rec = self.split.to_dict()
+        rec.update(strong=list(self.strong), weak=list(self.weak), corrupted=dict(self.corrupted),
+                   counts={"train": len(self.split.train), "val": len(self.split.val), "test": len(self.split.test),
+                           "strong": len(self.strong), "weak": len(self.weak), "corrupted": len(self.corrupted),
+                           "grouped_ids": len(self.split.groups)})
+        return rec
+
+
+def _truth_of(sample: Sample) -> np.ndarray:
+    truth = sample.mask if sample.mask is not None else sample.reference_mask
+    if truth is None:
+        raise ValueError(f"sample {sample.id!r} has no mask to evaluate against")
+    return np.asarray(truth)
+
+
+def prepare_collection(
+    collection: Collection,
+    settings: BenchSettings,
+    *,
+    hybridize: Callable[..., Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> Prepared:
+    """Split a fully labelled collection and hybridise its training part.
+
+    Parameters
+    ----------
+    collection : Collection
+        Every sample with its mask (and the dataset's boxes / tags). Modified
+        in place: pixels are decoded once and cached on the samples, and the
+        training samples become strong or weak.
+    settings : BenchSettings
+    hybridize : callable, optional
+        ``make_hybrid(collection, *, strong_fraction, weak, noise, seed, ids)``;
+        default :func:`napari_hybridseg.core.hybridize.make_hybrid`.
+    log : callable
+        Receives one-line progress messages.
+    """
+    t0 = time.perf_counter()
+    missing = [s.id for s in collection if s.mask is None and s.reference_mask is None]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} image(s) have no mask (e.g. {missing[0]!r}): the benchmark needs a fully "
+            "labelled dataset, since every arm is scored against true masks")
+    ids = sorted(collection.ids)
+    if settings.limit is not None and settings.limit < len(ids):
+        rng = np.random.default_rng(settings.seed)
+        keep = set(np.asarray(ids)[rng.choice(len(ids), size=int(settings.limit), replace=False)].tolist())
+        for sid in ids:
+            if sid not in keep:
+                collection.remove(sid)
+        ids = sorted(keep)
+        log(f"using a seeded subset of {len(ids)} images (--limit)")
+
+    # decode every image once; all arms and the evaluation share these arrays
+    thumbs: dict[str, np.ndarray] = {}
+    for i, sid in enumerate(ids):
+        s = collection[sid]
+        img = s.load_image()
+        s.meta.setdefault("shape", [int(img.shape[0]), int(img.shape[1])])
+        if settings.dedup:
+            thumbs[sid] = thumbnail(img)
+        if (i + 1) % 200 == 0:
+            log(f"decoded {i + 1}/{len(ids)} images")
+
+    groupings: list[Mapping[str, str]] = [{s.id: s.group for s in collection if s.group}]
+    notes: list[str] = []
+    if settings.groups_csv:
+        csv_groups = read_groups_csv(settings.groups_csv)
+        by_id = {k: v for k, v in csv_groups.items() if k in collection}
+        # accept file names or stems as well as sample ids
+        stems = {Path(str(s.image_path)).stem: s.id for s in collection if s.image_path is not None}
+        for k, v in csv_groups.items():
+            if k not in by_id and Path(k).stem in stems:
+                by_id[stems[Path(k).stem]] = v
+        if not by_id:
+            raise ValueError(f"{settings.groups_csv}: none of its ids match an image of the dataset "
+                             f"(first row id: {next(iter(csv_groups))!r}; image ids look like {ids[0]!r})")
+        notes.append(f"groups CSV: {len(by_id)} of {len(ids)} images assigned to {len(set(by_id.values()))} groups")
+        groupings.append(by_id)
+    if settings.dedup:
+        dups = near_duplicate_groups(thumbs, settings.dedup_threshold)
+        if dups:
+            notes.append(f"near-duplicate guard: {len(dups)} images in {len(set(dups.values()))} clusters "
+                         f"(thumbnail correlation >= {settings.dedup_threshold}) kept within one part")
+        groupings.append(dups)
+    groups = merge_groups(ids, *groupings)
+    split = split_ids(ids, seed=settings.seed, groups=groups)
+
+    if hybridize is None:
+        from ..hybridize import make_hybrid as hybridize
+    result = hybridize(collection, strong_fraction=settings.strong_fraction, weak=settings.weak,
+                       noise=settings.noise, seed=settings.seed, ids=list(split.train))
+    if isinstance(result, Collection):
+        collection = result
+    train = [collection[i] for i in split.train]
+    strong = [s.id for s in train if s.role is Role.STRONG]
+    weak = [s.id for s in train if s.role is Role.WEAK]
+    corrupted = {s.id: s.corruption or "corrupted" for s in train if s.corrupted}
+    for sid in [*split.val, *split.test]:
+        if collection[sid].mask is None:
+            raise RuntimeError(f"hybridisation touched held-out image {sid!r}: it must only change the train ids")
+    if not strong:
+        raise ValueError(f"no strong image in the training set ({len(train)} images at strong_fraction "
+                         f"{settings.strong_fraction}): raise --strong-fraction or use more images")
+    for s in train:
+        if s.role is Role.WEAK and s.reference_mask is None:
+            raise RuntimeError(f"weak sample {s.id!r} lost its true mask: the hybridiser must keep it as "
+                               "reference_mask (all-strong and the weight metrics need it)")
+    return Prepared(collection=collection, split=split, strong=strong, weak=weak, corrupted=corrupted,
+                    notes=notes, prep_s=time.perf_counter() - t0)
+
+
+def prepare(settings: BenchSettings, *, log: Callable[[str], None] = print) -> Prepared:
+    """Import ``settings.dataset`` and :func:`prepare_collection` it."""
+    from ..importers import import_dataset
+
+    src = Path(settings.dataset)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: dataset folder not found")
+    t0 = time.perf_counter()
+    collection = import_dataset(src, settings.layout)
+    log(f"imported {len(collection)} images from {src} (layout {settings.layout})")
+    prepared = prepare_collection(collection, settings, log=log)
+    prepared.prep_s = time.perf_counter() - t0  # import + decoding + split + hybridisation
+    return prepared
+
+
+# -- metrics --------------------------------------------------------------
+def evaluate_masks(preds: Mapping[str, np.ndarray], truths: Mapping[str, np.ndarray], *,
+                   labels: list[int] | None = None, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Per-image Dice and IoU, their means and a 95% bootstrap interval of the mean Dice.
+
+    ``labels=None`` scores the foreground (any non-zero value); a list of label
+    values scores each class and averages. Prediction and truth must have the
+    same (original) shape. ``dice_nonempty`` averages only images whose truth
+    has foreground (an empty truth scores 1 when the prediction is empty too).
+    """
+    ids = sorted(truths)
+    missing = [i for i in ids if i not in preds]
+    if missing:
+        raise ValueError(f"no prediction for {len(missing)} image(s), e.g. {missing[0]!r}")
+    d, j, nonempty = {}, {}, []
+    for sid in ids:
+        p, t = np.asarray(preds[sid]), np.asarray(truths[sid])
+        if p.shape != t.shape:
+            raise ValueError(f"{sid}: prediction {p.shape} differs from truth {t.shape}: predict at original size")
+        if labels:
+            d[sid] = float(np.mean([dice(p, t, lab) for lab in labels]))
+            j[sid] = float(np.mean([iou(p, t, lab) for lab in labels]))
+        else:
+            d[sid], j[sid] = dice(p, t), iou(p, t)
+        if (t > 0).any():
+            nonempty.append(d[sid])
+    values = [d[i] for i in ids]
+    lo, hi = bootstrap_ci(values, n_boot=n_boot, seed=seed)
+    return {
+        "dice": float(np.mean(values)) if values else float("nan"),
+        "dice_ci": [lo, hi],
+        "iou": float(np.mean([j[i] for i in ids])) if ids else float("nan"),
+        "dice_nonempty": float(np.mean(nonempty)) if nonempty else float("nan"),
+        "n_images": len(ids),
+        "per_image": {i: {"dice": d[i], "iou": j[i]} for i in ids},
+    }
+
+
+def gamma_quality(gamma: Mapping[str, float], corrupted: Mapping[str, Any] | Iterable[str]) -> dict[str, Any]:
+    """How well learned weights separate clean from corrupted weak labels.
+
+    Returns ``gamma_auroc`` (AUROC of gamma with clean as the positive class:
+    1 means every clean label outweighs every corrupted one, 0.5 is chance),
+    ``gamma_mean_clean``, ``gamma_mean_corrupted`` and, when ``corrupted`` maps
+    ids to kinds, ``gamma_mean_by_corruption``.
+    """
+    ids = sorted(gamma)
+    bad = set(corrupted)
+    kinds = dict(corrupted) if isinstance(corrupted, Mapping) else {}
+    g = np.array([gamma[i] for i in ids], float)
+    is_bad = np.array([i in bad for i in ids], bool)
+    by_kind: dict[str, float] = {}
+    for kind in sorted({str(v) for v in kinds.values()}):
+        vals = [gamma[i] for i in ids if str(kinds.get(i)) == kind]
+        if vals:
+            by_kind[kind] = float(np.mean(vals))
+    return {
+        "gamma_auroc": auroc(g, ~is_bad) if len(ids) else float("nan"),
+        "gamma_mean_clean": float(g[~is_bad].mean()) if (~is_bad).any() else float("nan"),
+        "gamma_mean_corrupted": float(g[is_bad].mean()) if is_bad.any() else float("nan"),
+        "gamma_mean_by_corruption": by_kind,
+        "n_weak": len(ids),
+        "n_corrupted": int(is_bad.sum()),
+    }
+
+
+def pixel_weight_ratio(weights: Mapping[str, np.ndarray], init_labels: Mapping[str, np.ndarray],
+                       truths: Mapping[str, np.ndarray], learned: Mapping[str, np.ndarray] | None = None
+                       ) -> dict[str, float]:
+    """Mean pixel weight on wrong initial-label pixels over the mean on right ones.
+
+    Parameters
+    ----------
+    weights : id -> (H, W) float
+        Pixel weight of the initial (weak) label y~, at the image's resolution.
+    init_labels : id -> (H, W) int
+        The rasterised weak label (channel indices, ``IGNORE`` where it says nothing).
+    truths : id -> (H, W) int
+        The true mask as channel indices.
+    learned : id -> (H, W) bool, optional
+        Pixels whose weights are learned (others held fixed); default all
+        pixels with an initial label.
+
+    Returns
+    -------
+    dict
+        ``pixel_weight_wrong_vs_right`` (pooled over images; < 1 means wrong
+        pixels are down-weighted), the two means and the pixel counts.
+    """
+    sum_w = sum_r = 0.0
+    n_w = n_r = 0
+    for sid, w in weights.items():
+        init, truth = np.asarray(init_labels[sid]), np.asarray(truths[sid])
+        w = np.asarray(w, float)
+        valid = init != IGNORE
+        if learned is not None:
+            valid &= np.asarray(learned[sid], bool)
+        wrong = valid & (init != truth)
+        right = valid & (init == truth)
+        sum_w += float(w[wrong].sum())
+        n_w += int(wrong.sum())
+        sum_r += float(w[right].sum())
+        n_r += int(right.sum())
+    mean_w = sum_w / n_w if n_w else float("nan")
+    mean_r = sum_r / n_r if n_r else float("nan")
+    ratio = mean_w / mean_r if n_w and n_r and mean_r > 0 else float("nan")
+    return {"pixel_weight_wrong_vs_right": ratio, "pixel_weight_mean_wrong": mean_w,
+            "pixel_weight_mean_right": mean_r, "pixels_wrong": n_w, "pixels_right": n_r}
+
+
+# -- memory probe ------------------------------------------------------------
+def _rss_mb() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:  # Linux without psutil: /proc; elsewhere the process peak so far
+        try:
+            with open("/proc/self/statm") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, ValueError, AttributeError):
+            import resource
+
+            scale = 1 if sys.platform == "darwin" else 1024
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+class _PeakMemory:
+    """Peak resident memory of this process while the block runs (sampled every 50 ms)."""
+
+    def __enter__(self) -> _PeakMemory:
+        self.start_mb = self.peak_mb = _rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak_mb = max(self.peak_mb, _rss_mb())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, _rss_mb())
+
+
+def _cuda_peak_reset() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _cuda_peak_mb() -> float | None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return float(torch.cuda.max_memory_allocated() / 2**20)
+    return None
+
+
+# -- one arm ----------------------------------------------------------------
+@dataclass
+class ArmData:
+    """What one arm trains on and is scored on."""
+
+    train: Collection
+    test: Mapping[str, Sample]
+    val: Mapping[str, Sample]
+    corrupted: Mapping[str, str]
+    grid_ids: list[str] = field(default_factory=list)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temporary file, then rename): a crash never leaves half a file."""
+    _atomic_write_text(Path(path), json.dumps(data, indent=1, default=_json_default, allow_nan=True) + "\n")
+
+
+def _predict_all(predictor: Any, samples: Mapping[str, Sample]) -> dict[str, np.ndarray]:
+    out = {}
+    for sid, s in samples.items():
+        labels, _ = predictor.predict(s.load_image())
+        out[sid] = np.asarray(labels)
+    return out
+
+
+def _label_values(collection: Collection) -> list[int] | None:
+    values = sorted(c.value for c in collection.classes)
+    return values if len(values) > 1 else None
+
+
+def _pixel_weight_inputs(train: Collection, preview: PreviewReport, fix_certain: bool):
+    weights, inits, truths, learned = {}, {}, {}, {}
+    for sid, pair in preview.pixel_weights.items():
+        s = train[sid]
+        if s.reference_mask is None:
+            continue
+        shape = tuple(np.asarray(s.reference_mask).shape[:2])
+        t = make_targets(s, train, shape, original_shape=shape)
+        weights[sid] = np.asarray(pair[0], float)
+        inits[sid] = t.init_label
+        truths[sid] = mask_to_index(np.asarray(s.reference_mask), train, sid)
+        learned[sid] = (t.certainty == UNKNOWN) if fix_certain else np.ones(shape, bool)
+    return weights, inits, truths, learned
+
+
+def _pick_preview_ids(weak: list[str], corrupted: Mapping[str, str], n: int, seed: int) -> list[str]:
+    """Up to ``n`` weak ids, half corrupted where possible, seeded."""
+    rng = np.random.default_rng(seed)
+    bad = [i for i in weak if i in corrupted]
+    good = [i for i in weak if i not in corrupted]
+    rng.shuffle(bad)
+    rng.shuffle(good)
+    k_bad = min(len(bad), n // 2)
+    return sorted(bad[:k_bad] + good[: n - k_bad])
+
+
+def run_arm(
+    arm: str,
+    data: ArmData,
+    config: TrainConfig,
+    run_dir: Path,
+    backend: Backend,
+    *,
+    on_report: Callable[[str, Any], None] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    pixel_preview: int = 16,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Train one arm, evaluate it on the test (and validation) images.
+
+    Returns
+    -------
+    (dict, dict)
+        The arm's results (JSON-ready) and its test predictions (id -> labels)
+        for the images in ``data.grid_ids``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    step_times: list[float] = []
+    history: dict[str, list[list[float]]] = {}
+    gamma: dict[str, float] = {}
+    device, done, start = "?", None, None
+    preview: PreviewReport | None = None
+    learns_pixels = config.pixel_weights != "off"
+    weak_ids = [s.id for s in data.train if s.role is Role.WEAK]
+    preview_ids = _pick_preview_ids(weak_ids, data.corrupted, pixel_preview, seed) if learns_pixels else []
+
+    _cuda_peak_reset()
+    t0 = time.perf_counter()
+    with _PeakMemory() as mem:
+        gen = backend.train(data.train, config, run_dir)
+        last = time.perf_counter()
+        command = None
+        try:
+            while True:
+                report = gen.send(command) if command is not None else next(gen)
+                command = None
+                now = time.perf_counter()
+                if isinstance(report, StartReport):
+                    device, start = report.device, report
+                    last = now  # model building and caching are not a step
+                elif isinstance(report, StepReport):
+                    step_times.append(now - last)
+                    last = now
+                    device = report.device or device
+                    # ask for pixel-weight maps one step before the end, so the last step delivers them
+                    if preview_ids and report.step == report.total_steps - 1:
+                        command = RequestPreview(tuple(preview_ids))
+                elif isinstance(report, WeightsReport):
+                    gamma = dict(report.sample_weights)
+                    for sid, value in report.sample_weights.items():
+                        history.setdefault(sid, []).append([int(report.step), float(value)])
+                    # `last` is not reset: a DII update's time counts in the step around it (amortised cost)
+                elif isinstance(report, PreviewReport):
+                    if report.pixel_weights:
+                        preview = report
+                elif isinstance(report, DoneReport):
+                    done = report
+                if on_report is not None:
+                    on_report(arm, report)
+                if done is not None:
+                    break
+        finally:
+            gen.close()
+    train_wall = time.perf_counter() - t0
+    train_peak_mb = mem.peak_mb
+    gpu_peak = _cuda_peak_mb()
+
+    # evaluation at each test image's original resolution
+    t1 = time.perf_counter()
+    predictor = backend.load_predictor(Path(done.checkpoint) if done and done.checkpoint else run_dir)
+    labels = _label_values(data.train)
+    test_pred = _predict_all(predictor, data.test)
+    test_eval = evaluate_masks(test_pred, {i: _truth_of(s) for i, s in data.test.items()},
+                               labels=labels, n_boot=n_boot, seed=seed)
+    val_eval = None
+    if data.val:
+        val_pred = _predict_all(predictor, data.val)
+        val_eval = evaluate_masks(val_pred, {i: _truth_of(s) for i, s in data.val.items()},
+                                  labels=labels, n_boot=n_boot, seed=seed)
+    eval_s = time.perf_counter() - t1
+
+    result: dict[str, Any] = {
+        "arm": arm,
+        "dice": test_eval["dice"],
+        "dice_ci": test_eval["dice_ci"],
+        "iou": test_eval["iou"],
+        "dice_nonempty": test_eval["dice_nonempty"],
+        "val_dice": val_eval["dice"] if val_eval else None,
+        "sec_per_step": statistics.median(step_times) if step_times else float("nan"),
+        "sec_per_step_mean": float(np.mean(step_times)) if step_times else float("nan"),
+        "steps": len(step_times),
+        "wall_s": train_wall + eval_s,
+        "train_s": train_wall,
+        "eval_s": eval_s,
+        "peak_mem_mb": train_peak_mb,
+        "peak_gpu_mem_mb": gpu_peak,
+        "device": device,
+        "reason": done.reason if done else "no DoneReport",
+        "n_train": len(data.train),
+        "n_strong": len(data.train.strong),
+        "n_weak": len(data.train.weak),
+        "notes": list(start.notes) if start else [],
+        "config": config.to_dict(),
+        "per_image": test_eval["per_image"],
+    }
+    if config.dii and weak_ids:
+        if not gamma:
+            gamma = _gamma_from_run_dir(run_dir)
+        corrupted_weak = {i: k for i, k in data.corrupted.items() if i in data.train}
+        result.update(gamma_quality({i: gamma[i] for i in weak_ids if i in gamma}, corrupted_weak))
+        result["gamma"] = {i: gamma[i] for i in weak_ids if i in gamma}
+        result["gamma_history"] = history
+    if learns_pixels:
+        if preview is not None:
+            fix = bool(getattr(config, "pixel_weights_fix_certain", True))
+            result.update(pixel_weight_ratio(*_pixel_weight_inputs(data.train, preview, fix)))
+            result["pixel_weight_samples"] = sorted(preview.pixel_weights)
+        else:
+            result["pixel_weight_wrong_vs_right"] = float("nan")
+            result["notes"].append("the trainer sent no pixel-weight maps: pixel_weight_wrong_vs_right not measured")
+    grid = {i: test_pred[i] for i in data.grid_ids if i in test_pred}
+    return result, grid
+
+
+def _gamma_from_run_dir(run_dir: Path) -> dict[str, float]:
+    path = Path(run_dir) / "gamma.json"
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    items = data.get("samples", data) if isinstance(data, dict) else {}
+    out = {}
+    for sid, rec in items.items():
+        value = rec.get("weight", rec.get("value")) if isinstance(rec, dict) else rec
+        if isinstance(value, int | float):
+            out[sid] = float(value)
+    return out
+
+
+# -- the whole benchmark -----------------------------------------------------
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
+           "processor": platform.processor() or platform.machine(), "cpu_count": str(os.cpu_count())}
+    for dist in ("napari-hybridseg", "torch", "segmentation-models-pytorch", "numpy", "scikit-image"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _save_grid(out: Path, prepared: Prepared, grid_ids: list[str]) -> None:
+    """Thumbnails of the grid's test images and truths, so the report can be redrawn from ``out`` alone."""
+    from ..images import to_float_rgb
+
+    gdir = out / "grid"
+    gdir.mkdir(parents=True, exist_ok=True)
+    for sid in grid_ids:
+        s = prepared.collection[sid]
+        img = to_float_rgb(s.load_image())
+        truth = _truth_of(s)
+        step = max(1, int(np.ceil(max(img.shape[:2]) / 256)))
+        np.savez_compressed(gdir / f"{sid}.npz", image=(img[::step, ::step] * 255).astype(np.uint8),
+                            truth=truth[::step, ::step].astype(np.uint8), step=step)
+
+
+def _save_grid_predictions(out: Path, arm: str, grid: Mapping[str, np.ndarray]) -> None:
+    gdir = out / "grid"
+    gdir.mkdir(parents=True, exist_ok=True)
+    safe = arm.replace("+", "_")
+    for sid, pred in grid.items():
+        meta = np.load(gdir / f"{sid}.npz") if (gdir / f"{sid}.npz").exists() else None
+        step = int(meta["step"]) if meta is not None else 1
+        tmp = gdir / f".{sid}__{safe}.tmp.npz"
+        np.savez_compressed(tmp, pred=np.asarray(pred)[::step, ::step].astype(np.uint8))
+        os.replace(tmp, gdir / f"{sid}__{safe}.npz")
+
+
+def collect_results(out: Path) -> dict[str, Any]:
+    """Assemble ``results.json`` from the files in ``out`` (settings, split, finished arms)."""
+    out = Path(out)
+    settings = json.loads((out / "settings.json").read_text())
+    split = json.loads((out / "split.json").read_text())
+    arms = {}
+    for arm in ARMS:
+        path = out / "arms" / f"{arm.replace('+', '_')}.json"
+        if path.is_file():
+            rec = json.loads(path.read_text())
+            rec.pop("gamma_history", None)  # kept in the arm file; results.json holds summaries
+            arms[arm] = rec
+    return {"schema": 1, "settings": settings, "split": split, "arms": arms}
+
+
+def arm_file(out: Path, arm: str) -> Path:
+    return Path(out) / "arms" / f"{arm.replace('+', '_')}.json"
+
+
+def run_benchmark(
+    settings: BenchSettings,
+    *,
+    backend: Backend | None = None,
+    prepared: Prepared | None = None,
+    on_report: Callable[[str, Any], None] | None = None,
+    log: Callable[[str], None] = print,
+    command_line: str | None = None,
+) -> dict[str, Any]:
+    """Run the protocol; skip arms already finished in ``settings.out``.
+
+    Parameters
+    ----------
+    settings : BenchSettings
+    backend : Backend, optional
+        Trainer and predictor; default the project's (:func:`default_backend`).
+    prepared : Prepared, optional
+        Data already prepared (tests); default :func:`prepare` of ``settings``.
+    on_report : callable, optional
+        ``on_report(arm, report)`` for every trainer report (progress bars).
+    log : callable
+        One-line messages.
+    command_line : str, optional
+        Recorded in the settings, so a reader can rerun it.
+
+    Returns
+    -------
+    dict
+        The content of ``results.json``.
+    """
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings_path = out / "settings.json"
+    fp = settings.fingerprint()
+    if settings_path.is_file():
+        old = json.loads(settings_path.read_text())
+        if old.get("fingerprint") != fp:
+            keys = [k for k, v in settings.to_dict().items()
+                    if k not in ("out", "arms", "grid_images", "note") and old.get(k) != v and k != "dataset"]
+            raise ValueError(
+                f"{out} holds a benchmark run with different settings ({', '.join(keys) or 'dataset'} differ); "
+                "use another --out, or delete the folder to start over")
+    done_arms = [a for a in settings.arms if arm_file(out, a).is_file()]
+    todo = [a for a in settings.arms if a not in done_arms]
+    for a in done_arms:
+        log(f"{a}: already finished in {arm_file(out, a)} (skipped)")
+    if not todo and settings_path.is_file() and (out / "split.json").is_file():
+        results = collect_results(out)
+        write_json(out / "results.json", results)
+        return results
+
+    backend = backend or default_backend()
+    if prepared is None:
+        prepared = prepare(settings, log=log)
+    base = settings.base_config()
+    n_fg = prepared.collection.num_classes
+    base = base.replace(model=base.model.replace(classes=n_fg + 1))
+    if settings.weak == "tag" and base.model.aux_classes == 0:
+        # tags train the auxiliary image-level head (METHOD.md section 3)
+        base = base.replace(model=base.model.replace(aux_classes=n_fg))
+
+    split_path = out / "split.json"
+    record = prepared.split_record()
+    if split_path.is_file():
+        old_split = json.loads(split_path.read_text())
+        if any(old_split.get(k) != record.get(k) for k in ("train", "val", "test", "strong", "weak", "corrupted")):
+            raise RuntimeError(f"{out}: the split or the label budget came out differently from the recorded one; "
+                               "the finished arms cannot be reused: use another --out")
+    rng = np.random.default_rng(settings.seed)
+    test_sorted = sorted(prepared.split.test)
+    grid_ids = sorted(rng.choice(test_sorted, size=min(settings.grid_images, len(test_sorted)),
+                                 replace=False).tolist())
+    record["grid"] = grid_ids
+    write_json(split_path, record)
+    write_json(settings_path, {**settings.to_dict(), "fingerprint": fp, "base_config": base.to_dict(),
+                               "backend": backend.name, "versions": _versions(),
+                               "command": command_line or " ".join(sys.argv),
+                               "prep_s": prepared.prep_s, "notes": prepared.notes})
+    _save_grid(out, prepared, grid_ids)
+
+    train = prepared.train
+    test = {i: prepared.collection[i] for i in prepared.split.test}
+    val = {i: prepared.collection[i] for i in prepared.split.val}
+    for arm in todo:
+        log(f"{arm}: training ({base.steps} steps)")
+        data = ArmData(train=arm_collection(train, arm), test=test, val=val,
+                       corrupted=prepared.corrupted, grid_ids=grid_ids)
+        result, grid = run_arm(arm, data, arm_config(base, arm), out / "runs" / arm.replace("+", "_"), backend,
+                               on_report=on_report, n_boot=settings.n_boot, seed=settings.seed)
+        _save_grid_predictions(out, arm, grid)
+        write_json(arm_file(out, arm), result)
+        log(f"{arm}: Dice {result['dice']:.3f} [{result['dice_ci'][0]:.3f}, {result['dice_ci'][1]:.3f}], "
+            f"{result['sec_per_step']:.3f} s/step, {result['wall_s']:.0f} s -> {arm_file(out, arm)}")
+        write_json(out / "results.json", collect_results(out))
+    results = collect_results(out)
+    write_json(out / "results.json", results)
+    return results
