@@ -366,3 +366,37 @@ def test_bench_settings_reject_unknown_arms_and_bad_fractions(tmp_path):
         _settings(tmp_path, arms=("naive", "magic"))
     with pytest.raises(ValueError, match="noise"):
         _settings(tmp_path, noise=1.5)
+
+
+def test_pre_resized_training_sample_gives_the_same_targets_as_the_original():
+    col = synthetic_collection(4)
+    s = col["img01"]
+    s.reference_mask, s.mask = s.mask, None
+    s.boxes = [Box(3.2, 5.7, 20.4, 30.1)]
+    small = P.resized_sample(s, 16)
+    assert small.image.shape == (16, 16, 3) and small.image.dtype == np.uint8
+    assert small.meta["original_shape"] == [40, 48] and small.boxes[0].id == s.boxes[0].id
+    a = make_targets(s, col, (16, 16))
+    b = make_targets(small, col, (16, 16))
+    assert np.array_equal(a.target, b.target) and np.array_equal(a.init_label, b.init_label)
+    assert np.array_equal(a.boxes, b.boxes)
+
+
+def test_real_hybridiser_records_and_applies_corruption_only_inside_train(tmp_path):
+    hybridize = pytest.importorskip("napari_hybridseg.core.hybridize")
+    settings = _settings(tmp_path, noise=0.5)
+    prep = P.prepare_collection(synthetic_collection(30), settings, hybridize=hybridize.make_hybrid,
+                                log=lambda m: None)
+    assert set(prep.corrupted) <= set(prep.weak) <= set(prep.split.train)
+    assert len(prep.corrupted) == round(0.5 * len(prep.weak))
+    for sid in prep.split.val + prep.split.test:
+        assert prep.collection[sid].mask is not None and not prep.collection[sid].corrupted
+    for sid, kind in prep.corrupted.items():
+        s = prep.collection[sid]
+        truth = s.reference_mask > 0
+        box = s.boxes[0]
+        inside = truth[int(box.y0):int(np.ceil(box.y1)), int(box.x0):int(np.ceil(box.x1))].sum()
+        if kind in ("shifted", "background"):
+            assert inside == 0, (sid, kind)  # moved off the object
+        else:
+            assert box.area > 1.5 * _mask_box(s.reference_mask).area, (sid, kind)  # inflated

@@ -62,6 +62,7 @@ __all__ = [
     "pixel_weight_ratio",
     "prepare",
     "prepare_collection",
+    "resized_sample",
     "run_arm",
     "run_benchmark",
 ]
@@ -127,6 +128,12 @@ class BenchSettings:
         Bootstrap resamples of the Dice interval. Default 2000.
     overrides : dict
         Extra TrainConfig settings applied to every arm (e.g. ``{"batch_size": 4}``).
+    pre_resize : bool
+        Resize the training images (and their masks, boxes, points) to the
+        square training size once, before the arms run, instead of letting
+        the trainer resize full-size images again for every arm. The trainer
+        resizes to the same square size, so the arms see the same pixels (up
+        to 8-bit rounding). Default True.
     note : str
         Free text shown at the top of the report (e.g. "measured under load");
         it does not decide any number.
@@ -150,6 +157,7 @@ class BenchSettings:
     grid_images: int = 6
     n_boot: int = 2000
     overrides: dict[str, Any] = field(default_factory=dict)
+    pre_resize: bool = True
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -301,6 +309,39 @@ class Prepared:
                            "strong": len(self.strong), "weak": len(self.weak), "corrupted": len(self.corrupted),
                            "grouped_ids": len(self.split.groups)})
         return rec
+
+
+def resized_sample(sample: Sample, size: int) -> Sample:
+    """A copy of ``sample`` at ``size x size`` px: image, masks, boxes and points scaled together.
+
+    The image goes through the same conversion the trainer applies
+    (:func:`~napari_hybridseg.core.images.to_float_rgb`, then an anti-aliased
+    resize) and is stored as 8-bit RGB; label images use the nearest-neighbour
+    rule :func:`~napari_hybridseg.core.targets.make_targets` uses, so targets
+    built from the copy equal those built from the original.
+    """
+    from ..images import resize_image, resize_labels, to_float_rgb
+
+    img = sample.load_image()
+    h, w = int(img.shape[0]), int(img.shape[1])
+    small = resize_image(to_float_rgb(img), (size, size))
+    small = np.clip(np.rint(small * 255.0), 0, 255).astype(np.uint8)
+    sx, sy = size / w, size / h
+
+    def labels(m):
+        return None if m is None else resize_labels(np.asarray(m), (size, size))
+
+    return dataclasses.replace(
+        sample,
+        image=small,
+        image_path=None,
+        mask=labels(sample.mask),
+        reference_mask=labels(sample.reference_mask),
+        boxes=[dataclasses.replace(b, x0=b.x0 * sx, x1=b.x1 * sx, y0=b.y0 * sy, y1=b.y1 * sy) for b in sample.boxes],
+        points=[dataclasses.replace(p, x=p.x * sx, y=p.y * sy) for p in sample.points],
+        tags=list(sample.tags),
+        meta={**sample.meta, "shape": [size, size], "original_shape": [h, w]},
+    )
 
 
 def _truth_of(sample: Sample) -> np.ndarray:
@@ -939,6 +980,12 @@ def run_benchmark(
     _save_grid(out, prepared, grid_ids)
 
     train = prepared.train
+    if settings.pre_resize:
+        t_rs = time.perf_counter()
+        size = int(base.model.input_size)
+        train = _copy_collection(train, [resized_sample(s, size) for s in train])
+        log(f"resized {len(train)} training images to {size} px once for all arms "
+            f"({time.perf_counter() - t_rs:.1f} s)")
     test = {i: prepared.collection[i] for i in prepared.split.test}
     val = {i: prepared.collection[i] for i in prepared.split.val}
     for arm in todo:
