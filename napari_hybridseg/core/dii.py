@@ -1,0 +1,224 @@
+"""Dynamic Instance Indicator (Pan et al., AAAI 2022): one learned weight per weak sample.
+
+gamma_k in [0, 1], initialised at 0.5, moves by Adam (lr 0.1, betas 0.9/0.999)
+on ``dL_S/dgamma_k ~ -g_S . g_k`` every tau steps, then is clamped to [0, 1].
+``g_S`` is the gradient of the strong (supervised) loss over a strong batch,
+``g_k`` the gradient of weak sample k's own loss against its own weak target.
+Every gamma is refreshed at every update (stale Adam moments would otherwise
+keep pushing weights that were not scored).
+
+Two scorers compute the dot products ``g_S . g_k`` for all weak samples:
+
+* :func:`last_layer_scores`: the authors' choice, gradients of the final
+  convolution only, features detached, BatchNorm in eval mode. The head is
+  linear in its parameters, so ``g_S . g_k = sum_p delta_k,p . (dz_p)`` with
+  ``delta = dl_k/dz`` and ``dz`` the head applied to the features with the
+  strong gradient as its weights: one no-grad forward per weak image, batched.
+* :func:`jvp_scores`: the full network. A forward-mode JVP of the per-instance
+  loss vector along ``g_S`` gives every ``g_S . g_k`` at once, without
+  per-sample gradient tensors (BatchNorm in eval mode through
+  ``torch.func.functional_call`` so instances stay independent).
+
+Both run in float32 without autocast: the scores are small differences of
+large dot products.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.func import functional_call, jvp
+
+from .models import decoder_features, forward
+
+__all__ = ["GammaBank", "InstanceLoss", "default_tau", "jvp_scores", "last_layer_scores", "strong_gradient_loss"]
+
+#: per-instance weak loss: (logits, aux_logits, indices into the weak set) -> (N,)
+InstanceLoss = Callable[[torch.Tensor, torch.Tensor | None, Sequence[int]], torch.Tensor]
+#: mean strong loss: (logits, aux_logits) -> scalar
+StrongLoss = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def default_tau(n_weak: int, batch_size: int, total_steps: int | None = None) -> int:
+    """DII update interval scaled to the collection.
+
+    Rule: a DII update costs about one no-grad forward per weak image (a third
+    of a training step's work per image) plus one strong batch forward/backward
+    (one step's work), so its cost in steps is ``n_weak / (3 B) + 1``. Keeping
+    that under 10% of the steps between updates gives
+    ``tau = 10 + 10 n_weak / (3 B)``, at least 10 and at most 400 (the paper's
+    value). So that weights do move in short interactive sessions, a run of
+    ``total_steps`` gets at least 4 updates (tau <= total_steps / 4, at least
+    10), at a higher overhead for large collections and short runs.
+
+    Examples
+    --------
+    >>> default_tau(20, 8)
+    19
+    >>> default_tau(900, 8)
+    385
+    >>> default_tau(900, 8, total_steps=60)
+    15
+    """
+    tau = math.ceil(10 + 10 * n_weak / (3 * max(1, batch_size)))
+    tau = min(max(tau, 10), 400)
+    if total_steps:
+        tau = min(tau, max(10, total_steps // 4))
+    return int(tau)
+
+
+@dataclass
+class _AdamState:
+    value: float
+    m: float = 0.0
+    v: float = 0.0
+    t: int = 0
+
+
+@dataclass
+class GammaBank:
+    """Per-sample gamma with its own Adam state, keyed by sample id.
+
+    Samples can come and go between updates (the annotator edits while
+    training): :meth:`sync` adds new ids at ``init`` and drops removed ones.
+    """
+
+    lr: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    init: float = 0.5
+    states: dict[str, _AdamState] = field(default_factory=dict)
+
+    def sync(self, ids: Iterable[str], initial: dict[str, float] | None = None) -> None:
+        """Keep exactly ``ids``: new ones start at ``initial[id]`` or ``init``."""
+        ids = list(ids)
+        keep = set(ids)
+        for k in [k for k in self.states if k not in keep]:
+            del self.states[k]
+        for k in ids:
+            if k not in self.states:
+                start = (initial or {}).get(k, self.init)
+                self.states[k] = _AdamState(float(min(max(start, 0.0), 1.0)))
+
+    def value(self, sample_id: str) -> float:
+        return self.states[sample_id].value
+
+    def values(self) -> dict[str, float]:
+        return {k: s.value for k, s in self.states.items()}
+
+    def step(self, grads: dict[str, float]) -> dict[str, float]:
+        """One Adam step on every gamma given ``dL_S/dgamma`` per id, then clamp to [0, 1]."""
+        b1, b2 = self.betas
+        for k, g in grads.items():
+            s = self.states[k]
+            s.t += 1
+            s.m = b1 * s.m + (1 - b1) * g
+            s.v = b2 * s.v + (1 - b2) * g * g
+            m_hat = s.m / (1 - b1**s.t)
+            v_hat = s.v / (1 - b2**s.t)
+            s.value = float(min(max(s.value - self.lr * m_hat / (math.sqrt(v_hat) + self.eps), 0.0), 1.0))
+        return self.values()
+
+
+class _EvalMode:
+    """BatchNorm (and dropout) in eval mode for the scoring, restored afterwards."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.was = model, model.training
+
+    def __enter__(self):
+        self.model.eval()
+
+    def __exit__(self, *exc):
+        self.model.train(self.was)
+
+
+def _chunks(n: int, size: int) -> Iterable[list[int]]:
+    for i in range(0, n, size):
+        yield list(range(i, min(n, i + size)))
+
+
+def strong_gradient_loss(model: nn.Module, x_strong: torch.Tensor, strong_loss: StrongLoss) -> torch.Tensor:
+    logits, aux = forward(model, x_strong)
+    return strong_loss(logits, aux)
+
+
+def last_layer_scores(model: nn.Module, x_strong: torch.Tensor, strong_loss: StrongLoss,
+                      x_weak: torch.Tensor, instance_loss: InstanceLoss, chunk: int = 8) -> torch.Tensor:
+    """``g_S . g_k`` for every weak image through the final convolution only.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A segmentation-models-pytorch model (its ``segmentation_head`` must be
+        linear in its parameters: a convolution, optional upsampling, identity
+        activation).
+    x_strong : Tensor (S, 3, H, W)
+        A strong batch; ``strong_loss(logits, aux)`` its mean loss.
+    x_weak : Tensor (N, 3, H, W)
+        Every weak image (on any device; moved chunk by chunk).
+    instance_loss : callable
+        ``(logits, aux, indices) -> (len(indices),)`` each weak sample's own loss.
+
+    Returns
+    -------
+    Tensor (N,)
+        The dot products (positive: sample k pulls the way the strong set does).
+    """
+    head = model.segmentation_head
+    device = next(model.parameters()).device
+    with _EvalMode(model):
+        names = [n for n, _ in head.named_parameters()]
+        params = dict(head.named_parameters())
+        with torch.no_grad():
+            feats = decoder_features(model, x_strong.to(device))
+        z = functional_call(head, params, (feats,))
+        g = torch.autograd.grad(strong_loss(z, None), [params[n] for n in names], allow_unused=True)
+        g_head = {n: (gi if gi is not None else torch.zeros_like(params[n])) for n, gi in zip(names, g)}
+        out = []
+        for idx in _chunks(x_weak.shape[0], chunk):
+            with torch.no_grad():
+                f = decoder_features(model, x_weak[idx].to(device))
+                dz = functional_call(head, g_head, (f,))  # head linear in its params: dz = J_theta z . g
+                z = head(f)
+            z = z.detach().requires_grad_(True)
+            loss = instance_loss(z, None, idx).sum()  # instances are independent: d sum / dz_k = dl_k/dz_k
+            (delta,) = torch.autograd.grad(loss, [z])
+            out.append((delta * dz).flatten(1).sum(1).detach())
+    return torch.cat(out) if out else torch.zeros(0, device=device)
+
+
+def jvp_scores(model: nn.Module, x_strong: torch.Tensor, strong_loss: StrongLoss,
+               x_weak: torch.Tensor, instance_loss: InstanceLoss, chunk: int = 8) -> torch.Tensor:
+    """``g_S . g_k`` for every weak image through the whole network (forward-mode JVP).
+
+    Same arguments and result as :func:`last_layer_scores`.
+    """
+    device = next(model.parameters()).device
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
+    with _EvalMode(model):
+        def strong_fn(p):
+            logits, aux = forward_fn(p, x_strong.to(device))
+            return strong_loss(logits, aux)
+
+        def forward_fn(p, x):
+            out = functional_call(model, (p, buffers), (x,))
+            return (out[0], out[1]) if isinstance(out, tuple) else (out, None)
+
+        g_s = torch.func.grad(strong_fn)(params)
+        out = []
+        for idx in _chunks(x_weak.shape[0], chunk):
+            xw = x_weak[idx].to(device)
+
+            def inst(p, xw=xw, idx=idx):
+                logits, aux = forward_fn(p, xw)
+                return instance_loss(logits, aux, idx)
+
+            _, tangent = jvp(inst, (params,), (g_s,))
+            out.append(tangent.detach())
+    return torch.cat(out) if out else torch.zeros(0, device=device)

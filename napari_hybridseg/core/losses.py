@@ -1,0 +1,178 @@
+"""Hybrid supervision losses (METHOD.md section 3).
+
+Every function returns one value PER SAMPLE (shape ``(B,)``) so that the
+trainer can multiply weak samples' terms by their DII weight gamma_k and the
+DII scorer can differentiate each weak sample's own loss. Pixel-level weak
+terms are built from per-pixel cost maps (:func:`pixel_ce`) so that MLB-Seg
+pixel weights (``core/pixel_weights.py``) can multiply them.
+
+Channel 0 is background; ``K = n_classes + 1`` softmax channels; targets hold
+channel indices with :data:`~napari_hybridseg.core.targets.IGNORE` (-1) where
+the label says nothing. Losses are computed in float32 whatever the autocast
+dtype, because log-probabilities of near-certain pixels underflow in bf16.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .targets import IGNORE
+
+__all__ = [
+    "LossWeights",
+    "aux_tag_loss",
+    "box_tightness",
+    "dice_loss",
+    "mil_loss",
+    "partial_ce",
+    "pixel_ce",
+    "strong_loss",
+    "weak_losses",
+]
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the weak terms relative to the partial cross-entropy."""
+
+    box: float = 1.0
+    mil: float = 1.0
+    aux: float = 0.4
+
+
+def pixel_ce(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel softmax cross-entropy and the mask of pixels that have a target.
+
+    Returns
+    -------
+    cost : (B, H, W) float32, 0 where the target is IGNORE
+    valid : (B, H, W) bool
+    """
+    valid = target != IGNORE
+    cost = F.cross_entropy(logits.float(), target.clamp_min(0), reduction="none")
+    return cost * valid, valid
+
+
+def partial_ce(logits: torch.Tensor, target: torch.Tensor, pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over each sample's known pixels, ``(B,)``; 0 for a sample with none.
+
+    ``pixel_weight`` (B, H, W), if given, multiplies the cost map before the mean
+    (the MLB-Seg hook).
+    """
+    cost, valid = pixel_ce(logits, target)
+    if pixel_weight is not None:
+        cost = cost * pixel_weight
+    n = valid.flatten(1).sum(1).clamp_min(1)
+    return cost.flatten(1).sum(1) / n
+
+
+def dice_loss(probs: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss over the foreground channels, per sample ``(B,)``.
+
+    The smoothing term makes an empty mask predicted empty score a loss of 0
+    rather than 0/0.
+    """
+    k = probs.shape[1]
+    onehot = F.one_hot(target.clamp_min(0), k).permute(0, 3, 1, 2).float()
+    valid = (target != IGNORE).unsqueeze(1).float()
+    p, t = probs[:, 1:] * valid, onehot[:, 1:] * valid
+    inter = (p * t).flatten(2).sum(2)
+    denom = p.flatten(2).sum(2) + t.flatten(2).sum(2)
+    return 1.0 - ((2 * inter + smooth) / (denom + smooth)).mean(1)
+
+
+def strong_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy + soft Dice of strong samples, per sample ``(B,)``."""
+    probs = logits.float().softmax(1)
+    return partial_ce(logits, target) + dice_loss(probs, target)
+
+
+def box_tightness(probs: torch.Tensor, boxes: Sequence[np.ndarray], eps: float = 1e-6) -> torch.Tensor:
+    """BoxInst-style projection term, per sample ``(B,)``.
+
+    Inside a box of class c, every row and every column of the box must hold at
+    least one pixel of class c: the max of the class probability along each row
+    and column should be 1 (``-log`` of it is the cost). Pixels outside the box
+    are supervised as background by the partial cross-entropy.
+    """
+    out = probs.new_zeros(probs.shape[0])
+    for b, bx in enumerate(boxes):
+        if bx is None or not len(bx):
+            continue
+        terms = []
+        for ch, r0, c0, r1, c1 in np.asarray(bx).tolist():
+            p = probs[b, ch, r0:r1, c0:c1]
+            rows = p.amax(1).clamp_min(eps)
+            cols = p.amax(0).clamp_min(eps)
+            terms.append(0.5 * (-rows.log().mean() - cols.log().mean()))
+        out[b] = torch.stack(terms).mean()
+    return out
+
+
+def mil_loss(probs: torch.Tensor, present: torch.Tensor, skip: torch.Tensor | None = None,
+             top_fraction: float = 0.01) -> torch.Tensor:
+    """Multiple-instance term for "structure present" tags, per sample ``(B,)``.
+
+    The mean of the top-k probabilities of each present class (k = 1% of the
+    pixels, at least 1) should be 1. ``skip`` (B, K) bool excludes channels that
+    already have a stronger signal (a box or a point of that class).
+    """
+    b, k, h, w = probs.shape
+    want = present.clone()
+    want[:, 0] = False
+    if skip is not None:
+        want &= ~skip
+    if not want.any():
+        return probs.new_zeros(b)
+    n_top = max(1, int(round(top_fraction * h * w)))
+    top = probs.flatten(2).topk(n_top, dim=2).values.mean(2).clamp_min(1e-6)  # (B, K)
+    cost = -top.log() * want
+    return cost.sum(1) / want.sum(1).clamp_min(1)
+
+
+def aux_tag_loss(aux_logits: torch.Tensor | None, tag_target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the image-level head on known tags, per sample ``(B,)``."""
+    if aux_logits is None or tag_target.numel() == 0:
+        return tag_target.new_zeros(tag_target.shape[0])
+    known = tag_target >= 0
+    cost = F.binary_cross_entropy_with_logits(aux_logits.float(), tag_target.clamp_min(0), reduction="none")
+    return (cost * known).sum(1) / known.sum(1).clamp_min(1)
+
+
+def weak_losses(logits: torch.Tensor, aux_logits: torch.Tensor | None, target: torch.Tensor,
+                boxes: Sequence[np.ndarray], present: torch.Tensor, tag_target: torch.Tensor,
+                weights: LossWeights = LossWeights(), pixel_weight: torch.Tensor | None = None,
+                ) -> dict[str, torch.Tensor]:
+    """Every weak term of each sample against its own weak target.
+
+    Returns
+    -------
+    dict
+        ``"pce"`` (partial CE: box exteriors, point disks, absent tags),
+        ``"box"`` (tightness), ``"mil"`` (present tags), ``"aux"`` (tag head),
+        each ``(B,)`` and already multiplied by its :class:`LossWeights` factor,
+        plus ``"sum"``: their total, the per-instance loss DII scores.
+    """
+    probs = logits.float().softmax(1)
+    k = logits.shape[1]
+    # channels with a box or a positive point already get a pixel-level signal
+    has_pixels = torch.zeros_like(present)
+    for b, bx in enumerate(boxes):
+        if bx is not None and len(bx):
+            has_pixels[b, np.unique(np.asarray(bx)[:, 0])] = True
+    fg_known = F.one_hot(target.clamp_min(0), k).bool() & (target != IGNORE).unsqueeze(-1)
+    has_pixels |= fg_known.flatten(1, 2).any(1)
+    has_pixels[:, 0] = False
+    terms = {
+        "pce": partial_ce(logits, target, pixel_weight),
+        "box": weights.box * box_tightness(probs, boxes) if weights.box else probs.new_zeros(len(boxes)),
+        "mil": weights.mil * mil_loss(probs, present, skip=has_pixels),
+        "aux": weights.aux * aux_tag_loss(aux_logits, tag_target),
+    }
+    terms["sum"] = terms["pce"] + terms["box"] + terms["mil"] + terms["aux"]
+    return terms

@@ -1,0 +1,522 @@
+"""The training loop as a generator of small typed reports.
+
+::
+
+    gen = train(collection, config, run_dir)
+    report = next(gen)                      # StartReport
+    while not isinstance(report, DoneReport):
+        report = gen.send(command_or_None)  # Stop(), Pause(), Resume(), UpdateSamples(...), RequestPreview(...)
+
+One step = one batch mixing strong and weak (and unlabeled, with DCR)
+samples: strong CE + Dice, each weak sample's terms times its gamma_k
+(:mod:`.losses`), and with DCR a second network and cross pseudo supervision
+on CutMix pairs (:mod:`.dcr`). Every tau steps the Dynamic Instance Indicator
+re-scores every weak sample (:mod:`.dii`) and yields a
+:class:`~.reports.WeightsReport`; the weights are written back into
+``collection.sample_weights`` with their history.
+
+No Qt, no threads: the widget runs this generator in a worker thread; tests
+and the CLI drive it directly (see :func:`run`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Generator, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import dcr as dcr_mod
+from . import dii as dii_mod
+from .collection import Collection, Role, Sample, WeightState
+from .config import TrainConfig
+from .data import BatchSampler, Prepared, augment, collate, prepare_sample
+from .device import DeviceInfo, release, resolve_device
+from .losses import LossWeights, aux_tag_loss, strong_loss, weak_losses
+from .models import build_model, forward, load_model, save_model
+from .reports import (
+    CheckpointReport,
+    DoneReport,
+    Pause,
+    PreviewReport,
+    Report,
+    RequestPreview,
+    Resume,
+    StartReport,
+    StepReport,
+    Stop,
+    UpdateSamples,
+    WeightsReport,
+)
+
+__all__ = ["run", "train"]
+
+Trainer = Generator[Report, object, None]
+
+
+def _validate(collection: Collection, config: TrainConfig) -> None:
+    if not any(s.role is Role.STRONG for s in collection):
+        raise ValueError(
+            "no image has a strong mask: training needs at least one. Draw a mask on at least one image "
+            "(Labels layer) or import some masks, then train again."
+        )
+    if config.steps < 1:
+        raise ValueError(f"steps must be at least 1 (got {config.steps})")
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1 (got {config.batch_size})")
+    if config.optimizer not in ("adamw", "sgd"):
+        raise ValueError(f"optimizer {config.optimizer!r}: choose 'adamw' or 'sgd'")
+    if config.dii_scorer not in ("last-layer", "jvp"):
+        raise ValueError(f"dii_scorer {config.dii_scorer!r}: choose 'last-layer' or 'jvp'")
+    if config.pixel_weights not in ("off", "exact"):
+        raise ValueError(f"pixel_weights {config.pixel_weights!r}: choose 'off' or 'exact'")
+    if config.pixel_weights == "exact":
+        raise ValueError("pixel_weights='exact' is not wired into the trainer yet; use 'off' "
+                         "(see core/pixel_weights.py for the module under way)")
+
+
+def train(collection: Collection, config: TrainConfig, run_dir: str | Path | None = None, *,
+          init_from: str | Path | None = None, preview_ids: Iterable[str] = ()) -> Trainer:
+    """Train on ``collection``; a generator of reports that takes commands through ``send()``.
+
+    Cheap checks run at once (so a bad request fails before a worker thread
+    starts); loading and resizing images happens after the first ``next()``.
+
+    Parameters
+    ----------
+    collection : Collection
+        The data. Read at start and after each :class:`UpdateSamples`; learned
+        weights are written to ``collection.sample_weights``.
+    config : TrainConfig
+        All settings (see :mod:`.config`). ``config.model.classes`` and
+        ``aux_classes`` are set from the collection.
+    run_dir : path, optional
+        Where checkpoints, ``run.json`` and ``gamma.json`` go; ``None`` keeps
+        everything in memory (no :class:`CheckpointReport`).
+    init_from : path, optional
+        A previous run folder: its model(s) and learned weights are the
+        starting point and steps continue from its last step.
+    preview_ids : iterable of str
+        Samples to preview every ``config.preview_every`` steps.
+
+    Yields
+    ------
+    StartReport, then StepReport every step, WeightsReport after each DII
+    update, PreviewReport, CheckpointReport, and finally DoneReport.
+
+    Raises
+    ------
+    ValueError
+        No strong mask at all, a setting out of range, or (at the first
+        ``next()``) an image that cannot be used.
+    """
+    _validate(collection, config)
+    session = _Session(collection, config, None if run_dir is None else Path(run_dir),
+                       None if init_from is None else Path(init_from), tuple(preview_ids))
+    return session.loop()
+
+
+def run(collection: Collection, config: TrainConfig, run_dir: str | Path | None = None, *,
+        callback: Callable[[Report], object] | None = None, **kwargs) -> DoneReport:
+    """Consume :func:`train` to the end and return its :class:`DoneReport`.
+
+    ``callback(report)`` sees every report; whatever it returns (a command or
+    ``None``) is sent back to the trainer, so a callback can stop the run.
+    Called from the main thread, Ctrl-C (SIGINT) stops cleanly: the current
+    step is finished, a checkpoint written and the DoneReport returned; a
+    second Ctrl-C interrupts at once.
+    """
+    import signal
+    import threading
+
+    gen = train(collection, config, run_dir, **kwargs)
+    interrupted: list[bool] = []
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def on_sigint(signum, frame):  # noqa: ARG001
+            if interrupted:  # a second Ctrl-C: the user does not want to wait for the step
+                raise KeyboardInterrupt
+            interrupted.append(True)
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        report = next(gen)
+        while True:
+            command = callback(report) if callback is not None else None
+            if isinstance(report, DoneReport):
+                return report
+            if interrupted and command is None:
+                command = Stop()
+            report = gen.send(command)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        gen.close()
+
+
+class _Session:
+    """State of one training run (kept out of module globals so runs never share state)."""
+
+    def __init__(self, collection: Collection, config: TrainConfig, run_dir: Path | None,
+                 init_from: Path | None, preview_ids: tuple[str, ...]):
+        self.collection = collection
+        self.config = config
+        self.run_dir = run_dir
+        self.init_from = init_from
+        self.preview_ids = preview_ids
+        self.stop_requested = False
+        self.paused = False
+        self.pending_previews: list[str] = []
+        self.pending_updates: list[UpdateSamples] = []
+        self.loss_history: list[list] = []
+        self.notes: list[str] = []
+
+    # -- commands --------------------------------------------------------
+    def accept(self, command: object) -> None:
+        if command is None:
+            return
+        if isinstance(command, Stop):
+            self.stop_requested = True
+        elif isinstance(command, Pause):
+            self.paused = True
+        elif isinstance(command, Resume):
+            self.paused = False
+        elif isinstance(command, UpdateSamples):
+            self.pending_updates.append(command)
+        elif isinstance(command, RequestPreview):
+            self.pending_previews.extend(command.sample_ids)
+        else:
+            raise TypeError(f"unknown trainer command {command!r}; send Stop, Pause, Resume, UpdateSamples "
+                            "or RequestPreview (or None)")
+
+    # -- setup -----------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.dev: DeviceInfo = resolve_device(cfg.device, cfg.precision)
+        n_classes = self.collection.num_classes
+        has_tags = any(s.tags for s in self.collection) and bool(self.collection.tag_defs)
+        self.model_config = cfg.model.replace(classes=n_classes + 1, aux_classes=n_classes if has_tags else 0)
+        self.size = int(self.model_config.input_size)
+        self.loss_weights = LossWeights(cfg.box_tightness_weight, cfg.mil_weight, cfg.aux_weight)
+        self.prepared: dict[str, Prepared] = {}
+        for sample in list(self.collection):
+            self._prepare(sample)
+
+        self.start_step = 0
+        initial_gamma: dict[str, float] = {}
+        prev: dict = {}
+        if self.init_from is not None:
+            from .checkpoint import read_run
+
+            prev = read_run(self.init_from)
+            self.start_step = int(prev.get("step", 0))
+            self.loss_history = list(prev.get("loss_history", []))
+            initial_gamma = {k: v["value"] for k, v in prev.get("sample_weights", {}).items()}
+        self.nets = [self._make_net(0, prev)]
+        if cfg.dcr:
+            self.nets.append(self._make_net(1, prev))
+        for net in self.nets:
+            net.to(self.dev.device).train()
+        params = [p for net in self.nets for p in net.parameters()]
+        if cfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda") if self.dev.needs_scaler else None
+        self.total_steps = self.start_step + cfg.steps
+        self.sampler = BatchSampler(cfg.batch_size, cfg.strong_per_batch, self.rng, use_unlabeled=cfg.dcr)
+
+        self.bank = dii_mod.GammaBank(lr=cfg.dii_lr, init=cfg.dii_init)
+        weak = self._ids(Role.WEAK)
+        self.bank.sync(weak, initial_gamma)
+        self.tau = cfg.dii_tau or dii_mod.default_tau(len(weak), cfg.batch_size, cfg.steps)
+        self.rampup = cfg.cps_rampup_steps if cfg.cps_rampup_steps is not None else max(1, cfg.steps // 5)
+        if self.init_from is None:
+            self.collection.sample_weights = {}
+        self._sync_weight_states()
+
+    def _make_net(self, index: int, prev: dict) -> torch.nn.Module:
+        folder = None if self.init_from is None else self.init_from / ("model" if index == 0 else "model_b")
+        if folder is not None and folder.exists():
+            net, saved = load_model(folder)
+            if saved.classes != self.model_config.classes:
+                raise ValueError(f"{self.init_from}: that run predicts {saved.classes - 1} class(es), this "
+                                 f"collection has {self.model_config.classes - 1}; start a new run instead")
+            return net
+        if folder is not None and index == 0:
+            raise ValueError(f"{self.init_from}: no model/ folder to continue from")
+        return build_model(self.model_config, seed=self.config.seed + 1000 * index)
+
+    def _prepare(self, sample: Sample) -> None:
+        self.prepared[sample.id] = prepare_sample(sample, self.collection, self.size,
+                                                  point_radius=self.config.point_radius)
+
+    def _ids(self, role: Role) -> list[str]:
+        return [k for k, p in self.prepared.items() if p.role is role]
+
+    def _sync_weight_states(self) -> None:
+        states = self.collection.sample_weights
+        for k in [k for k in states if k not in self.bank.states]:
+            del states[k]
+        for k, s in self.bank.states.items():
+            if k not in states:
+                states[k] = WeightState(s.value, [(self.start_step, s.value)])
+
+    def apply_updates(self) -> None:
+        """Take edited, added and removed samples into account before the next step."""
+        while self.pending_updates:
+            upd = self.pending_updates.pop(0)
+            for sid in upd.removed:
+                self.prepared.pop(sid, None)
+                if sid in self.collection:
+                    self.collection.remove(sid)
+            for sample in upd.samples:
+                if self.collection.samples.get(sample.id) is not sample:
+                    self.collection.samples[sample.id] = sample
+                self._prepare(sample)
+        if not self._ids(Role.STRONG):
+            raise ValueError("the update removed every strong mask; keep a mask on at least one image")
+        self.bank.sync(self._ids(Role.WEAK))
+        self._sync_weight_states()
+
+    # -- one step --------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        cfg = self.config
+        local = step - self.start_step  # the schedule restarts for a continued run
+        if cfg.warmup_steps and local <= cfg.warmup_steps:
+            return cfg.lr * local / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return cfg.lr
+        t = (local - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.lr * (1 - min(t, 1.0)) ** 0.9
+
+    def gamma_of(self, ids: list[str], roles: list[Role]) -> torch.Tensor:
+        return torch.tensor([self.bank.value(i) if r is Role.WEAK else 1.0 for i, r in zip(ids, roles)],
+                            dtype=torch.float32, device=self.dev.device)
+
+    def supervised(self, logits, aux, batch, gamma) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Strong terms at weight 1 plus every weak term times gamma, averaged over the batch."""
+        b = logits.shape[0]
+        strong = torch.tensor([r is Role.STRONG for r in batch.roles], device=logits.device)
+        weak = torch.tensor([r is Role.WEAK for r in batch.roles], device=logits.device)
+        terms: dict[str, torch.Tensor] = {}
+        total = logits.new_zeros((), dtype=torch.float32)
+        if strong.any():
+            ls = strong_loss(logits[strong], batch.target[strong])
+            la = self.loss_weights.aux * aux_tag_loss(None if aux is None else aux[strong], batch.tag_target[strong])
+            terms["strong"] = ls.sum() / b
+            terms["aux"] = la.sum() / b
+            total = total + terms["strong"] + terms["aux"]
+        if weak.any():
+            idx = weak.nonzero().flatten().tolist()
+            wl = weak_losses(logits[weak], None if aux is None else aux[weak], batch.target[weak],
+                             [batch.boxes[i] for i in idx], batch.present[weak], batch.tag_target[weak],
+                             self.loss_weights)
+            g = gamma[weak]
+            for name in ("pce", "box", "mil", "aux"):
+                val = (g * wl[name]).sum() / b
+                terms[name] = terms.get(name, 0.0) + val
+            total = total + (g * wl["sum"]).sum() / b
+        return total, terms
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg = self.config
+        ids = self.sampler.sample(self._ids(Role.STRONG), self._ids(Role.WEAK), self._ids(Role.UNLABELED))
+        items = [augment(self.prepared[i], self.rng) if cfg.augment else self.prepared[i] for i in ids]
+        batch = collate(items).to(self.dev.device)
+        gamma = self.gamma_of(batch.ids, batch.roles)
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.dev.device)
+        logged: dict[str, float] = {}
+        with self.dev.autocast():
+            outs = [forward(net, batch.x) for net in self.nets]
+        for n, (logits, aux) in enumerate(outs):
+            sup, terms = self.supervised(logits, aux, batch, gamma)
+            total = total + sup
+            if n == 0:
+                logged.update({k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()})
+        if cfg.dcr and len(self.nets) == 2:
+            bsz, _, h, w = batch.x.shape
+            perm = torch.as_tensor(self.rng.permutation(bsz), device=self.dev.device)
+            mask = dcr_mod.cutmix_boxes(bsz, h, w, self.rng)
+            xm = dcr_mod.cutmix(batch.x, perm, mask)
+            with self.dev.autocast():
+                la, _ = forward(self.nets[0], xm)
+                lb, _ = forward(self.nets[1], xm)
+            pair_gamma = 0.5 * (gamma + gamma[perm])
+            lam = cfg.cps_lambda * dcr_mod.rampup(step - self.start_step, self.rampup)
+            cps = dcr_mod.cps_loss(la, lb, pair_gamma)
+            total = total + lam * cps
+            logged["cps"] = float(cps.detach())
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            total.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for net in self.nets for p in net.parameters()], cfg.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        logged["total"] = float(total.detach())
+        if not math.isfinite(logged["total"]):
+            raise RuntimeError(f"the loss became {logged['total']} at step {step}; lower the learning rate "
+                               f"(now {cfg.lr}) or use --precision fp32")
+        return logged
+
+    # -- DII ---------------------------------------------------------------
+    def dii_update(self, step: int) -> WeightsReport | None:
+        weak = self._ids(Role.WEAK)
+        strong = self._ids(Role.STRONG)
+        if not weak or not self.config.dii:
+            return None
+        net = self.nets[0]
+        pick = self.rng.permutation(len(strong))[: self.config.batch_size]
+        xs = torch.stack([self.prepared[strong[i]].image for i in pick])
+        ys = torch.stack([self.prepared[strong[i]].target for i in pick]).to(self.dev.device)
+        ts = torch.stack([self.prepared[strong[i]].tag_target for i in pick]).to(self.dev.device)
+        aux_w = self.loss_weights.aux
+        items = [self.prepared[k] for k in weak]
+        xw = torch.stack([p.image for p in items])
+        yw = torch.stack([p.target for p in items]).to(self.dev.device)
+        pw = torch.stack([p.present for p in items]).to(self.dev.device)
+        tw = torch.stack([p.tag_target for p in items]).to(self.dev.device)
+
+        def strong_fn(logits, aux):
+            return strong_loss(logits, ys).mean() + aux_w * aux_tag_loss(aux, ts).mean()
+
+        def instance_fn(logits, aux, idx):
+            return weak_losses(logits, aux, yw[idx], [items[i].boxes for i in idx], pw[idx], tw[idx],
+                               self.loss_weights)["sum"]
+
+        scorer = dii_mod.jvp_scores if self.config.dii_scorer == "jvp" else dii_mod.last_layer_scores
+        dots = scorer(net, xs, strong_fn, xw, instance_fn, chunk=max(2, self.config.batch_size))
+        # dL_S/dgamma_k ~ -g_S . g_k (inverse Hessian ~ identity)
+        values = self.bank.step({k: -float(d) for k, d in zip(weak, dots.cpu().tolist())})
+        for k, v in values.items():
+            self.collection.sample_weights.setdefault(k, WeightState(v)).record(step, v)
+        return WeightsReport(step=step, sample_weights=dict(values))
+
+    # -- previews and checkpoints -----------------------------------------
+    @torch.no_grad()
+    def preview(self, step: int, ids: list[str]) -> PreviewReport:
+        net = self.nets[0]
+        was = net.training
+        net.eval()
+        values = np.array([0] + [c.value for c in sorted(self.collection.classes, key=lambda c: c.value)])
+        dtype = np.uint16 if values.max() > 255 else np.uint8
+        labels, probs = {}, {}
+        try:
+            for sid in ids:
+                p = self.prepared.get(sid)
+                if p is None:
+                    continue
+                logits, _ = forward(net, p.image[None].to(self.dev.device))
+                prob = F.interpolate(logits.float().softmax(1), size=p.original_shape, mode="bilinear",
+                                     align_corners=False)[0]
+                labels[sid] = values[prob.argmax(0).cpu().numpy()].astype(dtype)
+                probs[sid] = prob[1:].amax(0).cpu().numpy().astype(np.float32)
+        finally:
+            net.train(was)
+        weights = {k: v for k, v in self.bank.values().items() if k in labels}
+        return PreviewReport(step=step, labels=labels, probabilities=probs, sample_weights=weights)
+
+    def checkpoint(self, step: int) -> CheckpointReport | None:
+        if self.run_dir is None:
+            return None
+        from .checkpoint import write_run
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for index, net in enumerate(self.nets):
+            save_model(net, self.run_dir / ("model" if index == 0 else "model_b"), self.model_config)
+        write_run(self.run_dir, collection=self.collection, config_dict=self.config.to_dict(), step=step,
+                  total_steps=self.total_steps, loss_history=self.loss_history,
+                  extra={"model": self.model_config.to_dict(), "device": self.dev.label, "dii_tau": self.tau,
+                         "input_size": self.size})
+        return CheckpointReport(step=step, path=str(self.run_dir))
+
+    # -- the generator -------------------------------------------------------
+    def loop(self) -> Trainer:
+        t_start = time.perf_counter()
+        self.setup()
+        cfg = self.config
+        counts = {r: len(self._ids(r)) for r in Role}
+        if counts[Role.UNLABELED] and not cfg.dcr:
+            self.notes.append(f"{counts[Role.UNLABELED]} unlabeled image(s) unused: they enter through DCR only")
+        if cfg.dii and counts[Role.WEAK]:
+            self.notes.append(f"DII updates every {self.tau} steps ({cfg.dii_scorer} scorer)")
+        self.accept((yield StartReport(device=self.dev.label, total_steps=self.total_steps,
+                                        start_step=self.start_step, n_strong=counts[Role.STRONG],
+                                        n_weak=counts[Role.WEAK], n_unlabeled=counts[Role.UNLABELED],
+                                        run_dir=None if self.run_dir is None else str(self.run_dir),
+                                        notes=tuple(self.notes))))
+        sps: float | None = None
+        step = self.start_step
+        last_ckpt = None
+        reason = "finished"
+        try:
+            while step < self.total_steps:
+                if self.stop_requested:
+                    reason = "stopped"
+                    break
+                if self.paused:
+                    time.sleep(0.05)  # the caller's loop spins on paused reports; do not burn a core
+                    self.accept((yield StepReport(step=step, total_steps=self.total_steps, losses={}, lr=0.0,
+                                                  sec_per_step=sps or 0.0, eta_s=0.0, device=self.dev.label,
+                                                  paused=True)))
+                    continue
+                if self.pending_updates:
+                    self.apply_updates()
+                step += 1
+                t0 = time.perf_counter()
+                losses = self.step(step)
+                dt = time.perf_counter() - t0
+                sps = dt if sps is None else 0.9 * sps + 0.1 * dt
+                if cfg.log_every and step % cfg.log_every == 0:
+                    self.loss_history.append([step, losses])
+                self.accept((yield StepReport(step=step, total_steps=self.total_steps, losses=losses,
+                                              lr=self.lr_at(step), sec_per_step=sps,
+                                              eta_s=sps * (self.total_steps - step), device=self.dev.label)))
+                if cfg.dii and (step - self.start_step) % self.tau == 0:
+                    report = self.dii_update(step)
+                    if report is not None:
+                        self.accept((yield report))
+                want = list(self.pending_previews)
+                self.pending_previews.clear()
+                if self.preview_ids and cfg.preview_every and step % cfg.preview_every == 0:
+                    want += [i for i in self.preview_ids if i not in want]
+                if want:
+                    self.accept((yield self.preview(step, want)))
+                if self.run_dir is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    report = self.checkpoint(step)
+                    last_ckpt = report.path if report else None
+                    self.accept((yield report))
+            if self.stop_requested:
+                reason = "stopped"
+            report = self.checkpoint(step) if step > self.start_step or self.run_dir else None
+            if report is not None:
+                last_ckpt = report.path
+                self.accept((yield report))
+            self.release()
+            yield DoneReport(step=step, reason=reason, checkpoint=last_ckpt,
+                             wall_s=time.perf_counter() - t_start)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Free accelerator memory: models back to the CPU, caches emptied."""
+        if self.dev.device.type != "cpu":
+            for net in self.nets:
+                net.cpu()
+            release(self.dev.device)
