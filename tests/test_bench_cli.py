@@ -1,0 +1,55 @@
+"""`hybridseg bench` from the command line: a tiny folder dataset, a fake trainer (seconds, no torch)."""
+
+from __future__ import annotations
+
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from test_bench import _disk_image, fake_backend
+
+from napari_hybridseg.cli import main
+from napari_hybridseg.core.bench import protocol as P
+
+
+@pytest.fixture
+def folder_dataset(tmp_path):
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(20):
+        img, mask = _disk_image(rng, 40, 48)
+        iio.imwrite(root / "images" / f"case{i:02d}.png", img)
+        iio.imwrite(root / "masks" / f"case{i:02d}.png", mask * 255)
+    return root
+
+
+def test_bench_command_writes_results_and_report_and_says_where(folder_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(P, "default_backend", fake_backend)
+    out = tmp_path / "bench"
+    argv = ["bench", str(folder_dataset), "--layout", "folder", "--out", str(out), "--steps", "4",
+            "--strong-fraction", "0.25", "--arms", "strong-only,naive,dii", "--note", "fake trainer"]
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    assert f"results: {out / 'results.json'}" in printed.out and "report.md" in printed.out
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["arms"]) == {"strong-only", "naive", "dii"}
+    assert results["settings"]["steps"] == 4 and results["settings"]["layout"] == "folder"
+    assert "fake trainer" in (out / "report.md").read_text()
+    # rerun: every arm is finished, nothing trains again
+    assert main(argv) == 0
+    assert "already finished" in capsys.readouterr().err
+
+
+def test_bench_command_reports_a_missing_dataset_in_one_line(tmp_path, capsys):
+    assert main(["bench", str(tmp_path / "nope"), "--layout", "folder", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hybridseg: error:") and "not found" in err
+
+
+def test_bench_command_rejects_an_unknown_arm(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", str(tmp_path), "--layout", "folder", "--out", str(tmp_path / "o"), "--arms", "naive,best"])
+    assert "unknown arm" in capsys.readouterr().err
