@@ -77,8 +77,11 @@ def components(binary: np.ndarray, min_size: int = MIN_COMPONENT) -> list[tuple[
     return [(r.coords, tuple(int(v) for v in r.bbox)) for r in kept]
 
 
-def boxes_from_mask(mask: np.ndarray, *, min_size: int = MIN_COMPONENT) -> list[Box]:
+def boxes_from_mask(mask: np.ndarray, *, min_size: int = MIN_COMPONENT, id_prefix: str | None = None) -> list[Box]:
     """One box per connected component of each label value, after removing specks.
+
+    ``id_prefix`` gives the boxes the ids ``<prefix>-b0``, ``<prefix>-b1``...
+    (deterministic, so that the same import gives the same project); default: random ids.
 
     Examples
     --------
@@ -92,17 +95,21 @@ def boxes_from_mask(mask: np.ndarray, *, min_size: int = MIN_COMPONENT) -> list[
         if value == 0:
             continue
         for _, (r0, c0, r1, c1) in components(mask == value, min_size):
-            out.append(Box(c0, r0, c1, r1, label=int(value)))
+            box = Box(c0, r0, c1, r1, label=int(value))
+            if id_prefix is not None:
+                box.id = f"{id_prefix}-b{len(out)}"
+            out.append(box)
     return out
 
 
-def points_from_mask(mask: np.ndarray, rng: np.random.Generator, *, min_size: int = MIN_COMPONENT) -> list[Point]:
+def points_from_mask(mask: np.ndarray, rng: np.random.Generator, *, min_size: int = MIN_COMPONENT,
+                     id_prefix: str | None = None) -> list[Point]:
     """One simulated interior click per component of each label value.
 
     The click is drawn (seeded) among the component's pixels that lie at
     least half its maximal depth from its border, as an annotator clicks
     well inside an object but not always at its centre. Coordinates are the
-    pixel centre.
+    pixel centre. ``id_prefix`` as in :func:`boxes_from_mask` (``<prefix>-p0``...).
     """
     from scipy.ndimage import distance_transform_edt
 
@@ -117,7 +124,10 @@ def points_from_mask(mask: np.ndarray, rng: np.random.Generator, *, min_size: in
             d = depth[coords[:, 0], coords[:, 1]]
             deep = coords[d >= 0.5 * d.max()]
             r, c = deep[rng.integers(len(deep))]
-            out.append(Point(c + 0.5, r + 0.5, label=int(value), positive=True))
+            pt = Point(c + 0.5, r + 0.5, label=int(value), positive=True)
+            if id_prefix is not None:
+                pt.id = f"{id_prefix}-p{len(out)}"
+            out.append(pt)
     return out
 
 
@@ -168,7 +178,8 @@ def corrupt_boxes(boxes: list[Box], truth: np.ndarray, kind: str, rng: np.random
             f = rng.uniform(2.0, 3.0)
             cx, cy = (b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2
             hw, hh = (b.x1 - b.x0) * f / 2, (b.y1 - b.y0) * f / 2
-            new = Box(max(0.0, cx - hw), max(0.0, cy - hh), min(float(W), cx + hw), min(float(H), cy + hh), b.label)
+            new = Box(max(0.0, cx - hw), max(0.0, cy - hh), min(float(W), cx + hw), min(float(H), cy + hh), b.label,
+                      id=b.id)
             if new.area < 2 * b.area:
                 return None
             out.append(new)
@@ -196,7 +207,7 @@ def corrupt_boxes(boxes: list[Box], truth: np.ndarray, kind: str, rng: np.random
         if placed is None:
             return None
         pr, pc = int(placed[0]), int(placed[1])
-        out.append(Box(pc, pr, pc + w, pr + h, b.label))
+        out.append(Box(pc, pr, pc + w, pr + h, b.label, id=b.id))  # same id: per-box weights still map
         occupied[pr:pr + h, pc:pc + w] = True  # two wrong boxes do not pile up on one spot
     return out
 
@@ -217,7 +228,7 @@ def corrupt_points(points: list[Point], truth: np.ndarray, rng: np.random.Genera
     out = []
     for p in points:
         r, c = cand[rng.integers(len(cand))]
-        out.append(Point(c + 0.5, r + 0.5, label=p.label, positive=p.positive))
+        out.append(Point(c + 0.5, r + 0.5, label=p.label, positive=p.positive, id=p.id))
     return out
 
 
@@ -303,11 +314,11 @@ def _make_weak(sample: Sample, collection: Collection, weak: str, rng: np.random
         return
     if weak == "box":
         # the dataset's own boxes where it has them (Kvasir), else derived after removing specks
-        sample.boxes = sample.boxes if sample.boxes else boxes_from_mask(truth, min_size=min_size)
+        sample.boxes = sample.boxes if sample.boxes else boxes_from_mask(truth, min_size=min_size, id_prefix=sample.id)
         sample.points = []
     else:
         sample.boxes = []
-        sample.points = points_from_mask(truth, rng, min_size=min_size)
+        sample.points = points_from_mask(truth, rng, min_size=min_size, id_prefix=sample.id)
         sample.meta["simulated_points"] = True
     # an image with nothing to box or click says "nothing here": keep that as an "absent" tag
     absent = [t for t in _implying_tags(sample, collection) if collection.tag_def(t).implies is TagImplies.ABSENT]

@@ -269,7 +269,7 @@ def _import_kvasir(src: Path, imp: _Importer, *, binary: bool | None) -> None:
                     dropped += 1
                     continue
                 labels.add(str(b.get("label", "polyp")))
-                sample.boxes.append(Box(x0, y0, x1, y1, label=1))
+                sample.boxes.append(Box(x0, y0, x1, y1, label=1, id=f"{sample.id}-b{len(sample.boxes)}"))
             sample.meta["dataset_boxes"] = True
         if unknown:
             imp.note(f"{box_file.name}: {len(unknown)} id(s) match no image: {', '.join(unknown[:5])}")

@@ -56,6 +56,15 @@ WEIGHTS_FILE = "weights.json"
 _RUNTIME_META = ("project_dir",)
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 class StoreError(ValueError):
     """A project file that cannot be read or written; the message names the file and what to do."""
 
@@ -70,6 +79,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a project is meant to be shared and read
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
