@@ -122,7 +122,8 @@ def _write_image(path: Path, arr: np.ndarray) -> None:
         return
     import tifffile
 
-    _atomic_write(path, lambda tmp: tifffile.imwrite(tmp, arr))
+    photometric = "rgb" if arr.ndim == 3 else "minisblack"
+    _atomic_write(path, lambda tmp: tifffile.imwrite(tmp, arr, photometric=photometric))
 
 
 # ----------------------------------------------------------------------------------------------
