@@ -1,0 +1,388 @@
+"""The data panel: open images or a project, walk through them, edit classes, tags and masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_hybridseg.core.collection import TagImplies
+
+if TYPE_CHECKING:
+    from .session import Session
+
+__all__ = ["DataPanel", "NumericItem"]
+
+LAYOUTS = {
+    "images only": "images",
+    "images/ + masks/": "folder",
+    "Kvasir-SEG": "kvasir",
+    "BUSI folders": "busi",
+}
+
+
+class NumericItem(QTableWidgetItem):
+    """A table cell that sorts by number (empty cells last), shows text."""
+
+    def __init__(self, value: float | None, text: str | None = None):
+        super().__init__(text if text is not None else ("" if value is None else f"{value:.3f}"))
+        self.value = value
+        self.setFlags(self.flags() & ~Qt.ItemFlag.ItemIsEditable)
+
+    def __lt__(self, other: QTableWidgetItem) -> bool:
+        a = self.value
+        b = other.value if isinstance(other, NumericItem) else None
+        if a is None:
+            return False
+        if b is None:
+            return True
+        return a < b
+
+
+def _text_item(text: str) -> QTableWidgetItem:
+    item = QTableWidgetItem(text)
+    item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
+    return item
+
+
+def _fit_columns(table: QTableWidget) -> None:
+    """Columns as wide as their content, the last one taking the rest: no sideways scrolling in a narrow dock."""
+    header = table.horizontalHeader()
+    header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    header.setStretchLastSection(True)
+    table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+
+
+class DataPanel(QWidget):
+    """Open data, list the samples, navigate, and edit the vocabulary and the current image's tags."""
+
+    COLUMNS = ("image", "role", "boxes", "pts", "tags", "weight")
+
+    def __init__(self, session: Session, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.session = session
+        self._filling = False
+        layout = QVBoxLayout(self)
+
+        # -- open ----------------------------------------------------------
+        open_box = QGroupBox("Open")
+        grid = QGridLayout(open_box)
+        self.open_folder_btn = QPushButton("Images…")
+        self.open_folder_btn.setToolTip("Start a new project from a folder of images (all unlabeled)")
+        self.open_project_btn = QPushButton("Project…")
+        self.open_project_btn.setToolTip("Open a napari-hybridseg project folder")
+        self.sample_btn = QPushButton("Sample data")
+        self.sample_btn.setToolTip("Open a copy of the bundled demo project")
+        self.layout_combo = QComboBox()
+        self.layout_combo.addItems(list(LAYOUTS))
+        self.import_btn = QPushButton("Import…")
+        self.import_btn.setToolTip("Import a dataset folder in the chosen layout as a new project")
+        grid.addWidget(self.open_folder_btn, 0, 0)
+        grid.addWidget(self.open_project_btn, 0, 1)
+        grid.addWidget(self.sample_btn, 0, 2)
+        grid.addWidget(self.layout_combo, 1, 0, 1, 2)
+        grid.addWidget(self.import_btn, 1, 2)
+        self.project_label = QLabel("No project open")
+        self.project_label.setWordWrap(True)
+        self.project_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        grid.addWidget(self.project_label, 2, 0, 1, 3)
+        layout.addWidget(open_box)
+
+        # -- samples -------------------------------------------------------
+        self.table = QTableWidget(0, len(self.COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(self.COLUMNS))
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.verticalHeader().setVisible(False)
+        _fit_columns(self.table)
+        self.table.setSortingEnabled(True)
+        self.table.setMinimumHeight(160)
+        layout.addWidget(self.table, stretch=1)
+
+        nav = QHBoxLayout()
+        self.prev_btn = QPushButton("◀ Previous")
+        self.prev_btn.setToolTip("Previous image (Page Up); edits are saved")
+        self.next_btn = QPushButton("Next ▶")
+        self.next_btn.setToolTip("Next image (Page Down); edits are saved")
+        self.position_label = QLabel("")
+        self.position_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        nav.addWidget(self.prev_btn)
+        nav.addWidget(self.position_label, stretch=1)
+        nav.addWidget(self.next_btn)
+        layout.addLayout(nav)
+
+        # -- annotate ------------------------------------------------------
+        ann_box = QGroupBox("Annotate")
+        ann = QGridLayout(ann_box)
+        ann.addWidget(QLabel("Class"), 0, 0)
+        self.class_combo = QComboBox()
+        self.class_combo.setToolTip("Class of new boxes, points and mask strokes")
+        ann.addWidget(self.class_combo, 0, 1)
+        self.new_class_edit = QLineEdit()
+        self.new_class_edit.setPlaceholderText("new class name")
+        self.add_class_btn = QPushButton("Add class")
+        ann.addWidget(self.new_class_edit, 1, 0)
+        ann.addWidget(self.add_class_btn, 1, 1)
+        self.apply_class_btn = QPushButton("Set class of selected boxes/points")
+        ann.addWidget(self.apply_class_btn, 2, 0, 1, 2)
+        self.background_check = QCheckBox("New points are background clicks")
+        ann.addWidget(self.background_check, 3, 0, 1, 2)
+        self.remove_mask_btn = QPushButton("Remove mask")
+        self.remove_mask_btn.setToolTip("The image keeps its boxes, points and tags but is no longer strong")
+        self.save_btn = QPushButton("Save")
+        self.save_btn.setToolTip("Write the whole project now (it is also saved on navigation, Train and close)")
+        ann.addWidget(self.remove_mask_btn, 4, 0)
+        ann.addWidget(self.save_btn, 4, 1)
+        layout.addWidget(ann_box)
+
+        tag_box = QGroupBox("Tags of this image")
+        tags = QVBoxLayout(tag_box)
+        self.tag_list = QListWidget()
+        self.tag_list.setMaximumHeight(90)
+        tags.addWidget(self.tag_list)
+        row = QHBoxLayout()
+        self.new_tag_edit = QLineEdit()
+        self.new_tag_edit.setPlaceholderText("new tag")
+        self.tag_implies = QComboBox()
+        self.tag_implies.addItems([t.value for t in TagImplies])
+        self.tag_implies.setToolTip("What the tag says about the segmentation: nothing, class absent, class present")
+        self.add_tag_btn = QPushButton("Add tag")
+        row.addWidget(self.new_tag_edit, stretch=1)
+        row.addWidget(self.tag_implies)
+        row.addWidget(self.add_tag_btn)
+        tags.addLayout(row)
+        layout.addWidget(tag_box)
+
+        # -- wiring --------------------------------------------------------
+        self.open_folder_btn.clicked.connect(self._ask_folder)
+        self.open_project_btn.clicked.connect(self._ask_project)
+        self.import_btn.clicked.connect(self._ask_import)
+        self.table.cellClicked.connect(self._on_row_clicked)
+        self.prev_btn.clicked.connect(lambda: self.session.step(-1))
+        self.next_btn.clicked.connect(lambda: self.session.step(1))
+        self.class_combo.currentIndexChanged.connect(self._on_class_chosen)
+        self.add_class_btn.clicked.connect(self._add_class)
+        self.apply_class_btn.clicked.connect(self.apply_class_to_selection)
+        self.background_check.toggled.connect(self.session.set_background_points)
+        self.remove_mask_btn.clicked.connect(self.session.remove_mask)
+        self.save_btn.clicked.connect(self.session.save)
+        self.tag_list.itemChanged.connect(self._on_tag_toggled)
+        self.add_tag_btn.clicked.connect(self._add_tag)
+        self.new_tag_edit.returnPressed.connect(self._add_tag)
+        self.new_class_edit.returnPressed.connect(self._add_class)
+
+        session.collection_changed.connect(self.refresh)
+        session.sample_changed.connect(self._on_sample_changed)
+        session.annotations_edited.connect(self._on_edited)
+        session.weights_changed.connect(self._refresh_weights)
+
+    # -- dialogs (thin: the work is in the session) --------------------------
+    def _ask_folder(self) -> None:
+        src = QFileDialog.getExistingDirectory(self, "Folder of images")
+        if not src:
+            return
+        default = str(Path(src).with_name(Path(src).name + "_hybridseg"))
+        project = QFileDialog.getExistingDirectory(self, "Empty folder for the new project", default)
+        if project:
+            self.session.import_folder(src, project, "images")
+
+    def _ask_project(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Project folder")
+        if path:
+            self.session.open_project(path)
+
+    def _ask_import(self) -> None:
+        layout = LAYOUTS[self.layout_combo.currentText()]
+        src = QFileDialog.getExistingDirectory(self, f"Dataset folder ({self.layout_combo.currentText()})")
+        if not src:
+            return
+        project = QFileDialog.getExistingDirectory(self, "Empty folder for the new project")
+        if project:
+            self.session.import_folder(src, project, layout)
+
+    # -- table ---------------------------------------------------------------
+    def refresh(self) -> None:
+        """Rebuild the sample table and the vocabularies from the collection."""
+        coll = self.session.collection
+        self._filling = True
+        self.table.setSortingEnabled(False)
+        try:
+            self.table.setRowCount(0)
+            if coll is None:
+                return
+            self.table.setRowCount(len(coll))
+            for row, sample in enumerate(coll):
+                self._fill_row(row, sample)
+            self.project_label.setText(
+                f"{self.session.project_path or 'in memory (not saved)'} — {len(coll)} images, "
+                f"{len(coll.strong)} strong, {len(coll.weak)} weak, {len(coll.unlabeled)} unlabeled"
+            )
+            self._fill_classes()
+        finally:
+            self.table.setSortingEnabled(True)
+            self._filling = False
+        self._on_sample_changed(self.session.current_id)
+
+    def _fill_row(self, row: int, sample) -> None:
+        coll = self.session.collection
+        first = _text_item(sample.id)
+        first.setData(Qt.ItemDataRole.UserRole, sample.id)
+        self.table.setItem(row, 0, first)
+        self.table.setItem(row, 1, _text_item(sample.role.value))
+        self.table.setItem(row, 2, NumericItem(len(sample.boxes), str(len(sample.boxes))))
+        self.table.setItem(row, 3, NumericItem(len(sample.points), str(len(sample.points))))
+        self.table.setItem(row, 4, _text_item(", ".join(sample.tags)))
+        self.table.setItem(row, 5, NumericItem(coll.weight_of(sample.id) if coll else None))
+
+    def _row_of(self, sample_id: str | None) -> int:
+        for row in range(self.table.rowCount()):
+            item = self.table.item(row, 0)
+            if item is not None and item.data(Qt.ItemDataRole.UserRole) == sample_id:
+                return row
+        return -1
+
+    def _on_row_clicked(self, row: int, _col: int) -> None:
+        item = self.table.item(row, 0)
+        if item is not None and not self._filling:
+            self.session.show(item.data(Qt.ItemDataRole.UserRole))
+
+    def _on_sample_changed(self, sample_id: str | None) -> None:
+        coll = self.session.collection
+        row = self._row_of(sample_id)
+        if row >= 0:
+            self.table.blockSignals(True)
+            self.table.selectRow(row)
+            self.table.blockSignals(False)
+            self.table.scrollToItem(self.table.item(row, 0))
+        if coll is not None and sample_id in coll:
+            self.position_label.setText(f"{coll.ids.index(sample_id) + 1} / {len(coll)}: {sample_id}")
+        self._fill_tags()
+
+    def _on_edited(self, sample_id: str) -> None:
+        """Keep the row of the edited sample current (role and counts change as one draws)."""
+        sample = self.session.sync_current() if sample_id == self.session.current_id else None
+        row = self._row_of(sample_id)
+        if sample is None or row < 0:
+            return
+        sorting = self.table.isSortingEnabled()
+        self.table.setSortingEnabled(False)
+        self._fill_row(row, sample)
+        self.table.setSortingEnabled(sorting)
+
+    def _refresh_weights(self) -> None:
+        coll = self.session.collection
+        if coll is None:
+            return
+        sorting = self.table.isSortingEnabled()
+        self.table.setSortingEnabled(False)
+        for row in range(self.table.rowCount()):
+            sid = self.table.item(row, 0).data(Qt.ItemDataRole.UserRole)
+            self.table.setItem(row, 5, NumericItem(coll.weight_of(sid)))
+        self.table.setSortingEnabled(sorting)
+
+    # -- classes ---------------------------------------------------------------
+    def _fill_classes(self) -> None:
+        coll = self.session.collection
+        self.class_combo.blockSignals(True)
+        self.class_combo.clear()
+        for c in coll.classes if coll else []:
+            self.class_combo.addItem(f"{c.name} ({c.value})", c.value)
+            idx = self.class_combo.count() - 1
+            self.class_combo.setItemData(idx, c.color, Qt.ItemDataRole.ToolTipRole)
+        i = self.class_combo.findData(self.session.current_class)
+        self.class_combo.setCurrentIndex(max(0, i))
+        self.class_combo.blockSignals(False)
+
+    def _on_class_chosen(self, index: int) -> None:
+        value = self.class_combo.itemData(index)
+        if value is not None:
+            self.session.set_current_class(int(value))
+
+    def _add_class(self) -> None:
+        name = self.new_class_edit.text().strip()
+        coll = self.session.collection
+        if not name or coll is None:
+            return
+        try:
+            info = coll.add_class(name)
+        except ValueError as exc:
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"{exc}: choose another name")
+            return
+        self.new_class_edit.clear()
+        self._fill_classes()
+        self.class_combo.setCurrentIndex(self.class_combo.findData(info.value))
+        self.session.mark_edited()
+
+    def apply_class_to_selection(self) -> None:
+        """Give the selected boxes and points the class chosen in the panel."""
+        changed = False
+        for key in ("boxes", "points"):
+            layer = self.session.layer(key)
+            if layer is None or not layer.selected_data:
+                continue
+            feats = layer.features.copy()
+            for i in layer.selected_data:
+                feats.loc[feats.index[i], "label"] = self.session.current_class
+            layer.features = feats
+            changed = True
+        if changed:
+            self.session.color_annotations()
+            self.session.mark_edited()
+
+    # -- tags ------------------------------------------------------------------
+    def _fill_tags(self) -> None:
+        coll, sample = self.session.collection, self.session.current
+        self.tag_list.blockSignals(True)
+        self.tag_list.clear()
+        for t in coll.tag_defs if coll else []:
+            item = QListWidgetItem(t.name if t.implies is TagImplies.NOTHING else f"{t.name}  [{t.implies.value}]")
+            item.setData(Qt.ItemDataRole.UserRole, t.name)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            on = sample is not None and t.name in sample.tags
+            item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
+            self.tag_list.addItem(item)
+        self.tag_list.blockSignals(False)
+
+    def checked_tags(self) -> list[str]:
+        out = []
+        for i in range(self.tag_list.count()):
+            item = self.tag_list.item(i)
+            if item.checkState() == Qt.CheckState.Checked:
+                out.append(item.data(Qt.ItemDataRole.UserRole))
+        return out
+
+    def _on_tag_toggled(self, _item: QListWidgetItem) -> None:
+        self.session.set_tags(self.checked_tags())
+
+    def _add_tag(self) -> None:
+        name = self.new_tag_edit.text().strip()
+        coll = self.session.collection
+        if not name or coll is None:
+            return
+        coll.ensure_tag(name, self.tag_implies.currentText())
+        self.new_tag_edit.clear()
+        if self.session.current is not None:
+            self.session.set_tags([*self.session.current.tags, name])
+        self._fill_tags()

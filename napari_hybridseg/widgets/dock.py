@@ -1,0 +1,474 @@
+"""The HybridSeg dock widget: data, train and review panels around one session.
+
+The widget owns the :class:`~napari_hybridseg.widgets.session.Session` and the
+:class:`~napari_hybridseg.widgets.training.TrainingRunner`; the panels are thin
+views. Torch is imported only inside worker threads (training, prediction).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtWidgets import QFileDialog, QMessageBox, QTabWidget, QVBoxLayout, QWidget
+
+from napari_hybridseg.core.collection import Role
+from napari_hybridseg.core.reports import DoneReport, PreviewReport, RequestPreview, StepReport, UpdateSamples
+
+from .data_panel import DataPanel
+from .review_panel import ReviewPanel
+from .session import Session, copy_sample, snapshot_collection
+from .train_panel import TrainPanel
+from .training import TrainingRunner
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["HybridSegWidget", "copy_sample_project"]
+
+log = logging.getLogger(__name__)
+
+#: debounce between an edit during training and sending it to the trainer
+UPDATE_DELAY_MS = 400
+
+
+def _notify(kind: str, message: str) -> None:
+    from napari.utils import notifications
+
+    getattr(notifications, f"show_{kind}")(message)
+
+
+def copy_sample_project(dest: str | Path | None = None) -> Path:
+    """Copy the bundled sample project to ``dest`` (default: a new temporary folder) and return it.
+
+    The shipped ``sample_data/`` folder is never modified: the plugin and the
+    demo always work on a copy.
+    """
+    from napari_hybridseg.core import sample_data
+
+    src = Path(sample_data.sample_project_path())
+    if dest is None:
+        dest = Path(tempfile.mkdtemp(prefix="hybridseg-sample-")) / "project"
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        return dest  # an earlier copy: keep the user's work
+    shutil.copytree(src, dest, dirs_exist_ok=True)
+    return dest
+
+
+class _CloseWatcher(QObject):
+    """Saves (and stops training) when the napari window closes."""
+
+    def __init__(self, widget: HybridSegWidget):
+        super().__init__(widget)
+        self.widget = widget
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt API)
+        if event.type() == QEvent.Type.Close:
+            return not self.widget.prepare_close(ask=event.spontaneous())
+        return False
+
+
+class HybridSegWidget(QWidget):
+    """Annotate a collection, train with hybrid supervision, review the learned weights.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer (napari passes it when the widget is docked from the menu).
+    train_fn : callable, optional
+        The trainer generator function; default: the core trainer. Tests
+        pass a fake with the same signature.
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer, *, train_fn: Callable | None = None):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = Session(napari_viewer)
+        self.runner = TrainingRunner(train_fn, parent=self)
+        self.data_panel = DataPanel(self.session)
+        self.train_panel = TrainPanel()
+        self.review_panel = ReviewPanel(self.session)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.data_panel, "Data")
+        self.tabs.addTab(self.train_panel, "Train")
+        self.tabs.addTab(self.review_panel, "Review")
+        QVBoxLayout(self).addWidget(self.tabs)
+        self.setMinimumWidth(400)
+
+        self._run_dir: Path | None = None
+        self._last_preview_request = 0
+        self._preview_every = 25
+        self._predictor: Any = None
+        self._predictor_dir: Path | None = None
+        self._predicting: set[str] = set()
+        self._stale_predictions: set[str] = set()
+        self.first_overlay_s: float | None = None  # Train pressed -> first prediction shown
+        self._train_pressed_at: float | None = None
+        self._update_timer = QTimer(self)
+        self._update_timer.setSingleShot(True)
+        self._update_timer.setInterval(UPDATE_DELAY_MS)
+        self._update_timer.timeout.connect(self._send_update)
+        self._pending_updates: set[str] = set()
+
+        self.data_panel.sample_btn.clicked.connect(self.open_sample_data)
+        self.train_panel.train_btn.clicked.connect(self.toggle_training)
+        self.review_panel.predict_btn.clicked.connect(lambda: self.predict_current(force=True))
+        self.review_panel.export_pred_btn.clicked.connect(self._ask_export_predictions)
+        self.review_panel.export_csv_btn.clicked.connect(self._ask_export_csv)
+        self.review_panel.export_model_btn.clicked.connect(self._ask_export_model)
+        self.session.annotations_edited.connect(self._on_edited)
+        self.session.sample_changed.connect(self._on_sample_changed)
+        r = self.runner
+        r.started.connect(self.train_panel.on_start)
+        r.stepped.connect(self._on_step)
+        r.weights.connect(lambda rep: self.session.record_weights(rep.step, rep.sample_weights,
+                                                                   rep.annotation_weights))
+        r.preview.connect(self._on_preview)
+        r.done.connect(self._on_done)
+        r.failed.connect(self._on_failed)
+        r.finished.connect(self._on_finished)
+
+        self._bind_keys()
+        self._close_watcher = _CloseWatcher(self)
+        qt_window = getattr(getattr(napari_viewer, "window", None), "_qt_window", None)
+        if qt_window is not None:
+            qt_window.installEventFilter(self._close_watcher)
+
+    # -- opening -------------------------------------------------------------
+    def open_project(self, path: str | Path) -> None:
+        """Open a project folder (saving the current one first)."""
+        self.session.open_project(path)
+        self.tabs.setCurrentWidget(self.data_panel)
+
+    def open_sample_data(self, dest: str | Path | None = None) -> Path:
+        """Open a copy of the bundled sample project (in ``dest``, default ``~/napari-hybridseg-sample``)."""
+        if dest is None:
+            dest = Path(os.environ.get("HYBRIDSEG_SAMPLE_COPY", Path.home() / "napari-hybridseg-sample"))
+        path = copy_sample_project(dest)
+        self.open_project(path)
+        return path
+
+    def open_collection(self, collection, project_path: str | Path | None = None) -> None:
+        """Show an in-memory collection (e.g. built by a script), optionally saved to ``project_path``."""
+        self.session.set_collection(collection, project_path)
+
+    # -- keys ----------------------------------------------------------------
+    def _bind_keys(self) -> None:
+        def nxt(viewer=None):
+            self.session.step(1)
+
+        def prev(viewer=None):
+            self.session.step(-1)
+
+        self._keys = {"PageDown": nxt, "PageUp": prev}
+        for key, fn in self._keys.items():
+            try:
+                self.viewer.bind_key(key, fn, overwrite=True)
+            except (TypeError, ValueError) as exc:  # another plugin holds the key: the buttons still work
+                log.info("cannot bind %s: %s", key, exc)
+
+    # -- training ------------------------------------------------------------
+    def toggle_training(self) -> None:
+        """Train, or Stop when training runs."""
+        if self.runner.running:
+            self.stop_training()
+        else:
+            self.start_training()
+
+    def _preflight(self) -> str | None:
+        coll = self.session.collection
+        if coll is None or not len(coll):
+            return "Open a folder of images, a project or the sample data first."
+        if not coll.strong:
+            return "Training needs at least one image with a full mask: paint one with the mask layer first."
+        return None
+
+    def start_training(self) -> bool:
+        """Save everything, then start the trainer in a worker thread. Returns whether it started."""
+        problem = self._preflight()
+        if problem:
+            _notify("warning", problem)
+            self.train_panel.on_end(problem)
+            return False
+        try:
+            self.session.save()
+        except (OSError, ValueError, RuntimeError) as exc:
+            _notify("error", f"Cannot save the project before training: {exc}. Check the folder is writable.")
+            return False
+        coll = self.session.collection
+        config = self.train_panel.config(num_classes=coll.num_classes,
+                                         aux_classes=coll.num_classes if coll.tag_defs else 0)
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = (self.session.project_path / "runs") if self.session.project_path else \
+            Path(tempfile.mkdtemp(prefix="hybridseg-runs-"))
+        run_dir = base / stamp
+        n = 1
+        while run_dir.exists():
+            n += 1
+            run_dir = base / f"{stamp}-{n}"
+        init_from = self.session.run_dir if (self.train_panel.resume.value and self.session.run_dir) else None
+        self._run_dir = run_dir
+        self._preview_every = config.preview_every
+        self._last_preview_request = 0
+        self.first_overlay_s = None
+        self._train_pressed_at = time.perf_counter()
+        current = (self.session.current_id,) if self.session.current_id else ()
+        self.runner.start(snapshot_collection(coll), config, run_dir, init_from=init_from, preview_ids=current)
+        self.train_panel.set_running(True)
+        return True
+
+    def stop_training(self) -> None:
+        """Ask the trainer to stop after its current step (a checkpoint is kept)."""
+        if self.runner.running:
+            self.runner.stop()
+            self.train_panel.set_stopping()
+
+    def _on_step(self, report: StepReport) -> None:
+        self.train_panel.on_step(report)
+        every = max(1, int(self._preview_every))
+        # the first preview comes as early as possible: it is what tells the user training works
+        if self.session.current_id and (self._last_preview_request == 0
+                                        or report.step - self._last_preview_request >= every):
+            self._last_preview_request = report.step
+            self.runner.send(RequestPreview((self.session.current_id,)))
+
+    def _on_preview(self, report: PreviewReport) -> None:
+        for sid, labels in report.labels.items():
+            self.session.set_prediction(sid, labels)
+        for sid, (w_init, _w_own) in report.pixel_weights.items():
+            self.session.set_pixel_weights(sid, w_init)
+        if self.session.current_id in report.labels and self.first_overlay_s is None \
+                and self._train_pressed_at is not None:
+            self.first_overlay_s = time.perf_counter() - self._train_pressed_at
+
+    def _on_done(self, report: DoneReport) -> None:
+        if report.checkpoint:
+            self.session.run_dir = self._run_dir
+            # previews came from earlier steps: the final model predicts the image on screen anew
+            self._stale_predictions = set(self.session.predictions)
+            self.predict_current()
+        try:
+            self.session.save_weights()
+        except (OSError, ValueError, RuntimeError) as exc:
+            _notify("warning", f"Could not save the learned weights into the project: {exc}")
+        what = "finished" if report.reason == "finished" else "stopped"
+        self.train_panel.on_end(f"Training {what} at step {report.step} after {report.wall_s:.0f} s. "
+                                f"Model: {self.session.run_dir or 'not saved'}. "
+                                "Open the Review tab to see which weak labels were down-weighted.")
+        self.review_panel.refresh()
+        _notify("info", f"HybridSeg: training {what} at step {report.step}.")
+
+    def _on_failed(self, message: str, exc: BaseException) -> None:
+        _notify("error", message)
+        self.train_panel.on_end(message)
+
+    def _on_finished(self) -> None:
+        self.train_panel.set_running(False)
+
+    def _on_edited(self, sample_id: str) -> None:
+        if self.runner.running:
+            self._pending_updates.add(sample_id)
+            self._update_timer.start()
+
+    def _send_update(self) -> None:
+        """Send the edited samples to the running trainer (debounced: one message per burst of edits)."""
+        coll = self.session.collection
+        if not self.runner.running or coll is None:
+            self._pending_updates.clear()
+            return
+        if self.session.current_id in self._pending_updates:
+            self.session.sync_current()
+        samples = tuple(copy_sample(coll[s]) for s in self._pending_updates if s in coll)
+        self._pending_updates.clear()
+        if samples:
+            self.runner.send(UpdateSamples(samples))
+
+    def _on_sample_changed(self, sample_id: str) -> None:
+        if self.runner.running:
+            self._update_timer.stop()
+            self._send_update()
+            self.runner.send(RequestPreview((sample_id,)))
+        elif sample_id not in self.session.predictions or sample_id in self._stale_predictions:
+            self.predict_current()
+
+    # -- prediction (review) ---------------------------------------------------
+    def predict_current(self, force: bool = False) -> bool:
+        """Predict the image on screen with the last model, in a worker thread. Returns whether it started."""
+        sid = self.session.current_id
+        run_dir = self.session.run_dir
+        if sid is None or run_dir is None or self.runner.running or sid in self._predicting:
+            if force and run_dir is None:
+                _notify("info", "No trained model yet: press Train first.")
+            return False
+        from napari.qt.threading import create_worker
+
+        image = self.session.current.load_image()
+        self._predicting.add(sid)
+
+        def work():
+            predictor = self._load_predictor(run_dir)
+            labels, _probs = predictor.predict(image)
+            return sid, np.asarray(labels)
+
+        def done(result):
+            sample_id, labels = result
+            self._stale_predictions.discard(sample_id)
+            self.session.set_prediction(sample_id, labels)
+
+        worker = create_worker(work, _connect={"returned": done, "errored": self._on_predict_error},
+                               _start_thread=False)
+        try:
+            worker.errored.disconnect(worker._relay_error)
+        except (AttributeError, TypeError, RuntimeError):
+            pass
+        worker.finished.connect(lambda: self._predicting.discard(sid))
+        worker.start()
+        return True
+
+    def _load_predictor(self, run_dir: Path):
+        # runs in a worker thread: torch is imported here, never on the main thread
+        if self._predictor is None or self._predictor_dir != run_dir:
+            from napari_hybridseg.core.predict import Predictor
+
+            self._predictor = Predictor.load(run_dir)
+            self._predictor_dir = run_dir
+        return self._predictor
+
+    def _on_predict_error(self, exc: BaseException) -> None:
+        _notify("warning", f"Prediction failed ({exc.__class__.__name__}: {exc}). Train again, or check the "
+                           "run folder is complete.")
+
+    def wait_for_predictions(self, timeout_s: float = 30.0) -> bool:
+        """Process events until no prediction worker runs (tests and the demo)."""
+        from qtpy.QtWidgets import QApplication
+
+        end = time.perf_counter() + timeout_s
+        while self._predicting and time.perf_counter() < end:
+            QApplication.processEvents()
+            time.sleep(0.005)
+        return not self._predicting
+
+    # -- export ----------------------------------------------------------------
+    def export_weights_csv(self, path: str | Path) -> Path:
+        """Write one row per sample: id, role, learned weight, label counts, tags, known-wrong flag."""
+        coll = self.session.collection
+        if coll is None:
+            raise RuntimeError("no collection is open")
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["sample_id", "role", "weight", "boxes", "points", "tags", "known_wrong", "history"])
+            for s in coll:
+                state = coll.sample_weights.get(s.id)
+                w.writerow([s.id, s.role.value, "" if state is None else f"{state.value:.6f}", len(s.boxes),
+                            len(s.points), ";".join(s.tags), int(bool(s.corrupted)),
+                            "" if state is None else " ".join(f"{st}:{v:.4f}" for st, v in state.history)])
+        os.replace(tmp, path)
+        return path
+
+    def export_model(self, dest: str | Path) -> Path:
+        """Copy the last run folder (model, run.json, gamma.json) into ``dest``."""
+        run_dir = self.session.run_dir
+        if run_dir is None:
+            raise RuntimeError("no trained model yet: press Train first")
+        target = Path(dest) / run_dir.name
+        shutil.copytree(run_dir, target, dirs_exist_ok=True)
+        return target
+
+    def export_predictions(self, dest: str | Path, *, roles: tuple[Role, ...] | None = None):
+        """Predict every image with the last model and write ``dest/<id>.png`` (in a worker thread).
+
+        Returns the worker (``worker.returned`` gives the list of written files).
+        """
+        from napari.qt.threading import create_worker
+
+        run_dir, coll = self.session.run_dir, self.session.collection
+        if run_dir is None or coll is None:
+            raise RuntimeError("no trained model yet: press Train first")
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        samples = [s for s in coll if roles is None or s.role in roles]
+
+        def work():
+            import imageio.v3 as iio
+
+            predictor = self._load_predictor(run_dir)
+            written = []
+            for i, s in enumerate(samples):
+                labels, _ = predictor.predict(s.load_image())
+                out = dest / f"{s.id}.png"
+                tmp = dest / f".{s.id}.png.tmp"
+                labels = np.asarray(labels)
+                iio.imwrite(tmp, labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16),
+                            extension=".png")
+                os.replace(tmp, out)
+                written.append(out)
+                yield i + 1
+            return written
+
+        worker = create_worker(work, _progress={"total": len(samples), "desc": "HybridSeg export"},
+                               _connect={"errored": self._on_predict_error}, _start_thread=False)
+        try:
+            worker.errored.disconnect(worker._relay_error)
+        except (AttributeError, TypeError, RuntimeError):
+            pass
+        worker.returned.connect(lambda files: _notify("info", f"Wrote {len(files)} predicted masks to {dest}"))
+        worker.start()
+        return worker
+
+    def _ask_export_predictions(self) -> None:
+        dest = QFileDialog.getExistingDirectory(self, "Folder for the predicted masks")
+        if dest:
+            self._guard(lambda: self.export_predictions(dest))
+
+    def _ask_export_csv(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Weights as CSV", "weights.csv", "CSV (*.csv)")
+        if path:
+            self._guard(lambda: _notify("info", f"Wrote {self.export_weights_csv(path)}"))
+
+    def _ask_export_model(self) -> None:
+        dest = QFileDialog.getExistingDirectory(self, "Folder to copy the model into")
+        if dest:
+            self._guard(lambda: _notify("info", f"Model copied to {self.export_model(dest)}"))
+
+    @staticmethod
+    def _guard(fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+        except (OSError, RuntimeError, ValueError) as exc:
+            _notify("warning", str(exc))
+
+    # -- closing ---------------------------------------------------------------
+    def prepare_close(self, ask: bool = True) -> bool:
+        """Stop training (keeping a checkpoint) and save; return ``False`` if the user cancels."""
+        if self.runner.running:
+            if ask:
+                answer = QMessageBox.question(
+                    self, "HybridSeg is training",
+                    "Training is running. Stop it (the last checkpoint and all annotations are kept) and close?",
+                )
+                if answer != QMessageBox.StandardButton.Yes:
+                    return False
+            self.runner.stop()
+            self.runner.wait(60)
+        try:
+            self.session.save()
+        except (OSError, ValueError, RuntimeError) as exc:
+            log.error("could not save on close: %s", exc)
+        return True
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        self.prepare_close(ask=False)
+        super().closeEvent(event)

@@ -1,0 +1,171 @@
+"""The review panel: which weak images were down-weighted, their history, overlays, export."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .data_panel import NumericItem, _fit_columns, _text_item
+from .plots import LinePlot, WeightColorBar
+
+if TYPE_CHECKING:
+    from .session import Session
+
+__all__ = ["ReviewPanel"]
+
+
+class ReviewPanel(QWidget):
+    """Weights table (lowest first, click to go), weight history, overlays and export buttons.
+
+    The export and predict buttons are wired by the dock widget, which owns
+    the background workers.
+    """
+
+    COLUMNS = ("image", "weight", "weak labels", "known wrong")
+
+    def __init__(self, session: Session, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.session = session
+        layout = QVBoxLayout(self)
+        self.summary = QLabel("Train to learn a weight for every weak image; low weights are shown first.")
+        self.summary.setWordWrap(True)
+        layout.addWidget(self.summary)
+        self.table = QTableWidget(0, len(self.COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(self.COLUMNS))
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.verticalHeader().setVisible(False)
+        _fit_columns(self.table)
+        self.table.setSortingEnabled(True)
+        self.table.setMinimumHeight(150)
+        self.table.setToolTip("Click a row to show the image; click a header to sort")
+        layout.addWidget(self.table, stretch=1)
+        layout.addWidget(WeightColorBar())
+
+        self.history = LinePlot("weight of this image over training", y_range=(0.0, 1.0), max_series=1)
+        self.history.setMinimumHeight(110)
+        layout.addWidget(self.history)
+
+        overlays = QHBoxLayout()
+        self.show_prediction = QCheckBox("prediction")
+        self.show_prediction.setChecked(True)
+        self.show_pixel_weights = QCheckBox("pixel weights")
+        self.show_pixel_weights.setChecked(True)
+        self.show_pixel_weights.setToolTip("Heatmap of how much each pixel's label is trusted (bright = trusted)")
+        overlays.addWidget(QLabel("Show:"))
+        overlays.addWidget(self.show_prediction)
+        overlays.addWidget(self.show_pixel_weights)
+        overlays.addStretch(1)
+        layout.addLayout(overlays)
+
+        grid = QGridLayout()
+        self.predict_btn = QPushButton("Predict this image")
+        self.predict_btn.setToolTip("Run the last trained model on the image on screen")
+        self.accept_btn = QPushButton("Prediction → mask")
+        self.accept_btn.setToolTip("Copy the prediction into the mask layer; edit it, it is saved when you move on")
+        self.export_pred_btn = QPushButton("Export predictions…")
+        self.export_pred_btn.setToolTip("Write every image's predicted mask as PNG")
+        self.export_csv_btn = QPushButton("Export weights CSV…")
+        self.export_model_btn = QPushButton("Export model…")
+        self.export_model_btn.setToolTip("Copy the last run folder (model, settings, weights)")
+        grid.addWidget(self.predict_btn, 0, 0)
+        grid.addWidget(self.accept_btn, 0, 1)
+        grid.addWidget(self.export_pred_btn, 1, 0)
+        grid.addWidget(self.export_csv_btn, 1, 1)
+        grid.addWidget(self.export_model_btn, 2, 0, 1, 2)
+        layout.addLayout(grid)
+
+        self.table.cellClicked.connect(self._on_row_clicked)
+        self.accept_btn.clicked.connect(self.session.accept_prediction)
+        self.show_prediction.toggled.connect(lambda on: self._set_visible("prediction", on))
+        self.show_pixel_weights.toggled.connect(lambda on: self._set_visible("pixel_weights", on))
+        session.collection_changed.connect(self.refresh)
+        session.weights_changed.connect(self.refresh)
+        session.sample_changed.connect(self._on_sample_changed)
+
+    def _set_visible(self, key: str, on: bool) -> None:
+        layer = self.session.layer(key)
+        if layer is not None:
+            layer.visible = on
+
+    def refresh(self) -> None:
+        """Rebuild the table from the collection's weak samples, sorted by weight (lowest first)."""
+        coll = self.session.collection
+        self.table.setSortingEnabled(False)
+        self.table.setRowCount(0)
+        if coll is None:
+            self.table.setSortingEnabled(True)
+            return
+        rows = self.session.weak_by_weight()
+        any_corrupt = any(coll[sid].corrupted for sid, _ in rows)
+        self.table.setColumnHidden(3, not any_corrupt)
+        self.table.setRowCount(len(rows))
+        for row, (sid, weight) in enumerate(rows):
+            sample = coll[sid]
+            first = _text_item(sid)
+            first.setData(Qt.ItemDataRole.UserRole, sid)
+            self.table.setItem(row, 0, first)
+            self.table.setItem(row, 1, NumericItem(weight, "—" if weight is None else f"{weight:.3f}"))
+            kinds = [f"{len(sample.boxes)} box" + ("es" if len(sample.boxes) != 1 else "")] if sample.boxes else []
+            if sample.points:
+                kinds.append(f"{len(sample.points)} pt")
+            if sample.tags:
+                kinds.append(", ".join(sample.tags))
+            self.table.setItem(row, 2, _text_item("; ".join(kinds)))
+            wrong = _text_item(sample.corruption or "yes" if sample.corrupted else "")
+            wrong.setToolTip("Recorded by the sample data / importer noise option: the label was made wrong "
+                             "on purpose. Training never reads this.")
+            self.table.setItem(row, 3, wrong)
+        self.table.setSortingEnabled(True)
+        self.table.sortItems(1, Qt.SortOrder.AscendingOrder)
+        weighted = [w for _, w in rows if w is not None]
+        if weighted:
+            low = sum(w < 0.25 for w in weighted)
+            self.summary.setText(f"{len(rows)} weak images; {low} with weight below 0.25 (check their labels, "
+                                 "or give them a mask). Lowest first.")
+        else:
+            self.summary.setText(f"{len(rows)} weak images. Train to learn their weights.")
+        self._on_sample_changed(self.session.current_id)
+
+    def ids_in_order(self) -> list[str]:
+        """Sample ids as the table shows them, top to bottom."""
+        return [self.table.item(r, 0).data(Qt.ItemDataRole.UserRole) for r in range(self.table.rowCount())]
+
+    def weights_in_order(self) -> list[float | None]:
+        return [self.table.item(r, 1).value for r in range(self.table.rowCount())]  # type: ignore[attr-defined]
+
+    def select(self, sample_id: str) -> None:
+        """Go to ``sample_id`` (as a click on its row does)."""
+        self.session.show(sample_id)
+
+    def _on_row_clicked(self, row: int, _col: int) -> None:
+        item = self.table.item(row, 0)
+        if item is not None:
+            self.session.show(item.data(Qt.ItemDataRole.UserRole))
+
+    def _on_sample_changed(self, sample_id: str | None) -> None:
+        coll = self.session.collection
+        state = coll.sample_weights.get(sample_id) if coll is not None and sample_id else None
+        self.history.title = f"weight of {sample_id} over training" if sample_id else "weight over training"
+        self.history.set_series("weight", state.history if state is not None else [])
+        for r in range(self.table.rowCount()):
+            if self.table.item(r, 0).data(Qt.ItemDataRole.UserRole) == sample_id:
+                self.table.blockSignals(True)
+                self.table.selectRow(r)
+                self.table.blockSignals(False)
+                self.table.scrollToItem(self.table.item(r, 0))
+                break
+        else:
+            self.table.clearSelection()

@@ -1,0 +1,692 @@
+"""The annotation session: one collection, its project folder, the sample on screen and its layers.
+
+A :class:`Session` is owned by the dock widget (no global state): tests make
+as many as they like. It maps the current :class:`~napari_hybridseg.core.collection.Sample`
+to napari layers and back, updating the layers *in place* so that a user's
+layer settings (opacity, scale, visibility) survive navigation:
+
+========================  ===========  ==============================================
+layer                     type         holds
+========================  ===========  ==============================================
+``hybridseg image``       Image        the pixels
+``hybridseg mask``        Labels       the strong mask (label values = classes)
+``hybridseg boxes``       Shapes       rectangles; features ``label`` and ``id``
+``hybridseg points``      Points       clicks; features ``label``, ``positive``, ``id``
+``hybridseg prediction``  Labels       the model's prediction (review)
+``hybridseg pixel weights``  Image     per-pixel trust in the label (heatmap)
+========================  ===========  ==============================================
+
+Annotation layers share the image layer's scale and translate; if a user
+changes one of them, coordinates are translated through world space, so the
+model always stores original-image pixels.
+
+The session imports neither Qt nor torch; storage goes through
+:mod:`napari_hybridseg.core.store` (imported when first needed).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from psygnal import Signal
+
+from napari_hybridseg.core.collection import Box, Collection, Point, Role, Sample
+
+from ._convert import (
+    UNWEIGHTED_RGBA,
+    boxes_to_shapes,
+    hex_to_rgba,
+    points_to_layer,
+    rc_to_point,
+    rectangle_to_box,
+    weights_to_rgba,
+)
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Layer
+
+__all__ = ["LAYER_NAMES", "Session", "copy_sample", "snapshot_collection"]
+
+log = logging.getLogger(__name__)
+
+LAYER_NAMES = {
+    "image": "hybridseg image",
+    "pixel_weights": "hybridseg pixel weights",
+    "prediction": "hybridseg prediction",
+    "mask": "hybridseg mask",
+    "boxes": "hybridseg boxes",
+    "points": "hybridseg points",
+}
+_BG_POINT_RGBA = (0.1, 0.1, 0.1, 1.0)
+
+
+def copy_sample(sample: Sample) -> Sample:
+    """A copy that shares the (read-only) pixels but not the annotations.
+
+    The trainer runs in another thread: it must never see a list that the
+    annotator is editing at the same moment.
+    """
+    return Sample(
+        id=sample.id,
+        image_path=sample.image_path,
+        image=sample.image,
+        mask=None if sample.mask is None else sample.mask.copy(),
+        boxes=[Box(b.x0, b.y0, b.x1, b.y1, b.label, b.id) for b in sample.boxes],
+        points=[Point(p.x, p.y, p.label, p.positive, p.id) for p in sample.points],
+        tags=list(sample.tags),
+        group=sample.group,
+        corrupted=sample.corrupted,
+        corruption=sample.corruption,
+        reference_mask=sample.reference_mask,
+        meta=dict(sample.meta),
+    )
+
+
+def snapshot_collection(collection: Collection) -> Collection:
+    """An independent copy of the annotations (pixels shared) to hand to the trainer thread."""
+    from copy import deepcopy
+
+    return Collection(
+        classes=deepcopy(collection.classes),
+        tag_defs=deepcopy(collection.tag_defs),
+        samples={k: copy_sample(s) for k, s in collection.samples.items()},
+        sample_weights=deepcopy(collection.sample_weights),
+        annotation_weights=deepcopy(collection.annotation_weights),
+        meta=deepcopy(collection.meta),
+    )
+
+
+def _store():
+    try:
+        from napari_hybridseg.core import store
+    except ImportError as exc:  # the storage module is part of the foundation
+        raise RuntimeError(
+            "napari_hybridseg.core.store is not available: reinstall napari-hybridseg "
+            f"(pip install -e .) ({exc})"
+        ) from exc
+    return store
+
+
+class Session:
+    """State of one annotation session in one viewer.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer whose layers show the current sample.
+
+    Attributes
+    ----------
+    collection : Collection or None
+        What is being annotated.
+    project_path : Path or None
+        The project folder edits are saved to; ``None`` keeps them in memory.
+    current_id : str or None
+        The sample on screen.
+    current_class : int
+        Label value given to new boxes, points and mask strokes.
+    predictions : dict[str, numpy.ndarray]
+        Latest prediction per sample id (label values, original size).
+    pixel_weights : dict[str, numpy.ndarray]
+        Latest pixel-weight map per sample id, scaled to [0, 1] for display.
+    run_dir : Path or None
+        The last training run (its model is used for review predictions and
+        as the starting point when training resumes).
+    """
+
+    #: emitted with the new sample id after navigation
+    sample_changed = Signal(str)
+    #: emitted when a new collection is opened
+    collection_changed = Signal()
+    #: emitted with the sample id when the annotator edits the sample on screen
+    annotations_edited = Signal(str)
+    #: emitted when learned weights change (after a WeightsReport or a load)
+    weights_changed = Signal()
+
+    def __init__(self, viewer: napari.Viewer):
+        self.viewer = viewer
+        self.collection: Collection | None = None
+        self.project_path: Path | None = None
+        self.current_id: str | None = None
+        self.current_class: int = 1
+        self.background_points = False
+        self.predictions: dict[str, np.ndarray] = {}
+        self.pixel_weights: dict[str, np.ndarray] = {}
+        self.run_dir: Path | None = None
+        self._layers: dict[str, Layer] = {}
+        self._dirty: set[str] = set()
+        self._writing_layers = False  # True while we set layer data (not an edit)
+
+    # -- opening ----------------------------------------------------------
+    def set_collection(self, collection: Collection, project_path: str | Path | None = None,
+                       *, show: str | None = None) -> None:
+        """Make ``collection`` the session's collection and show a sample.
+
+        Parameters
+        ----------
+        collection : Collection
+            The annotations.
+        project_path : str or Path, optional
+            Where edits are saved; ``None`` keeps them in memory only.
+        show : str, optional
+            Sample id to show first; default: the first sample.
+        """
+        if self.collection is not None:
+            self.save_current()
+        self.collection = collection
+        self.project_path = None if project_path is None else Path(project_path)
+        self.current_id = None
+        self.predictions.clear()
+        self.pixel_weights.clear()
+        self._dirty.clear()
+        self.run_dir = self._last_run_dir()
+        if collection.classes and self.current_class not in {c.value for c in collection.classes}:
+            self.current_class = collection.classes[0].value
+        self.collection_changed.emit()
+        self.weights_changed.emit()
+        if len(collection):
+            self.show(show if show in collection else collection.ids[0])
+
+    def open_project(self, path: str | Path) -> Collection:
+        """Load a project folder written by :func:`napari_hybridseg.core.store.save_project`."""
+        collection = _store().load_project(Path(path))
+        self.set_collection(collection, path)
+        return collection
+
+    def import_folder(self, src: str | Path, project: str | Path, layout: str = "images") -> Collection:
+        """Import ``src`` in a known layout, save it as a project at ``project`` and open it.
+
+        Parameters
+        ----------
+        src : str or Path
+            A dataset folder (``layout="images"``: a folder of images, all unlabeled).
+        project : str or Path
+            The new project folder (must not hold another project).
+        layout : str
+            ``"images"``, ``"folder"`` (images/ + masks/), ``"kvasir"`` or ``"busi"``.
+        """
+        from napari_hybridseg.core.importers import import_dataset
+
+        store = _store()
+        project = Path(project)
+        if store.is_project(project):
+            raise ValueError(f"{project} already holds a project: open it instead, or choose another folder")
+        collection = import_dataset(Path(src), layout)
+        store.save_project(collection, project)
+        return self.open_project(project)
+
+    def _last_run_dir(self) -> Path | None:
+        """The newest run folder under ``project/runs`` that holds a model."""
+        if self.project_path is None:
+            return None
+        runs = self.project_path / "runs"
+        if not runs.is_dir():
+            return None
+        done = [d for d in runs.iterdir() if (d / "model").is_dir()]
+        return max(done, key=lambda d: d.stat().st_mtime) if done else None
+
+    # -- navigation -------------------------------------------------------
+    @property
+    def current(self) -> Sample | None:
+        if self.collection is None or self.current_id is None:
+            return None
+        return self.collection.samples.get(self.current_id)
+
+    def step(self, delta: int) -> str | None:
+        """Show the sample ``delta`` places after the current one (wraps around)."""
+        if self.collection is None or not len(self.collection):
+            return None
+        ids = self.collection.ids
+        i = ids.index(self.current_id) if self.current_id in ids else -delta
+        target = ids[(i + delta) % len(ids)]
+        self.show(target)
+        return target
+
+    def show(self, sample_id: str) -> None:
+        """Save the sample on screen if edited, then show ``sample_id`` in the layers."""
+        if self.collection is None:
+            raise RuntimeError("no collection is open: open a folder, a project or the sample data first")
+        if sample_id not in self.collection:
+            raise KeyError(f"no sample {sample_id!r} in the collection")
+        if self.current_id is not None and self.current_id != sample_id:
+            self.save_current()
+        sample = self.collection[sample_id]
+        image = sample.load_image()
+        self.current_id = sample_id
+        self._writing_layers = True
+        try:
+            self._show_image(image)
+            self._show_mask(sample)
+            self._show_boxes(sample)
+            self._show_points(sample)
+            self._show_prediction(sample_id)
+            self._show_pixel_weights(sample_id)
+        finally:
+            self._writing_layers = False
+        self.sample_changed.emit(sample_id)
+
+    # -- layers -----------------------------------------------------------
+    def layer(self, key: str) -> Layer | None:
+        """The session's layer ``key`` (see :data:`LAYER_NAMES`) if it is still in the viewer."""
+        layer = self._layers.get(key)
+        if layer is not None and layer in self.viewer.layers:
+            return layer
+        return None
+
+    def _place(self, layer: Layer) -> None:
+        """Give an annotation layer the image layer's scale and translate."""
+        image = self.layer("image")
+        if image is not None:
+            layer.scale = image.scale
+            layer.translate = image.translate
+
+    def _adopt(self, key: str, layer: Layer) -> Layer:
+        self._place(layer)
+        self.viewer.add_layer(layer)
+        self._layers[key] = layer
+        # keep the stack readable: overlays above the image, annotations on top
+        order = [self._layers[k] for k in LAYER_NAMES if self.layer(k) is not None]
+        for target, lyr in enumerate(order):
+            idx = self.viewer.layers.index(lyr)
+            if idx != target:
+                self.viewer.layers.move(idx, target)
+        return layer
+
+    def _show_image(self, image: np.ndarray) -> None:
+        from napari.layers import Image
+
+        rgb = image.ndim == 3
+        layer = self.layer("image")
+        if layer is not None and bool(layer.rgb) == rgb:
+            layer.data = image
+            layer.reset_contrast_limits()
+            layer.name = LAYER_NAMES["image"]
+            return
+        if layer is not None:  # grey <-> colour cannot change in place
+            scale, translate = layer.scale, layer.translate
+            self.viewer.layers.remove(layer)
+        else:
+            scale, translate = None, None
+        layer = Image(image, name=LAYER_NAMES["image"], rgb=rgb)
+        if scale is not None:
+            layer.scale, layer.translate = scale, translate
+        self._adopt("image", layer)
+
+    def _label_colormap(self):
+        from napari.utils.colormaps import DirectLabelColormap
+
+        colors: dict[Any, Any] = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+        if self.collection is not None:
+            for c in self.collection.classes:
+                colors[c.value] = hex_to_rgba(c.color)
+        return DirectLabelColormap(color_dict=colors)
+
+    def _show_mask(self, sample: Sample) -> None:
+        from napari.layers import Labels
+
+        h, w = sample.shape
+        data = np.zeros((h, w), np.uint8) if sample.mask is None else np.array(sample.mask)
+        layer = self.layer("mask")
+        if layer is None:
+            layer = Labels(data, name=LAYER_NAMES["mask"], opacity=0.5)
+            self._adopt("mask", layer)
+            layer.events.paint.connect(self._on_edit)
+            layer.events.data.connect(self._on_edit)
+        else:
+            layer.data = data
+            self._place(layer)
+        layer.colormap = self._label_colormap()
+        layer.selected_label = self.current_class
+
+    def _class_rgba(self, value: int, alpha: float = 1.0) -> tuple[float, float, float, float]:
+        try:
+            return hex_to_rgba(self.collection.class_by_value(value).color, alpha)  # type: ignore[union-attr]
+        except (KeyError, AttributeError, ValueError):
+            return (1.0, 0.5, 0.0, alpha)
+
+    def _show_boxes(self, sample: Sample) -> None:
+        import pandas as pd
+        from napari.layers import Shapes
+
+        layer = self.layer("boxes")
+        features = pd.DataFrame({
+            "label": np.array([b.label for b in sample.boxes], dtype=int),
+            "id": np.array([b.id for b in sample.boxes], dtype=object),
+        })
+        if layer is None:
+            layer = Shapes(ndim=2, name=LAYER_NAMES["boxes"], shape_type="rectangle", edge_width=2,
+                           face_color="transparent", features=features.iloc[:0])
+            self._adopt("boxes", layer)
+            layer.events.data.connect(self._on_edit)
+            layer.current_face_color = "transparent"
+        else:
+            self._place(layer)
+        layer.data = []
+        if sample.boxes:
+            layer.add_rectangles(boxes_to_shapes(sample.boxes))
+        layer.features = features  # after data: napari keeps stale rows otherwise
+        layer.feature_defaults = {"label": self.current_class, "id": ""}
+        if sample.boxes:
+            layer.face_color = np.zeros((len(sample.boxes), 4))
+        layer.current_edge_color = UNWEIGHTED_RGBA
+        self.color_annotations()
+
+    def _show_points(self, sample: Sample) -> None:
+        import pandas as pd
+        from napari.layers import Points
+
+        layer = self.layer("points")
+        features = pd.DataFrame({
+            "label": np.array([p.label for p in sample.points], dtype=int),
+            "positive": np.array([p.positive for p in sample.points], dtype=bool),
+            "id": np.array([p.id for p in sample.points], dtype=object),
+        })
+        size = max(4.0, 0.015 * max(sample.shape))
+        if layer is None:
+            layer = Points(ndim=2, name=LAYER_NAMES["points"], size=size, border_width=0.25,
+                           features=features.iloc[:0])
+            self._adopt("points", layer)
+            layer.events.data.connect(self._on_edit)
+        else:
+            self._place(layer)
+        layer.data = points_to_layer(sample.points)
+        layer.features = features
+        layer.size = size
+        layer.current_size = size
+        layer.feature_defaults = {"label": self.current_class, "positive": not self.background_points, "id": ""}
+        self._set_point_defaults(layer)
+        self.color_annotations()
+
+    def _set_point_defaults(self, layer) -> None:
+        layer.current_face_color = _BG_POINT_RGBA if self.background_points else self._class_rgba(self.current_class)
+        layer.current_border_color = UNWEIGHTED_RGBA
+
+    def _show_prediction(self, sample_id: str) -> None:
+        pred = self.predictions.get(sample_id)
+        if pred is None:
+            layer = self.layer("prediction")
+            if layer is not None:  # never show another image's prediction
+                layer.data = np.zeros(layer.data.shape if layer.data.shape == self.current.shape
+                                      else self.current.shape, np.uint8)
+            return
+        self.set_prediction(sample_id, pred)
+
+    def _show_pixel_weights(self, sample_id: str) -> None:
+        pw = self.pixel_weights.get(sample_id)
+        layer = self.layer("pixel_weights")
+        if pw is None:
+            if layer is not None:
+                layer.visible = False
+            return
+        self.set_pixel_weights(sample_id, pw)
+
+    def set_prediction(self, sample_id: str, labels: np.ndarray) -> None:
+        """Remember a prediction and, if ``sample_id`` is on screen, show it in place."""
+        from napari.layers import Labels
+
+        self.predictions[sample_id] = labels
+        if sample_id != self.current_id:
+            return
+        layer = self.layer("prediction")
+        if layer is None:
+            layer = Labels(labels, name=LAYER_NAMES["prediction"], opacity=0.45, blending="translucent")
+            self._adopt("prediction", layer)
+            layer.editable = False
+        else:
+            layer.data = labels
+            self._place(layer)
+        layer.colormap = self._label_colormap()
+        # the prediction is drawn as contours so the image and the mask stay visible under it
+        layer.contour = max(1, int(round(max(labels.shape) / 150)))
+
+    def set_pixel_weights(self, sample_id: str, weights: np.ndarray) -> None:
+        """Remember a pixel-weight map (any non-negative scale) and show it if on screen."""
+        from napari.layers import Image
+
+        w = np.asarray(weights, dtype=np.float32)
+        top = float(np.nanmax(w)) if w.size else 0.0
+        w = w / top if top > 0 else w
+        self.pixel_weights[sample_id] = w
+        if sample_id != self.current_id:
+            return
+        layer = self.layer("pixel_weights")
+        if layer is None:
+            layer = Image(w, name=LAYER_NAMES["pixel_weights"], colormap="inferno", opacity=0.5,
+                          blending="translucent", contrast_limits=(0.0, 1.0))
+            self._adopt("pixel_weights", layer)
+        else:
+            layer.data = w
+            layer.contrast_limits = (0.0, 1.0)
+            layer.visible = True
+            self._place(layer)
+
+    def color_annotations(self) -> None:
+        """Edge colours of boxes and points from their learned weights (sample weight as fallback)."""
+        sample = self.current
+        if sample is None or self.collection is None:
+            return
+        coll = self.collection
+        fallback = coll.weight_of(sample.id)
+
+        def weight(ann_id: str) -> float | None:
+            state = coll.annotation_weights.get(ann_id)
+            return fallback if state is None else state.value
+
+        boxes = self.layer("boxes")
+        if boxes is not None and len(boxes.data):
+            ids = list(boxes.features["id"]) if "id" in boxes.features else [""] * len(boxes.data)
+            boxes.edge_color = weights_to_rgba([weight(i) for i in ids])
+        points = self.layer("points")
+        if points is not None and len(points.data):
+            feats = points.features
+            ids = list(feats["id"]) if "id" in feats else [""] * len(points.data)
+            points.border_color = weights_to_rgba([weight(i) for i in ids])
+            face = [self._class_rgba(int(lbl)) if pos else _BG_POINT_RGBA
+                    for lbl, pos in zip(feats.get("label", [self.current_class] * len(ids)),
+                                        feats.get("positive", [True] * len(ids)))]
+            points.face_color = np.array(face, dtype=float)
+
+    def set_current_class(self, value: int) -> None:
+        """Class of the next box, point and mask stroke."""
+        self.current_class = int(value)
+        mask = self.layer("mask")
+        if mask is not None:
+            mask.selected_label = self.current_class
+        boxes = self.layer("boxes")
+        if boxes is not None:
+            boxes.feature_defaults = {"label": self.current_class, "id": ""}
+        self._refresh_point_defaults()
+
+    def set_background_points(self, on: bool) -> None:
+        """Whether the next clicks are background (``True``) or foreground points."""
+        self.background_points = bool(on)
+        self._refresh_point_defaults()
+
+    def _refresh_point_defaults(self) -> None:
+        points = self.layer("points")
+        if points is not None:
+            points.feature_defaults = {"label": self.current_class, "positive": not self.background_points, "id": ""}
+            self._set_point_defaults(points)
+
+    # -- layers -> model --------------------------------------------------
+    def _to_image_data(self, layer: Layer, coords: np.ndarray) -> np.ndarray:
+        """Coordinates in ``layer``'s data space -> the image layer's data space."""
+        image = self.layer("image")
+        coords = np.asarray(coords, dtype=float)
+        if image is None or (np.allclose(layer.scale, image.scale) and np.allclose(layer.translate, image.translate)):
+            return coords
+        world = np.array([layer.data_to_world(c) for c in coords])
+        return np.array([image.world_to_data(c) for c in world])
+
+    def _on_edit(self, event=None) -> None:
+        if self._writing_layers or self.current_id is None:
+            return
+        self._dirty.add(self.current_id)
+        self.annotations_edited.emit(self.current_id)
+
+    def mark_edited(self) -> None:
+        """Record an edit made outside the layers (tags, class of a box)."""
+        self._on_edit()
+
+    @property
+    def dirty(self) -> set[str]:
+        """Ids of samples edited since they were last saved."""
+        return set(self._dirty)
+
+    def sync_current(self) -> Sample | None:
+        """Copy the layers' annotations into the current sample (and give new boxes/points ids)."""
+        sample = self.current
+        if sample is None:
+            return None
+        mask = self.layer("mask")
+        if mask is not None and mask.data.shape == sample.shape:
+            data = np.asarray(mask.data)
+            if sample.mask is not None or data.any():
+                sample.mask = data.copy()
+        boxes = self.layer("boxes")
+        if boxes is not None:
+            sample.boxes = self._boxes_from_layer(boxes)
+        points = self.layer("points")
+        if points is not None:
+            sample.points = self._points_from_layer(points)
+        return sample
+
+    @staticmethod
+    def _fresh_ids(layer: Layer, ids: list[str]) -> list[str]:
+        """Give new (or duplicated, e.g. copy-pasted) annotations a new id, and write it back."""
+        from napari_hybridseg.core.collection import new_annotation_id
+
+        seen: set[str] = set()
+        out = []
+        for i in ids:
+            i = "" if i is None or (isinstance(i, float) and np.isnan(i)) else str(i)
+            if not i or i in seen:
+                i = new_annotation_id()
+            seen.add(i)
+            out.append(i)
+        if out != ids:
+            feats = layer.features.copy()
+            feats["id"] = np.array(out, dtype=object)
+            layer.features = feats
+        return out
+
+    def _boxes_from_layer(self, layer) -> list[Box]:
+        n = len(layer.data)
+        feats = layer.features
+        labels = list(feats["label"]) if "label" in feats and len(feats) == n else [self.current_class] * n
+        ids = self._fresh_ids(layer, list(feats["id"]) if "id" in feats and len(feats) == n else [""] * n)
+        return [rectangle_to_box(self._to_image_data(layer, verts), int(lbl), i)
+                for verts, lbl, i in zip(layer.data, labels, ids)]
+
+    def _points_from_layer(self, layer) -> list[Point]:
+        n = len(layer.data)
+        feats = layer.features
+        ok = len(feats) == n
+        labels = list(feats["label"]) if ok and "label" in feats else [self.current_class] * n
+        positive = list(feats["positive"]) if ok and "positive" in feats else [True] * n
+        ids = self._fresh_ids(layer, list(feats["id"]) if ok and "id" in feats else [""] * n)
+        coords = self._to_image_data(layer, np.asarray(layer.data)) if n else np.zeros((0, 2))
+        return [rc_to_point(rc, int(lbl), bool(pos), i) for rc, lbl, pos, i in zip(coords, labels, positive, ids)]
+
+    # -- edits from the panels --------------------------------------------
+    def set_tags(self, tags: Iterable[str]) -> None:
+        """Replace the current sample's tags (each added to the vocabulary if new)."""
+        sample = self.current
+        if sample is None or self.collection is None:
+            return
+        tags = list(dict.fromkeys(tags))
+        for t in tags:
+            self.collection.ensure_tag(t)
+        sample.tags = tags
+        self.mark_edited()
+
+    def remove_mask(self) -> None:
+        """Drop the current sample's strong mask (it becomes weak or unlabeled)."""
+        sample = self.current
+        if sample is None:
+            return
+        sample.mask = None
+        layer = self.layer("mask")
+        if layer is not None:
+            self._writing_layers = True
+            try:
+                layer.data = np.zeros(sample.shape, np.uint8)
+            finally:
+                self._writing_layers = False
+        self.mark_edited()
+
+    def accept_prediction(self) -> bool:
+        """Copy the prediction into the mask layer as a starting point for a strong mask.
+
+        The mask stays editable; it is saved with the sample on the next save
+        (navigation, Train or close). Returns ``False`` if there is no prediction.
+        """
+        sample = self.current
+        pred = None if sample is None else self.predictions.get(sample.id)
+        mask = self.layer("mask")
+        if sample is None or pred is None or mask is None:
+            return False
+        data = np.asarray(pred).astype(mask.data.dtype if np.asarray(pred).max(initial=0) < 256 else np.uint16)
+        mask.data = data.copy()
+        sample.mask = data.copy()
+        self.mark_edited()
+        return True
+
+    # -- saving -----------------------------------------------------------
+    def save_current(self) -> bool:
+        """Sync the layers into the current sample and write it if it changed. Returns whether it wrote."""
+        sample = self.sync_current()
+        if sample is None or sample.id not in self._dirty:
+            return False
+        if self.project_path is not None:
+            _store().save_sample(self.collection, self.project_path, sample.id)
+        self._dirty.discard(sample.id)
+        return True
+
+    def save(self) -> None:
+        """Sync the sample on screen and write the whole project (vocabulary, weights, every sample)."""
+        self.sync_current()
+        if self.collection is not None and self.project_path is not None:
+            _store().save_project(self.collection, self.project_path)
+        self._dirty.clear()
+
+    def save_weights(self) -> None:
+        """Write the learned weights (after training) without touching the annotations."""
+        if self.collection is not None and self.project_path is not None:
+            _store().save_weights(self.collection, self.project_path)
+
+    # -- learned state ----------------------------------------------------
+    def record_weights(self, step: int, sample_weights: dict[str, float],
+                       annotation_weights: dict[str, float] | None = None) -> None:
+        """Add a WeightsReport's values to the collection's weight history."""
+        from napari_hybridseg.core.collection import WeightState
+
+        if self.collection is None:
+            return
+        for target, values in ((self.collection.sample_weights, sample_weights),
+                               (self.collection.annotation_weights, annotation_weights or {})):
+            for key, value in values.items():
+                target.setdefault(key, WeightState()).record(step, value)
+        self.color_annotations()
+        self.weights_changed.emit()
+
+    def weak_by_weight(self) -> list[tuple[str, float | None]]:
+        """Weak samples with their learned weight, lowest first (unweighted last)."""
+        if self.collection is None:
+            return []
+        rows = [(s.id, self.collection.weight_of(s.id)) for s in self.collection.by_role(Role.WEAK)]
+        return sorted(rows, key=lambda r: (r[1] is None, r[1] if r[1] is not None else 0.0, r[0]))
+
+
+def connect_once(signal, slot: Callable) -> None:
+    """Connect ``slot`` to ``signal`` unless it is already connected."""
+    try:
+        signal.disconnect(slot)
+    except (TypeError, ValueError, RuntimeError):
+        pass
+    signal.connect(slot)

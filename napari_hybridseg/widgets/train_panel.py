@@ -1,0 +1,139 @@
+"""The train panel: settings (a magicgui form), Train/Stop, progress, loss curve, device and ETA."""
+
+from __future__ import annotations
+
+from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
+from qtpy.QtWidgets import QGroupBox, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from napari_hybridseg.core.config import ARCHITECTURES, PRESETS, TrainConfig, preset
+from napari_hybridseg.core.reports import StartReport, StepReport
+
+from .plots import LinePlot
+
+__all__ = ["ENCODERS", "TrainPanel", "format_eta"]
+
+#: Encoders offered in the panel (any segmentation-models-pytorch encoder works
+#: from the CLI; these are the ones that fit the presets).
+ENCODERS = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "mobilenet_v2", "mobileone_s0")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def format_eta(seconds: float) -> str:
+    """``75`` -> ``"1 min 15 s"``."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    m, s = divmod(seconds, 60)
+    if m < 60:
+        return f"{m} min {s:02d} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min"
+
+
+class TrainPanel(QWidget):
+    """Training settings and live progress. The dock widget does the starting and stopping."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        layout = QVBoxLayout(self)
+        base = preset("cpu-quick")
+        self.preset = ComboBox(label="preset", choices=list(PRESETS), value="cpu-quick",
+                               tooltip="cpu-quick: minutes on a laptop; gpu: paper-scale on a CUDA GPU")
+        self.arch = ComboBox(label="architecture", choices=list(ARCHITECTURES), value=base.model.arch)
+        enc = list(dict.fromkeys([base.model.encoder, *ENCODERS]))
+        self.encoder = ComboBox(label="encoder", choices=enc, value=base.model.encoder)
+        self.input_size = SpinBox(label="input size (px)", min=32, max=1024, step=32, value=base.model.input_size)
+        self.steps = SpinBox(label="steps", min=1, max=1_000_000, value=base.steps)
+        self.batch_size = SpinBox(label="batch size", min=1, max=256, value=base.batch_size)
+        self.device = ComboBox(label="device", choices=list(DEVICES), value="auto",
+                               tooltip="auto: CUDA GPU, else Apple MPS, else CPU")
+        self.dii = CheckBox(text="per-image weights (DII)", value=base.dii,
+                            tooltip="Learn how much to trust each weak image (Dynamic Instance Indicator)")
+        self.dcr = CheckBox(text="co-regularization (DCR)", value=base.dcr,
+                            tooltip="Two networks teach each other on mixed images (dynamic co-regularization)")
+        self.pixel_weights = CheckBox(text="pixel weights (MLB-Seg)", value=base.pixel_weights != "off",
+                                      tooltip="Learn per-pixel trust in the weak label vs the model (MLB-Seg)")
+        self.resume = CheckBox(text="continue from the last model", value=True,
+                               tooltip="Start from the last run's weights instead of from scratch")
+        self.form = Container(widgets=[self.preset, self.arch, self.encoder, self.input_size, self.steps,
+                                       self.batch_size, self.device, self.dii, self.dcr, self.pixel_weights,
+                                       self.resume])
+        box = QGroupBox("Settings")
+        QVBoxLayout(box).addWidget(self.form.native)
+        layout.addWidget(box)
+        self.preset.changed.connect(self.apply_preset)
+        #: settings the form does not show (tests and the demo use tiny runs)
+        self.extra: dict = {}
+
+        self.train_btn = QPushButton("Train")
+        self.train_btn.setMinimumHeight(32)
+        self.train_btn.setToolTip("Save the annotations and train; press again to stop (keeps a checkpoint)")
+        layout.addWidget(self.train_btn)
+        self.status = QLabel("Not trained yet.")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        self.plot = LinePlot("loss (log scale)", log_y=True, max_series=5)
+        layout.addWidget(self.plot, stretch=1)
+        self._start: StartReport | None = None
+
+    def apply_preset(self, name: str | None = None) -> None:
+        """Load a preset's values into the form."""
+        cfg = preset(name or self.preset.value)
+        if cfg.model.encoder not in self.encoder.choices:
+            self.encoder.choices = [*self.encoder.choices, cfg.model.encoder]
+        self.arch.value = cfg.model.arch
+        self.encoder.value = cfg.model.encoder
+        self.input_size.value = cfg.model.input_size
+        self.steps.value = cfg.steps
+        self.batch_size.value = cfg.batch_size
+        self.device.value = "cuda" if name == "gpu" else "auto"
+
+    def config(self, num_classes: int = 1, aux_classes: int = 0) -> TrainConfig:
+        """The TrainConfig the form describes (plus :attr:`extra`)."""
+        cfg = preset(self.preset.value)
+        model = cfg.model.replace(arch=self.arch.value, encoder=self.encoder.value,
+                                  input_size=int(self.input_size.value), classes=num_classes + 1,
+                                  aux_classes=aux_classes)
+        extra = dict(self.extra)
+        model_extra = extra.pop("model", {})
+        if model_extra:
+            model = model.replace(**model_extra)
+        return cfg.replace(model=model, steps=int(self.steps.value), batch_size=int(self.batch_size.value),
+                           device=self.device.value, dii=bool(self.dii.value), dcr=bool(self.dcr.value),
+                           pixel_weights="exact" if self.pixel_weights.value else "off", **extra)
+
+    # -- state -----------------------------------------------------------
+    def set_running(self, running: bool) -> None:
+        """Train turns into Stop while training runs; the settings lock."""
+        self.train_btn.setText("Stop" if running else "Train")
+        self.train_btn.setEnabled(True)
+        self.form.enabled = not running
+
+    def set_stopping(self) -> None:
+        self.train_btn.setText("Stopping…")
+        self.train_btn.setEnabled(False)
+
+    def on_start(self, report: StartReport) -> None:
+        self._start = report
+        self.plot.clear()
+        notes = "".join(f"\n• {n}" for n in report.notes)
+        self.status.setText(
+            f"Training on {report.device}: {report.n_strong} strong, {report.n_weak} weak, "
+            f"{report.n_unlabeled} unlabeled images; steps {report.start_step}→{report.total_steps}.{notes}"
+        )
+
+    def on_step(self, report: StepReport) -> None:
+        # cheap: this runs on the main thread once per training step
+        for name, value in report.losses.items():
+            self.plot.add_point(name, report.step, value)
+        state = " (paused)" if report.paused else ""
+        self.status.setText(
+            f"Step {report.step}/{report.total_steps}{state} on {report.device} — "
+            f"{report.sec_per_step:.2f} s/step, ETA {format_eta(report.eta_s)}, "
+            f"loss {report.losses.get('total', float('nan')):.4f}"
+        )
+
+    def on_end(self, text: str) -> None:
+        self.status.setText(text)
