@@ -112,3 +112,17 @@ def test_napari_sample_providers_return_layer_tuples():
     assert [t[2] for t in octs] == ["image", "labels", "points"]
     assert octs[0][0].shape == (16, 256, 256) and octs[2][0].shape == (20, 3)
     assert set(np.unique(octs[1][0])) == {0, 2}
+
+
+@pytest.mark.gui
+def test_sample_data_opens_from_napari_file_menu(make_napari_viewer):
+    """What File > Open Sample > HybridSeg does, through the npe2 manifest."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-hybridseg", "colonoscopy")
+    viewer.open_sample("napari-hybridseg", "asoct")
+    kinds = [(layer.name, type(layer).__name__) for layer in viewer.layers]
+    assert kinds == [("colonoscopy images", "Image"), ("colonoscopy strong masks", "Labels"),
+                     ("colonoscopy boxes", "Shapes"), ("AS-OCT images", "Image"),
+                     ("AS-OCT strong masks", "Labels"), ("AS-OCT landmark points", "Points")]
+    boxes = viewer.layers["colonoscopy boxes"]
+    assert boxes.nshapes == 16 and set(boxes.shape_type) == {"rectangle"}
