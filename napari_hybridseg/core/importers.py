@@ -342,6 +342,10 @@ def _import_busi(src: Path, imp: _Importer, *, binary: bool | None, tag_implies:
     if not folders:
         raise DatasetError(f"{src}: expected class folders (e.g. benign/, malignant/, normal/) holding images "
                            "and their _mask files for layout 'busi'")
+    names = {f.name.lower() for f in folders}
+    if names & {"images", "image", "imgs"} and names & {"masks", "mask", "labels", "gt"}:
+        raise DatasetError(f"{src}: holds images/ and masks/ folders, not class folders; use layout 'folder' "
+                           "(or 'kvasir' if it has a box JSON)")
     c = imp.collection
     c.classes.append(ClassInfo(class_name, 1, DEFAULT_COLORS[1]))
     implies = {k.lower(): v for k, v in (tag_implies or {}).items()}
