@@ -91,7 +91,8 @@ def read_mask(path: str | Path, *, binary: bool | None = None) -> np.ndarray:
         ``True``: threshold at half range (lossy JPEG masks, 0/255 masks,
         1-bit, RGB and RGBA masks all become 0/1). ``False``: keep values as
         labels. ``None`` (default): binary if the file is a JPEG, has colour
-        channels, or holds only the values {0, 255} or {0, 1}; labels otherwise.
+        channels, or holds only the values {0, 255} or {0, 65535}; labels otherwise (so a
+        {0, 1} mask keeps its values, which is the same thing).
     """
     path = Path(path)
     arr = np.asarray(read_image(path))
@@ -102,7 +103,9 @@ def read_mask(path: str | Path, *, binary: bool | None = None) -> np.ndarray:
             binary = True
     if binary is None:
         values = np.unique(arr)
-        binary = path.suffix.lower() in (".jpg", ".jpeg") or set(values.tolist()) <= {0, 255}
+        present = set(values.tolist())
+        # 0/255 and 16-bit 0/65535 are binary masks saved for viewing, not label values 255 or 65535
+        binary = path.suffix.lower() in (".jpg", ".jpeg") or present <= {0, 255} or present <= {0, 65535}
     if binary:
         if np.issubdtype(arr.dtype, np.floating) and arr.max(initial=0) <= 1.0:
             return (arr > 0.5).astype(np.uint8)
