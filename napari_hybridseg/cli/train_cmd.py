@@ -1,7 +1,198 @@
-"""`hybridseg train` (placeholder until its issue lands: registers nothing)."""
+"""``hybridseg train`` and ``hybridseg predict``.
+
+torch is imported inside the handlers so that ``hybridseg --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
+from pathlib import Path
 
-def register(subparsers) -> None:  # noqa: ARG001
-    return None
+from napari_hybridseg.cli import CLIError
+
+ARCHS = ("Unet", "UnetPlusPlus", "DeepLabV3Plus")  # repeated from core.config to keep --help light
+PRESETS = ("cpu-quick", "gpu")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a segmentation network on a project (masks + weak labels), with learned weights",
+        description="Train on PROJECT: strong masks, weak labels weighted per image by the Dynamic Instance "
+                    "Indicator, two co-regularised networks. Writes RUN/model (segmentation-models-pytorch "
+                    "format), RUN/run.json and RUN/gamma.json; the learned weights are also saved into the "
+                    "project. Ctrl-C stops cleanly after the current step and keeps a checkpoint.",
+    )
+    p.add_argument("project", type=Path, help="project folder (see `hybridseg import`)")
+    p.add_argument("--out", required=True, type=Path, metavar="RUN", help="run folder to write")
+    p.add_argument("--preset", choices=PRESETS, default="cpu-quick",
+                   help="starting settings (default: %(default)s); the options below override them")
+    p.add_argument("--steps", type=_positive, help="training steps (cpu-quick: 300)")
+    p.add_argument("--arch", choices=ARCHS, help="network architecture (cpu-quick: Unet)")
+    p.add_argument("--encoder", help="encoder name, any segmentation-models-pytorch encoder (cpu-quick: resnet18)")
+    p.add_argument("--encoder-weights", default=None,
+                   help="pretrained encoder weights, e.g. imagenet (must be cached; default: none)")
+    p.add_argument("--size", type=_positive, help="square training size in pixels (cpu-quick: 128)")
+    p.add_argument("--batch-size", type=_positive, help="images per step (cpu-quick: 8)")
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", choices=("auto", "fp32"), default="auto",
+                   help="auto: bf16 autocast on CPUs that have it, fp16 AMP on CUDA (default); fp32")
+    p.add_argument("--no-dii", action="store_true", help="no learned per-image weights (every weak image at 0.5)")
+    p.add_argument("--dii-scorer", choices=("last-layer", "jvp"), help="DII scorer (default: last-layer)")
+    p.add_argument("--dii-tau", type=_positive, help="steps between DII updates (default: scaled to the data)")
+    p.add_argument("--no-dcr", action="store_true", help="one network instead of two co-regularised ones")
+    p.add_argument("--pixel-weights", choices=("off", "exact"), help="MLB-Seg pixel weights (default: off)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (its model and weights)")
+    p.add_argument("--force", action="store_true", help="overwrite a run already in --out")
+    p.add_argument("--no-save-weights", action="store_true",
+                   help="do not write the learned weights into the project's weights.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_train)
+
+    p = subparsers.add_parser(
+        "predict",
+        help="segment a project or a folder of images with a trained run; PNG masks at original size",
+        description="Predict with network 1 of RUN. INPUT is a project folder (every sample) or a folder of "
+                    "images. Writes DIR/<id or file stem>.png: label values of the run's classes, at each "
+                    "image's original size.",
+    )
+    p.add_argument("run", type=Path, metavar="RUN", help="run folder written by `hybridseg train --out`")
+    p.add_argument("input", type=Path, metavar="INPUT", help="project folder or folder of images")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the PNG masks")
+    p.add_argument("--tta", action="store_true", help="average over flips (3x slower)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_predict)
+
+
+def build_config(args: argparse.Namespace):
+    """The TrainConfig of a parsed ``train`` command line."""
+    from napari_hybridseg.core.config import preset
+
+    cfg = preset(args.preset)
+    model = cfg.model
+    if args.arch:
+        model = model.replace(arch=args.arch)
+    if args.encoder:
+        model = model.replace(encoder=args.encoder)
+    if args.encoder_weights:
+        model = model.replace(encoder_weights=args.encoder_weights)
+    if args.size:
+        model = model.replace(input_size=args.size)
+    changes = {"model": model, "device": args.device, "precision": args.precision}
+    for name, key in (("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed"),
+                      ("dii_scorer", "dii_scorer"), ("dii_tau", "dii_tau"), ("pixel_weights", "pixel_weights")):
+        value = getattr(args, name)
+        if value is not None:
+            changes[key] = value
+    if args.no_dii:
+        changes["dii"] = False
+    if args.no_dcr:
+        changes["dcr"] = False
+    return cfg.replace(**changes)
+
+
+def _load(project: Path):
+    from napari_hybridseg.core.store import is_project, load_project
+
+    if not is_project(project):
+        raise CLIError(f"{project}: not a project folder (no project.json); create one with `hybridseg import`")
+    return load_project(project)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_hybridseg.core import reports as R
+    from napari_hybridseg.core.trainer import run
+
+    config = build_config(args)
+    collection = _load(args.project)
+    out: Path = args.out
+    init_from = None
+    if (out / "run.json").exists():
+        if args.resume:
+            init_from = out
+        elif not args.force:
+            raise CLIError(f"{out} already holds a run; pass --resume to continue it, --force to overwrite, "
+                           "or choose another --out")
+    elif args.resume:
+        raise CLIError(f"--resume: {out} holds no run to continue")
+
+    bar = None
+    last_losses: dict = {}
+
+    def show(report) -> None:
+        nonlocal bar
+        if isinstance(report, R.StartReport):
+            print(f"training on {report.device}: {report.n_strong} strong, {report.n_weak} weak, "
+                  f"{report.n_unlabeled} unlabeled; steps {report.start_step + 1}..{report.total_steps}",
+                  file=sys.stderr)
+            for note in report.notes:
+                print(f"  {note}", file=sys.stderr)
+            if not args.quiet:
+                bar = tqdm(total=report.total_steps, initial=report.start_step, unit="step", dynamic_ncols=True,
+                           desc=report.device.split(" ")[0], file=sys.stderr)
+        elif isinstance(report, R.StepReport) and not report.paused:
+            last_losses.update(report.losses)
+            if bar is not None:
+                shown = {k: f"{v:.3f}" for k, v in report.losses.items() if k in ("total", "strong", "pce", "cps")}
+                bar.set_postfix(shown, refresh=False)
+                bar.update(report.step - bar.n)
+        elif isinstance(report, R.WeightsReport) and bar is not None:
+            values = sorted(report.sample_weights.values())
+            if values:
+                bar.write(f"step {report.step}: DII weights min {values[0]:.2f} median "
+                          f"{values[len(values) // 2]:.2f} max {values[-1]:.2f}")
+        elif isinstance(report, R.DoneReport):
+            if bar is not None:
+                bar.close()
+
+    done = run(collection, config, out, callback=show, init_from=init_from)
+    verb = "stopped" if done.reason == "stopped" else "finished"
+    print(f"{verb} at step {done.step} after {done.wall_s:.0f} s; model: {done.checkpoint or '(none)'}")
+    if collection.sample_weights:
+        lowest = sorted(collection.sample_weights.items(), key=lambda kv: kv[1].value)[:5]
+        print("lowest DII weights (gamma.json has all):")
+        for sid, state in lowest:
+            flag = "  [marked corrupted]" if collection.samples[sid].corrupted else ""
+            print(f"  {sid}: {state.value:.3f}{flag}")
+        if not args.no_save_weights:
+            from napari_hybridseg.core.store import save_weights
+
+            save_weights(collection, args.project)
+    return 130 if done.reason == "stopped" else 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_hybridseg.core.predict import Predictor, predict_collection, predict_folder
+    from napari_hybridseg.core.store import is_project
+
+    predictor = Predictor.load(args.run, device=args.device)
+
+    def progress(items):
+        return items if args.quiet else tqdm(items, unit="image", file=sys.stderr)
+
+    if is_project(args.input):
+        written = predict_collection(predictor, _load(args.input), args.out, tta=args.tta, progress=progress)
+    elif args.input.is_dir():
+        written = predict_folder(predictor, args.input, args.out, tta=args.tta, progress=progress)
+    else:
+        raise CLIError(f"{args.input}: not a project or a folder of images")
+    print(f"wrote {len(written)} mask(s) to {args.out}")
+    return 0

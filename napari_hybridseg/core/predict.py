@@ -1,0 +1,192 @@
+"""Prediction at the original image size, for one image, a project or a folder.
+
+The network was trained on whole images resized to ``input_size`` (square),
+so an ordinary image is resized to that size, predicted, and its class
+probabilities resized back (bilinear) to the original rows and columns. An
+image much larger than the training images (e.g. a whole slide next to
+training crops) would lose its detail in one resize: it is brought to the
+scale the network saw in training (``train_scale`` in ``run.json``) and
+predicted in overlapping tiles of ``input_size``, whose probabilities are
+averaged with a smooth window.
+
+Optional test-time augmentation averages the prediction of the image and of
+its left-right and up-down flips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .collection import Collection
+from .data import normalise
+from .device import resolve_device
+from .images import IMAGE_SUFFIXES, read_image, resize_image, to_float_rgb
+from .models import forward, load_model
+
+__all__ = ["Predictor", "predict_collection", "predict_folder", "write_mask"]
+
+
+def write_mask(path: str | Path, labels: np.ndarray) -> Path:
+    """Write a label mask as PNG (uint8, or uint16 for values above 255), atomically."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    iio.imwrite(tmp, labels.astype(np.uint16 if labels.max(initial=0) > 255 else np.uint8))
+    os.replace(tmp, path)
+    return path
+
+
+class Predictor:
+    """A trained network ready to segment images of any size.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Network 1 of a run (eval mode).
+    input_size : int
+        The training size (square).
+    class_values : sequence of int
+        Label value of each foreground channel 1..K-1 (the collection's classes
+        sorted by value).
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"``...
+    train_scale : float or None
+        Typical factor original -> training pixels (for tiling huge images).
+    tile_above : float
+        Tile when the image at ``train_scale`` is larger than this many
+        training sizes on its long side. Default 2.
+    """
+
+    def __init__(self, model: torch.nn.Module, input_size: int, class_values: Iterable[int], *,
+                 device: str = "auto", train_scale: float | None = None, tile_above: float = 2.0,
+                 class_names: Iterable[str] | None = None):
+        self.dev = resolve_device(device, "fp32")
+        self.model = model.to(self.dev.device).eval()
+        self.input_size = int(input_size)
+        self.class_values = np.array([0, *[int(v) for v in class_values]])
+        self.class_names = list(class_names) if class_names is not None else None
+        self.train_scale = train_scale
+        self.tile_above = float(tile_above)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", **kwargs) -> Predictor:
+        """Load from a run folder (``RUN/``) or its model folder (``RUN/model``)."""
+        path = Path(path)
+        model_dir = path / "model" if (path / "model").is_dir() else path
+        if not (model_dir / "model.safetensors").exists():
+            raise ValueError(f"{path}: no trained model here; pass the --out folder of `hybridseg train`")
+        run_json = model_dir.parent / "run.json" if model_dir != path else path / "run.json"
+        model, config = load_model(model_dir)
+        values: list[int] = list(range(1, config.classes))
+        names = None
+        scale = None
+        if run_json.exists():
+            record = json.loads(run_json.read_text())
+            if record.get("classes"):
+                values = [int(c["value"]) for c in record["classes"]]
+                names = [c["name"] for c in record["classes"]]
+            scale = record.get("train_scale")
+        return cls(model, config.input_size, values, device=device, train_scale=scale, class_names=names, **kwargs)
+
+    # -- core ---------------------------------------------------------------
+    @torch.no_grad()
+    def _probs(self, x: torch.Tensor, tta: bool) -> torch.Tensor:
+        """Softmax of a normalised (B, 3, s, s) batch, flip-averaged with ``tta``."""
+        x = x.to(self.dev.device)
+        out = forward(self.model, x)[0].float().softmax(1)
+        if tta:
+            for dims in ((-1,), (-2,)):
+                out = out + forward(self.model, x.flip(dims))[0].float().softmax(1).flip(dims)
+            out = out / 3
+        return out
+
+    def _tiled(self, rgb: np.ndarray, tta: bool) -> torch.Tensor:
+        s = self.input_size
+        h, w = rgb.shape[:2]
+        scaled_shape = (max(s, round(h * self.train_scale)), max(s, round(w * self.train_scale)))
+        small = resize_image(rgb, scaled_shape)
+        x = normalise(small)
+        hh, ww = scaled_shape
+        stride = max(1, s * 3 // 4)
+        rows = sorted({*range(0, hh - s + 1, stride), hh - s})
+        cols = sorted({*range(0, ww - s + 1, stride), ww - s})
+        # a smooth window so tile borders (less context) count less
+        win1 = torch.hann_window(s + 2, periodic=False)[1:-1]
+        win = (win1[:, None] * win1[None, :]).clamp_min(1e-3).to(self.dev.device)
+        acc = None
+        norm = torch.zeros(hh, ww, device=self.dev.device)
+        for r in rows:
+            for c in cols:
+                p = self._probs(x[None, :, r:r + s, c:c + s], tta)[0]
+                if acc is None:
+                    acc = torch.zeros(p.shape[0], hh, ww, device=self.dev.device)
+                acc[:, r:r + s, c:c + s] += p * win
+                norm[r:r + s, c:c + s] += win
+        return (acc / norm)[None]
+
+    def predict(self, image: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Segment one image at its original size.
+
+        Parameters
+        ----------
+        image : numpy.ndarray
+            (H, W) or (H, W, 3), uint8/uint16/float, any size.
+        tta : bool
+            Average over flips (3 forward passes).
+
+        Returns
+        -------
+        labels : numpy.ndarray (H, W)
+            Label values of the collection's classes (uint8, uint16 above 255).
+        probabilities : numpy.ndarray (K, H, W) float32
+            Class probabilities, channel 0 background.
+        """
+        rgb = to_float_rgb(image)
+        h, w = rgb.shape[:2]
+        s = self.input_size
+        if self.train_scale and max(h, w) * self.train_scale > self.tile_above * s:
+            probs = self._tiled(rgb, tta)
+        else:
+            probs = self._probs(normalise(resize_image(rgb, (s, s)))[None], tta)
+        probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)[0]
+        labels = self.class_values[probs.argmax(0).cpu().numpy()]
+        dtype = np.uint16 if self.class_values.max() > 255 else np.uint8
+        return labels.astype(dtype), probs.cpu().numpy().astype(np.float32)
+
+
+def predict_collection(predictor: Predictor, collection: Collection, out_dir: str | Path, *,
+                       ids: Iterable[str] | None = None, tta: bool = False, progress=None) -> dict[str, Path]:
+    """Predict every sample (or ``ids``) of a collection; write ``OUT/<id>.png``.
+
+    ``progress``, if given, wraps the iterable (e.g. ``tqdm``).
+    """
+    out_dir = Path(out_dir)
+    todo = list(ids) if ids is not None else collection.ids
+    written = {}
+    for sid in progress(todo) if progress else todo:
+        labels, _ = predictor.predict(collection[sid].load_image(), tta=tta)
+        written[sid] = write_mask(out_dir / f"{sid}.png", labels)
+    return written
+
+
+def predict_folder(predictor: Predictor, folder: str | Path, out_dir: str | Path, *, tta: bool = False,
+                   progress=None) -> dict[str, Path]:
+    """Predict every image file in ``folder`` (not recursive); write ``OUT/<stem>.png``."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    written = {}
+    for path in progress(files) if progress else files:
+        labels, _ = predictor.predict(read_image(path), tta=tta)
+        written[path.name] = write_mask(Path(out_dir) / f"{path.stem}.png", labels)
+    return written

@@ -1,0 +1,130 @@
+"""Each loss on hand-made arrays: values where the answer is known, per-sample shapes, weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_hybridseg.core.losses import (
+    aux_tag_loss,
+    box_tightness,
+    dice_loss,
+    mil_loss,
+    partial_ce,
+    pixel_ce,
+    strong_loss,
+    weak_losses,
+)
+from napari_hybridseg.core.targets import IGNORE
+
+
+def confident(labels: torch.Tensor, k: int = 2, scale: float = 20.0) -> torch.Tensor:
+    """Logits that predict ``labels`` with near certainty."""
+    return torch.nn.functional.one_hot(labels, k).permute(0, 3, 1, 2).float() * scale
+
+
+def test_pixel_ce_is_zero_on_ignored_pixels():
+    target = torch.full((1, 4, 4), IGNORE)
+    target[0, 0, 0] = 1
+    cost, valid = pixel_ce(torch.zeros(1, 2, 4, 4), target)
+    assert valid.sum() == 1
+    assert cost[0, 0, 0] == pytest.approx(np.log(2), rel=1e-5)
+    assert cost.sum() == pytest.approx(np.log(2), rel=1e-5)
+
+
+def test_partial_ce_averages_over_known_pixels_per_sample():
+    target = torch.full((2, 4, 4), IGNORE)
+    target[0, :2] = 0
+    logits = torch.zeros(2, 2, 4, 4)
+    out = partial_ce(logits, target)
+    assert out.shape == (2,)
+    assert out[0] == pytest.approx(np.log(2), rel=1e-5)
+    assert out[1] == 0  # nothing known: no signal, not NaN
+
+
+def test_pixel_weight_multiplies_the_cost_map():
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    logits = torch.zeros(1, 2, 4, 4)
+    w = torch.zeros(1, 4, 4)
+    w[0, 0] = 1.0
+    assert partial_ce(logits, target, w)[0] == pytest.approx(np.log(2) / 4, rel=1e-5)
+
+
+def test_dice_loss_is_zero_for_a_perfect_prediction_and_high_for_the_opposite():
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, 2:5, 2:5] = 1
+    perfect = confident(labels).softmax(1)
+    wrong = confident(1 - labels).softmax(1)
+    assert dice_loss(perfect, labels)[0] < 1e-3
+    assert dice_loss(wrong, labels)[0] > 0.9
+
+
+def test_strong_loss_prefers_the_right_mask():
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[:, 2:5, 2:5] = 1
+    right, wrong = strong_loss(confident(labels), labels), strong_loss(confident(1 - labels), labels)
+    assert right.shape == (2,)
+    assert (right < 0.01).all() and (wrong > 5).all()
+
+
+def test_box_tightness_is_low_when_every_row_and_column_of_the_box_is_hit():
+    boxes = [np.array([[1, 2, 2, 6, 6]])]
+    # a cross through the box touches every row and column: tight
+    cross = torch.zeros(1, 8, 8, dtype=torch.long)
+    cross[0, 4, 2:6] = 1
+    cross[0, 2:6, 4] = 1
+    # a single pixel misses most rows and columns
+    dot = torch.zeros(1, 8, 8, dtype=torch.long)
+    dot[0, 3, 3] = 1
+    tight = box_tightness(confident(cross).softmax(1), boxes)
+    loose = box_tightness(confident(dot).softmax(1), boxes)
+    assert tight[0] < 1e-3
+    assert loose[0] > 5
+
+
+def test_box_tightness_is_zero_for_samples_without_boxes():
+    out = box_tightness(torch.full((2, 2, 4, 4), 0.5), [np.zeros((0, 5), np.int64), None])
+    assert torch.equal(out, torch.zeros(2))
+
+
+def test_mil_wants_some_pixels_of_a_present_class():
+    present = torch.tensor([[False, True]])
+    none = confident(torch.zeros(1, 10, 10, dtype=torch.long)).softmax(1)
+    some_labels = torch.zeros(1, 10, 10, dtype=torch.long)
+    some_labels[0, 0, 0] = 1
+    some = confident(some_labels).softmax(1)
+    assert mil_loss(none, present)[0] > 5
+    assert mil_loss(some, present)[0] < 1e-3
+    # a class that already has a box is left to the box terms
+    assert mil_loss(none, present, skip=torch.tensor([[False, True]]))[0] == 0
+
+
+def test_aux_tag_loss_ignores_unknown_tags():
+    logits = torch.tensor([[10.0, -10.0]])
+    assert aux_tag_loss(logits, torch.tensor([[1.0, -1.0]]))[0] < 1e-3
+    assert aux_tag_loss(logits, torch.tensor([[0.0, -1.0]]))[0] > 5
+    assert aux_tag_loss(None, torch.tensor([[1.0, 0.0]]))[0] == 0
+
+
+def test_weak_losses_sum_is_the_per_instance_loss_and_penalises_a_wrong_box():
+    truth = torch.zeros(1, 8, 8, dtype=torch.long)
+    truth[0, 1:4, 1:4] = 1
+    logits = confident(truth)
+    right_box = np.array([[1, 1, 1, 4, 4]])
+    wrong_box = np.array([[1, 5, 5, 8, 8]])
+
+    def target_for(box):
+        t = torch.zeros(1, 8, 8, dtype=torch.long)
+        _, r0, c0, r1, c1 = box[0]
+        t[0, r0:r1, c0:c1] = IGNORE
+        return t
+
+    present = torch.tensor([[False, True]])
+    tags = torch.tensor([[1.0]])
+    good = weak_losses(logits, None, target_for(right_box), [right_box], present, tags)
+    bad = weak_losses(logits, None, target_for(wrong_box), [wrong_box], present, tags)
+    for terms in (good, bad):
+        assert torch.allclose(terms["sum"], terms["pce"] + terms["box"] + terms["mil"] + terms["aux"])
+    assert good["sum"][0] < 0.01
+    assert bad["sum"][0] > 1.0
