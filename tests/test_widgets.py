@@ -226,7 +226,7 @@ def test_train_turns_into_stop_and_stop_stops_within_a_step(widget, qtbot):
     widget.train_panel.steps.value = 200
     widget.toggle_training()
     assert widget.train_panel.train_btn.text() == "Stop"
-    qtbot.waitUntil(lambda: widget.train_panel.plot.series.get("total"), timeout=5000)
+    qtbot.waitUntil(lambda: widget.last_step is not None, timeout=5000)
     widget.toggle_training()  # Stop
     assert widget.runner.wait(5)
     done = widget.runner.last_done

@@ -29,7 +29,7 @@ from .data_panel import DataPanel
 from .review_panel import ReviewPanel
 from .session import Session, copy_sample, snapshot_collection
 from .train_panel import TrainPanel
-from .training import TrainingRunner
+from .training import TrainingRunner, avoid_triton_in_gui
 
 if TYPE_CHECKING:
     import napari
@@ -107,12 +107,14 @@ class HybridSegWidget(QWidget):
         self.setMinimumWidth(400)
 
         self._run_dir: Path | None = None
+        self.last_step: StepReport | None = None
         self._last_preview_request = 0
         self._preview_every = 25
         self._predictor: Any = None
         self._predictor_dir: Path | None = None
         self._predicting: set[str] = set()
         self._stale_predictions: set[str] = set()
+        self._closing = False
         self.first_overlay_s: float | None = None  # Train pressed -> first prediction shown
         self._train_pressed_at: float | None = None
         self._update_timer = QTimer(self)
@@ -219,6 +221,7 @@ class HybridSegWidget(QWidget):
             run_dir = base / f"{stamp}-{n}"
         init_from = self.session.run_dir if (self.train_panel.resume.value and self.session.run_dir) else None
         self._run_dir = run_dir
+        self.last_step = None
         self._preview_every = config.preview_every
         self._last_preview_request = 0
         self.first_overlay_s = None
@@ -235,6 +238,7 @@ class HybridSegWidget(QWidget):
             self.train_panel.set_stopping()
 
     def _on_step(self, report: StepReport) -> None:
+        self.last_step = report
         self.train_panel.on_step(report)
         every = max(1, int(self._preview_every))
         # the first preview comes as early as possible: it is what tells the user training works
@@ -322,6 +326,8 @@ class HybridSegWidget(QWidget):
             return sid, np.asarray(labels)
 
         def done(result):
+            if self._closing:
+                return  # the viewer is going away: nothing to show
             sample_id, labels = result
             self._stale_predictions.discard(sample_id)
             self.session.set_prediction(sample_id, labels)
@@ -339,6 +345,7 @@ class HybridSegWidget(QWidget):
     def _load_predictor(self, run_dir: Path):
         # runs in a worker thread: torch is imported here, never on the main thread
         if self._predictor is None or self._predictor_dir != run_dir:
+            avoid_triton_in_gui()
             from napari_hybridseg.core.predict import Predictor
 
             self._predictor = Predictor.load(run_dir)
@@ -463,6 +470,7 @@ class HybridSegWidget(QWidget):
                     return False
             self.runner.stop()
             self.runner.wait(60)
+        self._closing = True
         try:
             self.session.save()
         except (OSError, ValueError, RuntimeError) as exc:

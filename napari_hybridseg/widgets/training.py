@@ -33,7 +33,8 @@ from napari_hybridseg.core.reports import (
     WeightsReport,
 )
 
-__all__ = ["TrainingFailed", "TrainingRunner", "default_train_fn", "describe_error", "drive", "merge_commands"]
+__all__ = ["TrainingFailed", "TrainingRunner", "avoid_triton_in_gui", "default_train_fn", "describe_error", "drive",
+           "merge_commands"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,22 @@ class TrainingFailed(Exception):
     def __init__(self, original: BaseException):
         super().__init__(str(original))
         self.original = original
+
+
+def avoid_triton_in_gui() -> None:
+    """Keep torch from importing Triton inside napari (set ``HYBRIDSEG_ALLOW_TRITON=1`` to allow it).
+
+    Triton bundles its own LLVM; loading it into a process where Mesa's
+    OpenGL (also LLVM-based, llvmpipe) is already loaded crashes the process
+    with a segmentation fault. torch imports Triton only to probe for it (when
+    ``torch._dynamo`` loads, e.g. through ``torch.func``); our trainer never
+    compiles, so marking it absent costs nothing and keeps napari alive.
+    """
+    import os
+    import sys
+
+    if os.environ.get("HYBRIDSEG_ALLOW_TRITON") != "1" and "triton" not in sys.modules:
+        sys.modules["triton"] = None  # type: ignore[assignment]  # "import triton" now raises ImportError
 
 
 def default_train_fn() -> TrainFn:
@@ -188,6 +205,7 @@ class TrainingRunner(QObject):
         self.started_at = time.perf_counter()
         train_fn = self._train_fn
         commands = self._commands
+        avoid_triton_in_gui()
 
         def work():
             try:
