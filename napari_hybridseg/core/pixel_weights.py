@@ -140,6 +140,11 @@ class PixelWeights:
         L_meta(theta') on the strong batch.
     notes : tuple of str
         One-line notices (the fallback).
+    meta_grad : list of Tensor or None
+        v = grad L_meta(theta'), one tensor per parameter. Without
+        ``virtual_loss_fn`` theta' = theta, so v is also the gradient of the
+        strong loss at theta: the real step may add it to ``p.grad`` instead
+        of running the strong batch forward and backward again.
     """
 
     w_init: Tensor
@@ -150,6 +155,7 @@ class PixelWeights:
     method: str
     meta_loss: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    meta_grad: list[Tensor] | None = None
 
 
 # -- per-pixel costs -----------------------------------------------------------
@@ -503,7 +509,7 @@ def exact_pixel_weights(
     w_init, w_own = normalise_weights(raw_init, raw_own, (vi, vo))
     if not return_details:
         return w_init, w_own
-    return PixelWeights(w_init, w_own, raw_init, raw_own, z, used, meta_loss, tuple(notes))
+    return PixelWeights(w_init, w_own, raw_init, raw_own, z, used, meta_loss, tuple(notes), v)
 
 
 def unrolled_pixel_weights(
