@@ -1,0 +1,131 @@
+"""Dynamic Instance Indicator: the gamma update, the tau rule, both scorers against plain autograd."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_hybridseg.core.config import ModelConfig
+from napari_hybridseg.core.dii import GammaBank, default_tau, jvp_scores, last_layer_scores
+from napari_hybridseg.core.losses import strong_loss, weak_losses
+from napari_hybridseg.core.models import build_model, forward, last_layer
+from napari_hybridseg.core.targets import IGNORE
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def test_gamma_step_is_adam_then_clamp():
+    bank = GammaBank(lr=0.1)
+    bank.sync(["a", "b", "c"])
+    ref = torch.nn.Parameter(torch.full((3,), 0.5, dtype=torch.float64))
+    opt = torch.optim.Adam([ref], lr=0.1, betas=(0.9, 0.999), eps=1e-8)
+    grads = [[-2.0, 0.3, 5.0], [-1.0, -0.2, 4.0], [0.5, 0.1, 3.0]]
+    for g in grads:
+        values = bank.step(dict(zip("abc", g)))
+        opt.zero_grad()
+        ref.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+        with torch.no_grad():
+            ref.clamp_(0, 1)
+        assert np.allclose([values[k] for k in "abc"], ref.detach().numpy(), atol=1e-12)
+    # aligned (negative dL/dgamma) rises, opposed falls
+    assert values["a"] > 0.5 > values["c"]
+
+
+def test_gamma_stays_in_unit_interval():
+    bank = GammaBank(lr=0.5)
+    bank.sync(["x", "y"])
+    for _ in range(10):
+        bank.step({"x": -1.0, "y": 1.0})
+    assert bank.value("x") == 1.0 and bank.value("y") == 0.0
+
+
+def test_new_samples_start_at_init_and_removed_samples_drop_their_state():
+    bank = GammaBank(init=0.5)
+    bank.sync(["a", "b"])
+    bank.step({"a": 1.0, "b": -1.0})
+    bank.sync(["b", "new"])
+    assert set(bank.states) == {"b", "new"}
+    assert bank.value("new") == 0.5
+    assert bank.value("b") > 0.5
+
+
+def test_tau_rule_scales_with_the_collection_and_the_run():
+    assert default_tau(4, 8) == 12  # ceil(10 + 40 / 24)
+    assert default_tau(0, 8) == 10
+    assert default_tau(900, 8) == 385
+    assert default_tau(10_000, 8) == 400
+    assert default_tau(900, 8, total_steps=60) == 15
+    assert default_tau(20, 8) < default_tau(200, 8)
+
+
+def _problem(dtype=torch.float64):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(classes=3, aux_classes=2, input_size=32), seed=0).to(dtype)
+    # non-trivial BN statistics so that eval mode matters
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 32, 32, dtype=dtype))
+    xs = torch.randn(3, 3, 32, 32, dtype=dtype)
+    ys = torch.randint(0, 3, (3, 32, 32))
+    xw = torch.randn(5, 3, 32, 32, dtype=dtype)
+    yw = torch.full((5, 32, 32), IGNORE)
+    yw[:, :8] = 0
+    yw[1, 10:14, 10:14] = 2
+    boxes = [np.array([[1, 4, 4, 20, 20]]), np.zeros((0, 5), np.int64), np.array([[2, 2, 3, 9, 30]]),
+             np.array([[1, 0, 0, 32, 32], [2, 8, 8, 16, 16]]), np.zeros((0, 5), np.int64)]
+    present = torch.zeros(5, 3, dtype=torch.bool)
+    present[4, 1] = True
+    tags = torch.full((5, 2), -1.0, dtype=dtype)
+    tags[4] = torch.tensor([1.0, 0.0], dtype=dtype)
+
+    def strong_fn(logits, aux):
+        return strong_loss(logits, ys).mean()
+
+    def instance_fn(logits, aux, idx):
+        return weak_losses(logits.to(dtype), aux, yw[idx], [boxes[i] for i in idx], present[idx], tags[idx])["sum"]
+
+    return model, xs, xw, strong_fn, instance_fn
+
+
+def _autograd_loop(model, xs, xw, strong_fn, instance_fn, params):
+    """The plain definition: one gradient per weak sample, dotted with the strong gradient."""
+    was = model.training
+    model.eval()
+    logits, aux = forward(model, xs)
+    g_s = torch.autograd.grad(strong_fn(logits, aux), params, allow_unused=True)
+    out = []
+    for k in range(xw.shape[0]):
+        logits, aux = forward(model, xw[k:k + 1])
+        g_k = torch.autograd.grad(instance_fn(logits, aux, [k]).sum(), params, allow_unused=True)
+        out.append(sum((a * b).sum() for a, b in zip(g_s, g_k) if a is not None and b is not None))
+    model.train(was)
+    return torch.stack(out)
+
+
+def test_jvp_scorer_matches_a_per_sample_autograd_loop():
+    model, xs, xw, strong_fn, instance_fn = _problem()
+    ref = _autograd_loop(model, xs, xw, strong_fn, instance_fn, list(model.parameters()))
+    got = jvp_scores(model, xs, strong_fn, xw, instance_fn, chunk=2)
+    assert model.training  # restored
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max())
+    assert (ref.abs() > 0).all()
+
+
+def test_last_layer_scorer_matches_autograd_on_the_head():
+    model, xs, xw, strong_fn, instance_fn = _problem()
+    head = list(last_layer(model).parameters())
+    ref = _autograd_loop(model, xs, xw, strong_fn, instance_fn, head)
+    got = last_layer_scores(model, xs, strong_fn, xw, instance_fn, chunk=3)
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max())
+
+
+def test_scores_do_not_depend_on_the_batching():
+    model, xs, xw, strong_fn, instance_fn = _problem()
+    a = last_layer_scores(model, xs, strong_fn, xw, instance_fn, chunk=1)
+    b = last_layer_scores(model, xs, strong_fn, xw, instance_fn, chunk=5)
+    assert torch.allclose(a, b, rtol=1e-6, atol=1e-10)
