@@ -89,7 +89,7 @@ def collections_(draw) -> Collection:
             image = rng.random((h, w, 3)).astype(np.float32)
         s = Sample(sid, image=image)
         if draw(st.booleans()):
-            dtype = draw(st.sampled_from([np.uint8, np.uint16]))
+            dtype = draw(st.sampled_from([np.uint8, np.uint16])) if max(values) <= 255 else np.uint16
             s.mask = rng.choice(np.array([0, *values], dtype=dtype), (h, w))
         if draw(st.booleans()):
             s.reference_mask = rng.integers(0, 2, (h, w), dtype=np.uint8)
