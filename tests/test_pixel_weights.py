@@ -165,6 +165,19 @@ def test_op_without_forward_rule_falls_back_with_one_notice_and_same_values():
         exact_pixel_weights(*args, method="jvp")
 
 
+def test_bf16_autocast_keeps_the_jvp_path_without_a_notice():
+    torch.manual_seed(0)
+    model = tiny_bn_net().train()
+    x, y_init, y_own, valid, xs, ys = batch(2, dtype=torch.float32)
+    args = (model, x, y_init, y_own, valid, None, xs, ys, lambda z, y: F.cross_entropy(z.float(), y), 0.1)
+    ref = exact_pixel_weights(*args, return_details=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = exact_pixel_weights(*args, return_details=True)  # a fallback warning would fail this test
+    assert got.method == "jvp" and got.logits.dtype == torch.float32
+    # only the meta gradient saw bf16: the weights barely move
+    assert rel_err(got.raw_init, ref.raw_init) < 0.05
+
+
 # -- (3) normalisation, clamp, held-fixed pixels -----------------------------------------
 def test_weights_are_clamped_at_zero_and_sum_to_one_over_batch_and_both_targets():
     torch.manual_seed(1)

@@ -84,6 +84,10 @@ the model's float buffers passed as primals (zero tangents) on copies and
 train-mode forward; with ``update_buffers=True`` the updated copies are written
 back to the module afterwards. The meta forward at theta' uses discarded copies.
 
+Precision: the dual forward ignores the caller's autocast (forward-mode AD has
+no autocast rules) and runs in the model's dtype; the returned logits are then
+fp32 for an fp32 model. The meta forward follows the caller's autocast.
+
 Fallback: where an operation has no forward-mode rule the same t = J_z v is
 computed with the double-backward trick (``J v = d/du <J^T u, v>``), with one
 :class:`UserWarning` per call. ``method="double-backward"`` forces it.
@@ -481,9 +485,13 @@ def exact_pixel_weights(
 
     notes: list[str] = []
     used = method
+    # forward-mode AD has no autocast rules (tangents stay fp32 while autocast casts primals to
+    # bf16/fp16): the dual forward runs in the model's own precision, whatever the caller's autocast
+    no_autocast = torch.autocast(device_type=x_weak.device.type, enabled=False)
     if method in ("auto", "jvp"):
         try:
-            z, t, floats = _jvp_logits(model, theta, v, x_weak)
+            with no_autocast:
+                z, t, floats = _jvp_logits(model, theta, v, x_weak)
             used = "jvp"
         except (RuntimeError, NotImplementedError) as exc:
             if method == "jvp":
@@ -495,7 +503,8 @@ def exact_pixel_weights(
             notes.append(note)
             used = "double-backward"
     if used == "double-backward":
-        z, t, floats = _double_backward_logits(model, theta, v, x_weak)
+        with no_autocast:
+            z, t, floats = _double_backward_logits(model, theta, v, x_weak)
     if update_buffers:
         _write_back(model, floats)
 
