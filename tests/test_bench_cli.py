@@ -27,7 +27,7 @@ def folder_dataset(tmp_path):
 
 
 def test_bench_command_writes_results_and_report_and_says_where(folder_dataset, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(P, "default_backend", fake_backend)
+    monkeypatch.setattr(P, "default_backend", lambda device, values: fake_backend())
     out = tmp_path / "bench"
     argv = ["bench", str(folder_dataset), "--layout", "folder", "--out", str(out), "--steps", "4",
             "--strong-fraction", "0.25", "--arms", "strong-only,naive,dii", "--note", "fake trainer"]

@@ -73,14 +73,21 @@ ARMS = ("strong-only", "naive", "dii", "dii+dcr", "full", "all-strong")
 #: Arms that learn DII's per-image weights.
 DII_ARMS = ("dii", "dii+dcr", "full")
 
+#: Rough cost of one step of each arm in single-network steps, for the time projection printed
+#: between arms (not a measurement: the measured figures are in results.json).
+COST_FACTOR = {"strong-only": 1.0, "naive": 1.0, "dii": 1.3, "dii+dcr": 2.6, "full": 3.9, "all-strong": 1.0}
+
 #: TrainConfig overrides of each benchmark preset (on top of core.config.PRESETS).
 #: cpu-quick budget (2 cores, all six arms <= 20 min): the arms cost about
-#: 1 + 1 + 1.1 + 2 + 3 + 1 = 9.1 single-network steps per step of budget;
-#: at ~0.3 s per single-network step of 8 images at 128 px (bf16) that is
-#: ~2.7 s per budget step, so 300 steps leave ~6 minutes for decoding,
-#: evaluation and figures. The lead re-measures on a quiet machine.
+#: sum(COST_FACTOR) ~ 11 single-network steps per step of budget (DCR runs two
+#: networks on the batch and on CutMix pairs; full adds pixel weights, PLE and
+#: the teacher; DII's periodic re-scoring of every weak image is amortised in);
+#: at ~0.4 s per single-network step of 8 images at 128 px (bf16) that is
+#: ~4.4 s per budget step, so 200 steps take ~15 minutes and leave ~5 for
+#: decoding, evaluation and figures. An estimate, not yet measured on a quiet
+#: machine: the command prints a projection after each arm.
 BENCH_PRESETS: dict[str, dict[str, Any]] = {
-    "cpu-quick": {"steps": 300, "batch_size": 8, "checkpoint_every": 10**9, "preview_every": 10**9},
+    "cpu-quick": {"steps": 200, "batch_size": 8, "checkpoint_every": 10**9, "preview_every": 10**9},
     "gpu": {"steps": 4000, "batch_size": 16, "checkpoint_every": 1000, "preview_every": 10**9},
 }
 
@@ -214,7 +221,9 @@ def arm_config(base: TrainConfig, arm: str) -> TrainConfig:
     off = {"dii": False, "dcr": False, "pixel_weights": "off", "ple": False, "teacher": False}
     switches = {
         "strong-only": off,
-        "naive": off,
+        # naive trusts every weak label fully: weights fixed at 1 (with DII off the trainer keeps gamma at
+        # dii_init, which is 0.5 by default: that would be "weak labels at half weight", another arm)
+        "naive": {**off, "dii_init": 1.0},
         "dii": {**off, "dii": True},
         "dii+dcr": {**off, "dii": True, "dcr": True},
         "full": {"dii": True, "dcr": True, "pixel_weights": "exact", "ple": True, "teacher": True},
@@ -274,12 +283,17 @@ class Backend:
     name: str = "custom"
 
 
-def default_backend() -> Backend:
-    """The project's trainer and predictor (imports torch)."""
-    from ..predict import Predictor
+def default_backend(device: str = "auto", label_values: list[int] | None = None) -> Backend:
+    """The project's trainer, and a batched predictor whose resized test inputs all arms share (imports torch)."""
     from ..trainer import train
+    from .inference import BatchedPredictor, InputCache
 
-    return Backend(train=train, load_predictor=Predictor.load, name="napari_hybridseg")
+    cache = InputCache()
+
+    def load_predictor(run_dir: Path):
+        return BatchedPredictor.load(run_dir, label_values=label_values, device=device, cache=cache)
+
+    return Backend(train=train, load_predictor=load_predictor, name="napari_hybridseg (batched evaluation)")
 
 
 # -- data -----------------------------------------------------------------
@@ -658,6 +672,8 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def _predict_all(predictor: Any, samples: Mapping[str, Sample]) -> dict[str, np.ndarray]:
+    if hasattr(predictor, "predict_many"):
+        return {k: np.asarray(v) for k, v in predictor.predict_many(samples).items()}
     out = {}
     for sid, s in samples.items():
         labels, _ = predictor.predict(s.load_image())
@@ -892,7 +908,12 @@ def collect_results(out: Path) -> dict[str, Any]:
             rec = json.loads(path.read_text())
             rec.pop("gamma_history", None)  # kept in the arm file; results.json holds summaries
             arms[arm] = rec
-    return {"schema": 1, "settings": settings, "split": split, "arms": arms}
+    errors = {}
+    for arm in ARMS:
+        path = out / "arms" / f"{arm.replace('+', '_')}.error.txt"
+        if arm not in arms and path.is_file():
+            errors[arm] = path.read_text().strip()
+    return {"schema": 1, "settings": settings, "split": split, "arms": arms, "errors": errors}
 
 
 def arm_file(out: Path, arm: str) -> Path:
@@ -950,9 +971,11 @@ def run_benchmark(
         write_json(out / "results.json", results)
         return results
 
-    backend = backend or default_backend()
     if prepared is None:
         prepared = prepare(settings, log=log)
+    if backend is None:
+        values = [0] + sorted(c.value for c in prepared.collection.classes)
+        backend = default_backend(settings.device, values)
     base = settings.base_config()
     n_fg = prepared.collection.num_classes
     base = base.replace(model=base.model.replace(classes=n_fg + 1))
@@ -992,13 +1015,25 @@ def run_benchmark(
         log(f"{arm}: training ({base.steps} steps)")
         data = ArmData(train=arm_collection(train, arm), test=test, val=val,
                        corrupted=prepared.corrupted, grid_ids=grid_ids)
-        result, grid = run_arm(arm, data, arm_config(base, arm), out / "runs" / arm.replace("+", "_"), backend,
-                               on_report=on_report, n_boot=settings.n_boot, seed=settings.seed)
+        try:
+            result, grid = run_arm(arm, data, arm_config(base, arm), out / "runs" / arm.replace("+", "_"), backend,
+                                   on_report=on_report, n_boot=settings.n_boot, seed=settings.seed)
+        except (ValueError, RuntimeError) as exc:
+            # one arm the engine cannot run yet must not cost the others; rerunning retries it
+            _atomic_write_text(out / "arms" / f"{arm.replace('+', '_')}.error.txt", f"{exc}\n")
+            log(f"{arm}: FAILED: {exc}")
+            continue
+        (out / "arms" / f"{arm.replace('+', '_')}.error.txt").unlink(missing_ok=True)
         _save_grid_predictions(out, arm, grid)
         write_json(arm_file(out, arm), result)
         log(f"{arm}: Dice {result['dice']:.3f} [{result['dice_ci'][0]:.3f}, {result['dice_ci'][1]:.3f}], "
             f"{result['sec_per_step']:.3f} s/step, {result['wall_s']:.0f} s -> {arm_file(out, arm)}")
         write_json(out / "results.json", collect_results(out))
+        rest = todo[todo.index(arm) + 1:]
+        if rest and result["steps"]:
+            unit = result["train_s"] / result["steps"] / COST_FACTOR[arm]
+            eta = sum(unit * COST_FACTOR[a] * base.steps + result["eval_s"] for a in rest)
+            log(f"projected time for the remaining {len(rest)} arm(s): ~{eta / 60:.0f} min")
     results = collect_results(out)
     write_json(out / "results.json", results)
     return results

@@ -311,6 +311,10 @@ def write_report(out: str | Path, results: Mapping[str, Any] | None = None) -> P
             f"| {_fmt(r.get('gamma_auroc')) if 'gamma_auroc' in r else ''} | {gq} "
             f"| {_fmt(r.get('pixel_weight_wrong_vs_right')) if 'pixel_weight_wrong_vs_right' in r else ''} |")
     lines.append("")
+    for a, err in results.get("errors", {}).items():
+        lines.append(f"- `{a}` did **not** finish: {err}")
+    if results.get("errors"):
+        lines.append("")
     if "full" in arms:
         for other in ("naive", "strong-only"):
             if other in arms:
