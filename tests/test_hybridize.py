@@ -37,11 +37,11 @@ def test_components_drop_specks_but_keep_a_lone_tiny_object():
     m = np.zeros((20, 20), bool)
     m[0, 0] = True
     m[5:15, 5:15] = True
-    assert [bbox for _, bbox in components(m)] == [(5, 5, 15, 15)]
+    assert [(bbox, int(crop.sum())) for bbox, crop in components(m)] == [((5, 5, 15, 15), 100)]
     tiny = np.zeros((20, 20), bool)
     tiny[3:5, 3:5] = True
     tiny[10, 10] = True
-    assert [bbox for _, bbox in components(tiny)] == [(3, 3, 5, 5)]  # the largest survives
+    assert [bbox for bbox, _ in components(tiny)] == [(3, 3, 5, 5)]  # the largest survives
 
 
 def test_boxes_from_mask_per_component_and_label():

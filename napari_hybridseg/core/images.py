@@ -95,6 +95,10 @@ def read_mask(path: str | Path, *, binary: bool | None = None) -> np.ndarray:
         {0, 1} mask keeps its values, which is the same thing).
     """
     path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        fast = _read_mask_pil(path, binary)
+        if fast is not None:
+            return fast
     arr = np.asarray(read_image(path))
     if arr.ndim == 3:
         # convert('L') as PIL does: ITU-R 601-2 luma
@@ -114,6 +118,29 @@ def read_mask(path: str | Path, *, binary: bool | None = None) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating):
         arr = np.rint(arr)
     return arr.astype(np.uint16 if arr.max(initial=0) > 255 else np.uint8)
+
+
+def _read_mask_pil(path: Path, binary: bool | None) -> np.ndarray | None:
+    """8-bit, 1-bit and colour masks through PIL's C code (``convert('L') > 127``, as the datasets' own
+    recipe says); ``None`` for anything else (16-bit, float, unreadable), which the general path handles."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode == "1":
+                return np.asarray(im, dtype=np.uint8)
+            if mode in ("RGB", "RGBA", "LA", "P", "PA", "CMYK", "YCbCr") and binary is not False:
+                return (np.asarray(im.convert("L")) > 127).astype(np.uint8)
+            if mode != "L":
+                return None
+            arr = np.asarray(im)
+    except Exception:  # let the general reader produce the error message
+        return None
+    if binary is None:
+        present = np.flatnonzero(np.bincount(arr.ravel(), minlength=256))
+        binary = path.suffix.lower() in (".jpg", ".jpeg") or set(present.tolist()) <= {0, 255}
+    return (arr > 127).astype(np.uint8) if binary else arr.copy()
 
 
 def to_float_rgb(image: np.ndarray) -> np.ndarray:

@@ -151,7 +151,9 @@ class _Importer:
 
     def finish(self, default_class: str) -> Collection:
         c = self.collection
-        values = sorted({int(v) for s in c for v in (np.unique(s.mask) if s.mask is not None else ()) if v}
+        from .hybridize import label_values
+
+        values = sorted({v for s in c if s.mask is not None for v in label_values(s.mask)}
                         | {b.label for s in c for b in s.boxes})
         if not c.classes:
             if values in ([], [1]):
