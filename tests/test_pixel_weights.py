@@ -353,5 +353,8 @@ def test_quality_experiment_reports_weight_mass_on_corrupted_box_pixels():
     # outside every box is certain background, and y~ there is background
     assert (d["init"][d["certain"]] == 0).all()
     res = quality_run(steps=2, seed=0, teacher="mse", last_layer_every=1)
-    assert 0 <= res["w_init_mass_on_wrong"] <= 1 and 0 <= res["dice_test"] <= 1
+    assert 0 < res["wrong_share"] < 1 and 0 <= res["dice_test"] <= 1
+    assert not res["w_mass_on_wrong"] > 1 and not res["w_mass_on_wrong"] < 0  # NaN when no weight was positive
     assert -1 <= res["last_layer_corr"] <= 1
+    base = quality_run(weights="uniform", steps=1, seed=0)
+    assert base["w_mass_on_wrong"] == pytest.approx(base["wrong_share"], rel=1e-5)

@@ -239,18 +239,31 @@ def _dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
     return float(torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom)).mean())
 
 
-def quality_run(*, fix_certain: bool = True, teacher: str = "off", steps: int = 60, seed: int = 0,
-                lr: float = 1e-2, last_layer_every: int = 0) -> dict[str, float]:
-    """Train a tiny net on :func:`box_collection` with exact pixel weights; weight and Dice figures.
+def quality_run(*, weights: str = "exact", fix_certain: bool = True, teacher: str = "off", steps: int = 60,
+                seed: int = 0, lr: float = 1e-2, last_layer_every: int = 0) -> dict[str, float]:
+    """Train a tiny net on :func:`box_collection`; weight-quality and Dice figures.
 
+    ``weights``: ``"exact"`` (MLB pixel weights) or ``"uniform"`` (every
+    taking-part pixel of both targets weighs the same: the baseline).
     ``teacher``: ``"off"``; ``"mse"`` (the original: teacher MSE in the
     virtual step and the real loss); ``"ple"`` (y^ from the teacher's PLE, no
     MSE). ``last_layer_every > 0`` also correlates the exact raw weights with
     the last-layer-only ones every that many steps.
+
+    Figures over the last quarter of the steps, on the pixels that take part
+    (all, or the unknown ones with ``fix_certain``): ``wrong_share`` (share of
+    those pixels where y~ is wrong), ``w_mass_on_wrong`` (share of the y~
+    weight mass there; uniform weights give ``wrong_share``),
+    ``per_pixel_wrong_vs_right`` (mean y~ weight of a wrong pixel over that of
+    a right one: < 1 means down-weighted), ``pos_wrong`` / ``pos_right``
+    (fraction with a positive weight), ``map_step_corr`` (correlation of
+    consecutive steps' y~ maps: stability).
     """
     from .ple import enhance
     from .teacher import MeanTeacher
 
+    if weights not in ("exact", "uniform"):
+        raise ValueError(f"weights must be 'exact' or 'uniform', not {weights!r}")
     d = box_collection(seed=seed)
     torch.manual_seed(seed)
     model = _tiny_net().train()
@@ -259,75 +272,91 @@ def quality_run(*, fix_certain: bool = True, teacher: str = "off", steps: int = 
     ce = F.cross_entropy
     xw, init, certain, wrong = d["x_weak"], d["init"], d["certain"], d["wrong"]
     fixed = certain if fix_certain else None
+    part = ~certain if fix_certain else torch.ones_like(certain)
     g = torch.Generator().manual_seed(seed + 1)
-    frac_wrong, corr_ll, prev, stability = [], [], None, []
+    rec: dict[str, list[float]] = {k: [] for k in ("mass", "ratio", "pos_wrong", "pos_right", "stab", "ll")}
+    prev = None
     last = dict(list(model.named_parameters())[-2:])
     for step in range(steps):
         with torch.no_grad():
             src = mt.model if teacher == "ple" else model
             own = enhance(src, xw, generator=g, with_consistency=False).y_hat
         virtual = (lambda fwd: mt.mse(fwd(xw), xw)) if teacher == "mse" else None
-        pw = exact_pixel_weights(model, xw, init, own, None, None, d["x_strong"], d["y_strong"], ce, lr,
-                                 fixed_init=fixed, virtual_loss_fn=virtual, return_details=True,
-                                 update_buffers=True)
-        if last_layer_every and step % last_layer_every == 0:
+        if weights == "exact":
+            pw = exact_pixel_weights(model, xw, init, own, None, None, d["x_strong"], d["y_strong"], ce, lr,
+                                     fixed_init=fixed, virtual_loss_fn=virtual, return_details=True,
+                                     update_buffers=True)
+            w_init, w_own, logits = pw.w_init, pw.w_own, pw.logits
+        else:
+            logits = model(xw)
+            w_init = part.float() / (2 * part.sum())
+            w_own = w_init
+        if last_layer_every and weights == "exact" and step % last_layer_every == 0:
             ll = exact_pixel_weights(model, xw, init, own, None, None, d["x_strong"], d["y_strong"], ce, lr,
                                      fixed_init=fixed, params=last, return_details=True)
-            a, b = pw.raw_init.flatten(), ll.raw_init.flatten()
-            corr_ll.append(float(torch.corrcoef(torch.stack([a, b]))[0, 1]))
-        c_init, c_own = pixel_costs(pw.logits, init, own)
-        loss = ce(model(d["x_strong"]), d["y_strong"]) + (pw.w_init * c_init + pw.w_own * c_own).sum()
+            rec["ll"].append(float(torch.corrcoef(torch.stack([pw.raw_init[part], ll.raw_init[part]]))[0, 1]))
+        c_init, c_own = pixel_costs(logits, init, own)
+        loss = ce(model(d["x_strong"]), d["y_strong"]) + (w_init * c_init + w_own * c_own).sum()
         if fix_certain:  # held-fixed pixels keep their certain label through the partial CE
             target = torch.where(certain, init, torch.full_like(init, -1))
-            loss = loss + ce(pw.logits, target, ignore_index=-1)
+            loss = loss + ce(logits, target, ignore_index=-1)
         if teacher == "mse":
-            loss = loss + mt.mse(pw.logits, xw)
+            loss = loss + mt.mse(logits, xw)
         opt.zero_grad()
         loss.backward()
         opt.step()
         if mt is not None:
             mt.update(model)
-        total = float(pw.w_init.sum())
-        frac_wrong.append(float(pw.w_init[wrong].sum()) / total if total > 0 else float("nan"))
-        cur = pw.w_init.flatten()
-        if prev is not None:
-            stability.append(float(torch.corrcoef(torch.stack([prev, cur]))[0, 1]))
-        prev = cur
+        if step >= steps - max(1, steps // 4):
+            wi = w_init.detach()
+            bad, good = wrong & part, ~wrong & part
+            if float(wi.sum()) > 0:
+                rec["mass"].append(float(wi[bad].sum() / wi.sum()))
+                rec["ratio"].append(float(wi[bad].mean() / wi[good].mean().clamp_min(1e-30)))
+            rec["pos_wrong"].append(float((wi[bad] > 0).float().mean()))
+            rec["pos_right"].append(float((wi[good] > 0).float().mean()))
+            cur = wi[part]
+            if prev is not None and cur.std() > 0 and prev.std() > 0:
+                rec["stab"].append(float(torch.corrcoef(torch.stack([prev, cur]))[0, 1]))
+            prev = cur
     model.eval()
     with torch.no_grad():
         dice_test = _dice(model(d["x_test"]).argmax(1), d["y_test"])
         dice_weak = _dice(model(xw).argmax(1), d["truth_weak"])
-    tail = max(1, steps // 4)
-    share_wrong_pixels = float(wrong.float().mean())
+
+    def mean(key: str) -> float:
+        return statistics.fmean(rec[key]) if rec[key] else float("nan")
+
     out = {
         "dice_test": dice_test,
         "dice_weak": dice_weak,
-        "w_init_mass_on_wrong": statistics.fmean(x for x in frac_wrong[-tail:] if x == x),
-        "wrong_pixel_share": share_wrong_pixels,
-        "map_step_corr": statistics.fmean(stability[-tail:]),
+        "wrong_share": float(wrong[part].float().mean()),
+        "w_mass_on_wrong": mean("mass"),
+        "per_pixel_wrong_vs_right": mean("ratio"),
+        "pos_wrong": mean("pos_wrong"),
+        "pos_right": mean("pos_right"),
+        "map_step_corr": mean("stab"),
     }
-    if corr_ll:
-        out["last_layer_corr"] = statistics.fmean(corr_ll)
+    if rec["ll"]:
+        out["last_layer_corr"] = mean("ll")
     return out
 
 
 def quality_main(seeds: int = 3, steps: int = 60) -> None:
-    """Print the fixed-pixels, teacher and last-layer comparisons (mean over seeds)."""
+    """Print the baseline, fixed-pixels, teacher and last-layer comparisons (mean over seeds)."""
     runs = {
-        "fix_certain=True  teacher=off": dict(fix_certain=True, teacher="off"),
-        "fix_certain=False teacher=off": dict(fix_certain=False, teacher="off"),
-        "fix_certain=True  teacher=mse": dict(fix_certain=True, teacher="mse"),
-        "fix_certain=True  teacher=ple": dict(fix_certain=True, teacher="ple"),
+        "uniform  fix_certain=True  teacher=off": dict(weights="uniform", fix_certain=True),
+        "exact    fix_certain=True  teacher=off": dict(fix_certain=True, last_layer_every=10),
+        "exact    fix_certain=False teacher=off": dict(fix_certain=False),
+        "exact    fix_certain=True  teacher=mse": dict(fix_certain=True, teacher="mse"),
+        "exact    fix_certain=True  teacher=ple": dict(fix_certain=True, teacher="ple"),
     }
     print(f"pixel-weight quality: box_collection (32 px, 12 weak boxes, 30% corrupted), tiny BN net, "
-          f"{steps} steps, mean of {seeds} seeds")
+          f"{steps} steps, mean of {seeds} seeds", flush=True)
     for name, kw in runs.items():
-        res = [quality_run(steps=steps, seed=s, last_layer_every=10 if kw == runs[next(iter(runs))] else 0, **kw)
-               for s in range(seeds)]
-        keys = res[0].keys()
-        mean = {k: statistics.fmean(r[k] for r in res) for k in keys}
-        print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
-
+        res = [quality_run(steps=steps, seed=s, **kw) for s in range(seeds)]
+        mean = {k: statistics.fmean(r[k] for r in res) for k in res[0]}
+        print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()), flush=True)
 
 if __name__ == "__main__":
     raise SystemExit(main())
