@@ -442,21 +442,24 @@ def _check_header(data: Any, path: Path) -> None:
                          f"understands ({VERSION}); upgrade napari-hybridseg")
 
 
+_SCHEMA_HINT = "; fix the file by hand (schema: docs/project-format.md) or restore it"
+
+
 def _field(obj: Any, key: str, types: type | tuple[type, ...], where: str, path: Path, *,
            optional: bool = False) -> Any:
     if not isinstance(obj, dict):
-        raise StoreError(f"{path}: {where} must be a JSON object")
+        raise StoreError(f"{path}: {where} must be a JSON object{_SCHEMA_HINT}")
     if key not in obj:
         if optional:
             return None
-        raise StoreError(f"{path}: {where} lacks the key {key!r}")
+        raise StoreError(f"{path}: {where} lacks the key {key!r}{_SCHEMA_HINT}")
     value = obj[key]
     if value is None and optional:
         return None
     if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise StoreError(f"{path}: {where}: {key!r} must be {_typename(types)}, got {value!r}")
+        raise StoreError(f"{path}: {where}: {key!r} must be {_typename(types)}, got {value!r}{_SCHEMA_HINT}")
     if not isinstance(value, types):
-        raise StoreError(f"{path}: {where}: {key!r} must be {_typename(types)}, got {value!r}")
+        raise StoreError(f"{path}: {where}: {key!r} must be {_typename(types)}, got {value!r}{_SCHEMA_HINT}")
     return value
 
 
