@@ -112,3 +112,12 @@ def test_resize_image_is_bilinear_and_keeps_dtype():
     out = resize_image(img, (4, 4))
     assert out.shape == (4, 4, 3) and out.dtype == np.float32
     assert out[:, 0].max() < 0.1 and out[:, -1].min() > 0.9
+
+
+def test_palette_masks_keep_their_indices_as_labels(tmp_path):
+    labels = np.array([[0, 1, 1], [2, 2, 0]], np.uint8)
+    im = Image.fromarray(labels, mode="P")
+    im.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (256 * 3 - 9))  # VOC: label 1 is dark red
+    im.save(tmp_path / "voc.png")
+    assert np.array_equal(read_mask(tmp_path / "voc.png"), labels)
+    assert read_mask(tmp_path / "voc.png", binary=True).tolist() == [[0, 1, 1], [1, 1, 0]]

@@ -329,3 +329,12 @@ def test_real_busi(shared):
     assert not any(s.mask.any() for s in c if "normal" in s.tags)
     assert all(s.mask.any() for s in c if "normal" not in s.tags)
     assert c["benign_433"].group == c["malignant_145"].group is not None
+
+
+def test_folder_accepts_original_and_ground_truth_folder_names(tmp_path):
+    """CVC-ClinicDB and ETIS ship Original/ and Ground Truth/ with TIFFs of the same name."""
+    root = tmp_path / "cvc"
+    _save(root / "Original" / "1.tif", _rgb(12, 16))
+    _save(root / "Ground Truth" / "1.tif", (_disk(12, 16, 6, 8, 3) * 255).astype(np.uint8))
+    c = import_dataset(root, "folder")
+    assert c["1"].role is Role.STRONG and c["1"].mask.max() == 1

@@ -130,7 +130,15 @@ def _read_mask_pil(path: Path, binary: bool | None) -> np.ndarray | None:
             mode = im.mode
             if mode == "1":
                 return np.asarray(im, dtype=np.uint8)
-            if mode in ("RGB", "RGBA", "LA", "P", "PA", "CMYK", "YCbCr") and binary is not False:
+            if mode == "P":
+                # palette masks (PASCAL VOC style) store label values as palette indices; their
+                # colours can be dark (label 1 = dark red), so thresholding the grey value would lose them
+                idx = np.asarray(im)
+                if binary:
+                    return (idx > 0).astype(np.uint8)
+                present = np.flatnonzero(np.bincount(idx.ravel(), minlength=256))
+                return (idx > 127).astype(np.uint8) if set(present.tolist()) <= {0, 255} else idx.copy()
+            if mode in ("RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr") and binary is not False:
                 return (np.asarray(im.convert("L")) > 127).astype(np.uint8)
             if mode != "L":
                 return None

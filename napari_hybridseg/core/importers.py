@@ -203,10 +203,12 @@ def _match_masks(images: list[Path], masks: list[Path], imp: _Importer) -> dict[
 # layouts
 # ----------------------------------------------------------------------------------------------
 def _import_folder(src: Path, imp: _Importer, *, binary: bool | None) -> None:
-    img_dir = _subdir(src, ("images", "image", "imgs", "img"))
+    # aliases seen in public polyp sets (CVC-ClinicDB, ETIS: Original/ + Ground Truth/)
+    img_dir = _subdir(src, ("images", "image", "imgs", "img", "original"))
     if img_dir is None:
         raise DatasetError(f"{src}: expected a subfolder images/ (with masks/ beside it) for layout 'folder'")
-    mask_dir = _subdir(src, ("masks", "mask", "labels", "label", "annotations", "gt", "ground_truth"))
+    mask_dir = _subdir(src, ("masks", "mask", "labels", "label", "annotations", "gt", "ground_truth",
+                             "ground truth", "groundtruth", "segmentations"))
     images = _list_images(img_dir)
     if not images:
         raise DatasetError(f"{img_dir}: no images (PNG, JPG, TIF, BMP) found")
