@@ -129,3 +129,13 @@ def test_scores_do_not_depend_on_the_batching():
     a = last_layer_scores(model, xs, strong_fn, xw, instance_fn, chunk=1)
     b = last_layer_scores(model, xs, strong_fn, xw, instance_fn, chunk=5)
     assert torch.allclose(a, b, rtol=1e-6, atol=1e-10)
+
+
+def test_score_normalisation_keeps_sign_and_ratios_but_not_scale():
+    from napari_hybridseg.core.dii import normalise_scores
+
+    big = torch.tensor([3000.0, -1000.0, 500.0])
+    out = normalise_scores(big)
+    assert torch.allclose(out, normalise_scores(big / 1000))
+    assert torch.allclose(out.pow(2).mean(), torch.tensor(1.0))
+    assert torch.equal(out.sign(), big.sign()) and out[0] / out[1] == pytest.approx(-3.0)

@@ -404,7 +404,8 @@ class _Session:
 
         scorer = dii_mod.jvp_scores if self.config.dii_scorer == "jvp" else dii_mod.last_layer_scores
         dots = scorer(net, xs, strong_fn, xw, instance_fn, chunk=max(2, self.config.batch_size))
-        # dL_S/dgamma_k ~ -g_S . g_k (inverse Hessian ~ identity)
+        # dL_S/dgamma_k ~ -g_S . g_k (inverse Hessian ~ identity), at a scale that does not drift with the loss
+        dots = dii_mod.normalise_scores(dots.double())
         values = self.bank.step({k: -float(d) for k, d in zip(weak, dots.cpu().tolist())})
         for k, v in values.items():
             self.collection.sample_weights.setdefault(k, WeightState(v)).record(step, v)

@@ -1,0 +1,235 @@
+"""The trainer generator: reports, commands, learned weights, checkpoints, reproducibility, learning."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from _hybrid_data import make_collection
+
+from napari_hybridseg.core.collection import Box, Sample
+from napari_hybridseg.core.config import ModelConfig, TrainConfig
+from napari_hybridseg.core.reports import (
+    CheckpointReport,
+    DoneReport,
+    Pause,
+    PreviewReport,
+    RequestPreview,
+    Resume,
+    StartReport,
+    StepReport,
+    Stop,
+    UpdateSamples,
+    WeightsReport,
+)
+from napari_hybridseg.core.trainer import run, train
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def tiny(**kw) -> TrainConfig:
+    base = dict(model=ModelConfig(input_size=32), steps=4, batch_size=2, dcr=False, dii_tau=2, preview_every=0,
+                checkpoint_every=0, warmup_steps=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def drive(gen, commands: dict | None = None) -> list:
+    """Run a trainer to its DoneReport, sending ``commands[i]`` after the i-th report."""
+    commands = commands or {}
+    reports = [next(gen)]
+    while not isinstance(reports[-1], DoneReport):
+        reports.append(gen.send(commands.get(len(reports) - 1)))
+    return reports
+
+
+def test_no_strong_mask_is_refused_at_once_with_what_to_do():
+    coll = make_collection(n_strong=0, n_weak=3)
+    with pytest.raises(ValueError, match="(?i)draw a mask on at least one image"):
+        train(coll, tiny())
+
+
+def test_an_unusable_image_names_the_sample():
+    coll = make_collection(n_strong=2, n_weak=1)
+    coll.add(Sample("broken", image=np.zeros((8, 8, 2), np.uint8), boxes=[Box(1, 1, 4, 4)]))
+    with pytest.raises(ValueError, match="broken"):
+        next(train(coll, tiny()))
+
+
+def test_reports_come_in_order_with_device_and_losses(tmp_path):
+    coll = make_collection(n_strong=2, n_weak=3)
+    reports = drive(train(coll, tiny(checkpoint_every=2), tmp_path / "run"))
+    assert isinstance(reports[0], StartReport)
+    assert reports[0].n_strong == 2 and reports[0].n_weak == 3 and reports[0].total_steps == 4
+    steps = [r for r in reports if isinstance(r, StepReport)]
+    assert [r.step for r in steps] == [1, 2, 3, 4]
+    assert all(r.device == reports[0].device and "cpu" in r.device for r in steps)
+    assert all(np.isfinite(r.losses["total"]) and "strong" in r.losses for r in steps)
+    assert steps[-1].eta_s == 0 and steps[0].sec_per_step > 0
+    weights = [r for r in reports if isinstance(r, WeightsReport)]
+    assert [w.step for w in weights] == [2, 4]
+    assert set(weights[0].sample_weights) == {"w0", "w1", "w2"}
+    assert any(isinstance(r, CheckpointReport) for r in reports)
+    done = reports[-1]
+    assert done.reason == "finished" and done.step == 4 and done.checkpoint == str(tmp_path / "run")
+
+
+def test_learned_weights_go_into_the_collection_with_history(tmp_path):
+    coll = make_collection(n_strong=2, n_weak=3, n_corrupt=1)
+    drive(train(coll, tiny(), tmp_path / "run"))
+    state = coll.sample_weights["w0"]
+    assert [s for s, _ in state.history] == [0, 2, 4]
+    assert state.history[0][1] == 0.5 and state.value == state.history[-1][1]
+    gamma = json.loads((tmp_path / "run" / "gamma.json").read_text())
+    assert set(gamma) == {"w0", "w1", "w2"}
+    assert gamma["w0"]["corrupted"] is True and gamma["w1"]["corrupted"] is False
+    assert gamma["w0"]["weight"] == pytest.approx(state.value)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["step"] == 4 and record["classes"][0]["value"] == 1
+    assert len(record["loss_history"]) == 4 and "torch" in record["versions"]
+
+
+def test_stop_finishes_the_step_and_keeps_a_checkpoint(tmp_path):
+    coll = make_collection(n_strong=2, n_weak=2)
+    gen = train(coll, tiny(steps=50, dii=False), tmp_path / "run")
+    reports = drive(gen, {2: Stop()})  # after the second step report
+    done = reports[-1]
+    assert done.reason == "stopped" and done.step == 2
+    assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["step"] == 2
+
+
+def test_pause_holds_the_step_until_resume():
+    coll = make_collection(n_strong=2, n_weak=2)
+    reports = drive(train(coll, tiny(steps=3, dii=False)), {1: Pause(), 4: Resume()})
+    steps = [r for r in reports if isinstance(r, StepReport)]
+    paused = [r for r in steps if r.paused]
+    assert len(paused) == 3 and all(r.step == 1 for r in paused)
+    assert [r.step for r in steps if not r.paused] == [1, 2, 3]
+
+
+def test_update_samples_adds_and_removes_weak_samples_without_restart():
+    coll = make_collection(n_strong=2, n_weak=3)
+    extra = make_collection(n_strong=0, n_weak=1, seed=5)["w0"]
+    extra.id = "added"
+    gen = train(coll, tiny(steps=4, dii_tau=1))
+    reports = drive(gen, {1: UpdateSamples(samples=(extra,), removed=("w1",))})
+    weights = [r for r in reports if isinstance(r, WeightsReport)]
+    assert "w1" in weights[0].sample_weights and "added" not in weights[0].sample_weights
+    last = weights[-1].sample_weights
+    assert "added" in last and "w1" not in last
+    assert "w1" not in coll.samples and "w1" not in coll.sample_weights
+    # the new sample started at 0.5: its history begins there
+    assert coll.sample_weights["added"].history[0][1] == 0.5
+
+
+def test_request_preview_returns_labels_at_original_size():
+    coll = make_collection(n_strong=2, n_weak=2, size=40)
+    reports = drive(train(coll, tiny(steps=2, dii=False)), {1: RequestPreview(("w1", "s0"))})
+    previews = [r for r in reports if isinstance(r, PreviewReport)]
+    assert len(previews) == 1 and previews[0].step == 1
+    assert previews[0].labels["w1"].shape == (40, 40) and previews[0].labels["w1"].dtype == np.uint8
+    p = previews[0].probabilities["s0"]
+    assert p.shape == (40, 40) and p.dtype == np.float32 and 0 <= p.min() <= p.max() <= 1
+
+
+def test_seeded_cpu_runs_are_reproducible():
+    losses = []
+    for _ in range(2):
+        coll = make_collection(n_strong=2, n_weak=2, n_unlabeled=1)
+        reports = drive(train(coll, tiny(steps=3, dcr=True, seed=3)))
+        losses.append([r.losses["total"] for r in reports if isinstance(r, StepReport)])
+    assert losses[0] == losses[1]
+
+
+def test_dcr_reports_a_cps_term_and_saves_both_networks(tmp_path):
+    coll = make_collection(n_strong=2, n_weak=2, n_unlabeled=2)
+    reports = drive(train(coll, tiny(steps=2, dcr=True), tmp_path / "run"))
+    assert all("cps" in r.losses for r in reports if isinstance(r, StepReport))
+    assert (tmp_path / "run" / "model_b" / "model.safetensors").exists()
+
+
+def test_tags_train_the_auxiliary_head_and_points_work():
+    coll = make_collection(n_strong=2, n_weak=6, tags=True, points=True)
+    reports = drive(train(coll, tiny(steps=2)))
+    losses = [r.losses for r in reports if isinstance(r, StepReport)]
+    assert all("aux" in ls for ls in losses)
+
+
+def test_continuing_a_run_keeps_counting_steps_and_weights(tmp_path):
+    coll = make_collection(n_strong=2, n_weak=3, n_corrupt=1)
+    drive(train(coll, tiny(steps=4), tmp_path / "a"))
+    before = {k: s.value for k, s in coll.sample_weights.items()}
+    reports = drive(train(coll, tiny(steps=2), tmp_path / "b", init_from=tmp_path / "a"))
+    assert reports[0].start_step == 4 and reports[-1].step == 6
+    assert coll.sample_weights["w0"].history[: len(coll.sample_weights["w0"].history) - 1][-1][0] == 4
+    assert set(before) == set(coll.sample_weights)
+
+
+def test_run_returns_the_done_report_and_a_callback_can_stop_it():
+    coll = make_collection(n_strong=2, n_weak=2)
+    seen = []
+
+    def callback(report):
+        seen.append(report)
+        if isinstance(report, StepReport) and report.step == 2:
+            return Stop()
+        return None
+
+    done = run(coll, tiny(steps=20, dii=False), callback=callback)
+    assert done.reason == "stopped" and done.step == 2 and seen[-1] is done
+
+
+def test_preview_matches_the_saved_model_exactly(tmp_path):
+    from napari_hybridseg.core.predict import Predictor
+
+    coll = make_collection(n_strong=2, n_weak=2, size=40)
+    reports = drive(train(coll, tiny(steps=3, dii=False, preview_every=3), tmp_path / "run", preview_ids=("w0",)))
+    preview = [r for r in reports if isinstance(r, PreviewReport)][-1]
+    labels, probs = Predictor.load(tmp_path / "run", device="cpu").predict(coll["w0"].image)
+    assert np.array_equal(labels, preview.labels["w0"])
+    assert np.allclose(probs[1:].max(0), preview.probabilities["w0"], atol=1e-5)
+
+
+def test_weights_of_deliberately_wrong_boxes_end_below_the_clean_ones():
+    # a fixed seeded run (CPU runs are reproducible); 30 steps at 32 px are enough for this seed, not
+    # for every seed: see docs/training.md for what separation needs
+    coll = make_collection(n_strong=4, n_weak=9, n_corrupt=3, seed=1)
+    run(coll, tiny(steps=30, batch_size=4, dii_tau=5, lr=3e-3, warmup_steps=2))
+    corrupt = [s.value for k, s in coll.sample_weights.items() if coll[k].corrupted]
+    clean = [s.value for k, s in coll.sample_weights.items() if not coll[k].corrupted]
+    assert max(corrupt) < min(clean), (corrupt, clean)
+    assert np.mean(clean) - np.mean(corrupt) > 0.3
+
+
+@pytest.mark.slow
+def test_training_on_the_sample_data_beats_the_untrained_model():
+    from napari_hybridseg.core.metrics import mean_dice
+    from napari_hybridseg.core.predict import Predictor
+    from napari_hybridseg.core.sample_data import make_sample_collection
+
+    coll = make_sample_collection(size=64)
+    strong = [s for s in coll if s.mask is not None]
+    config = tiny(model=ModelConfig(input_size=64), steps=40, batch_size=4, lr=3e-3, warmup_steps=2, dii_tau=10)
+    # the untrained network: DoneReport of a zero-update run is not possible, so build one directly
+    from napari_hybridseg.core.models import build_model
+
+    untrained = Predictor(build_model(ModelConfig(classes=3, input_size=64), seed=0), 64, [1, 2], device="cpu")
+    before = mean_dice([untrained.predict(s.image)[0] for s in strong], [s.mask for s in strong], labels=[1, 2])
+    trained = {}
+
+    def keep(report):
+        return None
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        run(coll, config, d, callback=keep)
+        trained = Predictor.load(d, device="cpu")
+        after = mean_dice([trained.predict(s.image)[0] for s in strong], [s.mask for s in strong], labels=[1, 2])
+    assert after > before + 0.1, (before, after)
