@@ -761,8 +761,8 @@ def run_arm(
                     step_times.append(now - last)
                     last = now
                     device = report.device or device
-                    # ask for pixel-weight maps one step before the end, so the last step delivers them
-                    if preview_ids and report.step == report.total_steps - 1:
+                    # pixel-weight maps of a few weak images, as they stand after the last step
+                    if preview_ids and report.step == report.total_steps:
                         command = RequestPreview(tuple(preview_ids))
                 elif isinstance(report, WeightsReport):
                     gamma = dict(report.sample_weights)
