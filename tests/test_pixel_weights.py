@@ -238,6 +238,32 @@ def test_dual_forward_logits_train_like_a_plain_forward_and_update_batchnorm():
         torch.testing.assert_close(b, q, msg=name)
 
 
+class _WithAuxHead(nn.Module):
+    """Like an smp model with ``aux_params``: returns (mask logits, image logits)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = tiny_bn_net()
+        self.head = nn.Linear(2, 1)
+
+    def forward(self, x):
+        z = self.body(x)
+        return z, self.head(z.mean((2, 3)))
+
+
+def test_models_with_an_aux_head_weight_their_mask_logits_and_return_the_full_output():
+    torch.manual_seed(0)
+    model = _WithAuxHead().double().train()
+    x, y_init, y_own, valid, xs, ys = batch(2)
+    args = (model, x, y_init, y_own, valid, None, xs, ys, strong_loss_for(2), 0.1)
+    got = exact_pixel_weights(*args, return_details=True)
+    ref = unrolled_pixel_weights(*args, return_details=True)
+    assert rel_err(got.raw_init, ref.raw_init) < 1e-4
+    assert isinstance(got.output, tuple) and got.output[0] is got.logits and got.output[1].shape == (3, 1)
+    got.output[1].sum().backward()  # the aux output is on the graph too, for the real step's tag loss
+    assert model.head.weight.grad is not None
+
+
 def test_computing_weights_without_update_leaves_the_model_untouched():
     torch.manual_seed(0)
     model = tiny_bn_net().double().train()

@@ -98,6 +98,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -149,6 +150,10 @@ class PixelWeights:
         ``virtual_loss_fn`` theta' = theta, so v is also the gradient of the
         strong loss at theta: the real step may add it to ``p.grad`` instead
         of running the strong batch forward and backward again.
+    output : Tensor or tuple or None
+        The model's full primal output of the dual forward (e.g. ``(mask
+        logits, aux logits)`` for an smp model with ``aux_params``), on the
+        autograd graph like ``logits``.
     """
 
     w_init: Tensor
@@ -160,6 +165,7 @@ class PixelWeights:
     meta_loss: float
     notes: tuple[str, ...] = field(default_factory=tuple)
     meta_grad: list[Tensor] | None = None
+    output: Any = None
 
 
 # -- per-pixel costs -----------------------------------------------------------
@@ -324,35 +330,37 @@ def _meta_grad(
 
 def _jvp_logits(
     model: nn.Module, params: dict[str, Tensor], v: list[Tensor], x: Tensor
-) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """(z, J_z v, updated float buffers) with one dual forward."""
+) -> tuple[Any, Tensor, dict[str, Tensor]]:
+    """(full model output, J_z v of its logits, updated float buffers) with one dual forward."""
     floats, others = _buffer_copies(model)
     pnames, bnames = list(params), list(floats)
 
-    def f(*primals: Tensor) -> Tensor:
+    def f(*primals: Tensor):
         p = dict(zip(pnames, primals[: len(pnames)]))
         b = dict(zip(bnames, primals[len(pnames) :]))
-        return _first(functional_call(model, {**p, **b, **others}, (x,), strict=False))
+        out = functional_call(model, {**p, **b, **others}, (x,), strict=False)
+        return tuple(out) if isinstance(out, (tuple, list)) else out
 
     # buffers are primals with zero tangent so BN may update its (copied) running stats in place
     primals = tuple(params.values()) + tuple(floats.values())
     tangents = tuple(v) + tuple(torch.zeros_like(b) for b in floats.values())
-    z, t = torch.func.jvp(f, primals, tangents)
-    return z, t, floats
+    out, t = torch.func.jvp(f, primals, tangents)
+    return out, _first(t), floats
 
 
 def _double_backward_logits(
     model: nn.Module, params: dict[str, Tensor], v: list[Tensor], x: Tensor
-) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """(z, J_z v, updated float buffers) by reverse mode twice: J v = d/du <J^T u, v>."""
+) -> tuple[Any, Tensor, dict[str, Tensor]]:
+    """(full model output, J_z v of its logits, updated float buffers) by reverse mode twice: J v = d/du <J^T u, v>."""
     floats, others = _buffer_copies(model)
     leaves = {n: (p if p.requires_grad else p.detach().requires_grad_(True)) for n, p in params.items()}
-    z = _first(functional_call(model, {**leaves, **floats, **others}, (x,), strict=False))
+    out = functional_call(model, {**leaves, **floats, **others}, (x,), strict=False)
+    z = _first(out)
     u = torch.zeros_like(z, requires_grad=True)
     jtu = torch.autograd.grad(z, list(leaves.values()), grad_outputs=u, create_graph=True, allow_unused=True)
     pairs = [(g, vi) for g, vi in zip(jtu, v) if g is not None]
     (t,) = torch.autograd.grad([g for g, _ in pairs], u, grad_outputs=[vi for _, vi in pairs])
-    return z, t.detach(), floats
+    return out, t.detach(), floats
 
 
 def _write_back(model: nn.Module, floats: dict[str, Tensor]) -> None:
@@ -491,7 +499,7 @@ def exact_pixel_weights(
     if method in ("auto", "jvp"):
         try:
             with no_autocast:
-                z, t, floats = _jvp_logits(model, theta, v, x_weak)
+                out, t, floats = _jvp_logits(model, theta, v, x_weak)
             used = "jvp"
         except (RuntimeError, NotImplementedError) as exc:
             if method == "jvp":
@@ -504,10 +512,11 @@ def exact_pixel_weights(
             used = "double-backward"
     if used == "double-backward":
         with no_autocast:
-            z, t, floats = _double_backward_logits(model, theta, v, x_weak)
+            out, t, floats = _double_backward_logits(model, theta, v, x_weak)
     if update_buffers:
         _write_back(model, floats)
 
+    z = _first(out)
     zd, t = z.detach(), t.detach()
     gamma = _gamma_map(sample_gamma, zd)
     # w~_p = alpha * gamma_k * <dc_p/dz_p, (J_z v)_p>: one JVP serves both targets
@@ -518,7 +527,7 @@ def exact_pixel_weights(
     w_init, w_own = normalise_weights(raw_init, raw_own, (vi, vo))
     if not return_details:
         return w_init, w_own
-    return PixelWeights(w_init, w_own, raw_init, raw_own, z, used, meta_loss, tuple(notes), v)
+    return PixelWeights(w_init, w_own, raw_init, raw_own, z, used, meta_loss, tuple(notes), v, out)
 
 
 def unrolled_pixel_weights(
