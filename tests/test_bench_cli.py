@@ -41,12 +41,20 @@ def test_bench_command_writes_results_and_report_and_says_where(folder_dataset, 
     # rerun: every arm is finished, nothing trains again
     assert main(argv) == 0
     assert "already finished" in capsys.readouterr().err
+    (out / "report.md").unlink()
+    assert main(["bench", "--out", str(out), "--report-only"]) == 0
+    assert (out / "report.md").is_file()
 
 
 def test_bench_command_reports_a_missing_dataset_in_one_line(tmp_path, capsys):
     assert main(["bench", str(tmp_path / "nope"), "--layout", "folder", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hybridseg: error:") and "not found" in err
+
+
+def test_bench_command_needs_a_dataset_and_layout_unless_only_redrawing(tmp_path, capsys):
+    assert main(["bench", "--out", str(tmp_path / "o")]) == 2
+    assert "--layout" in capsys.readouterr().err
 
 
 def test_bench_command_rejects_an_unknown_arm(tmp_path, capsys):

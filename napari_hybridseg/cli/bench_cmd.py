@@ -38,8 +38,8 @@ def register(subparsers) -> None:
             "same --out to resume after an interruption."
         ),
     )
-    p.add_argument("dataset", metavar="DATASET", help="dataset folder (fully labelled)")
-    p.add_argument("--layout", required=True, choices=("kvasir", "folder", "busi"), help="dataset layout")
+    p.add_argument("dataset", metavar="DATASET", nargs="?", help="dataset folder (fully labelled)")
+    p.add_argument("--layout", choices=("kvasir", "folder", "busi"), help="dataset layout (required to run)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumes if it holds a run)")
     p.add_argument("--preset", default="cpu-quick", choices=PRESETS,
                    help="cpu-quick: 128 px Unet/resnet18, all six arms in ~20 min on 2 cores; "
@@ -101,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
         path = write_report(out)
         print(f"report: {path}")
         return 0
+    if args.dataset is None or args.layout is None:
+        raise CLIError("give the DATASET folder and its --layout {kvasir,folder,busi} (only --report-only "
+                       "works without them)")
     if not Path(args.dataset).is_dir():
         raise CLIError(f"{args.dataset}: dataset folder not found")
     for name in ("steps", "batch_size", "size", "limit"):
