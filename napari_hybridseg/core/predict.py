@@ -84,7 +84,7 @@ class Predictor:
         model_dir = path / "model" if (path / "model").is_dir() else path
         if not (model_dir / "model.safetensors").exists():
             raise ValueError(f"{path}: no trained model here; pass the --out folder of `hybridseg train`")
-        run_json = model_dir.parent / "run.json" if model_dir != path else path / "run.json"
+        run_json = model_dir.parent / "run.json"  # RUN/run.json beside RUN/model
         model, config = load_model(model_dir)
         values: list[int] = list(range(1, config.classes))
         names = None

@@ -1,0 +1,103 @@
+"""Prediction at the original size: resize, tiling, TTA, label values, batch writers."""
+
+from __future__ import annotations
+
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from _hybrid_data import make_collection
+
+from napari_hybridseg.core.config import ModelConfig
+from napari_hybridseg.core.models import build_model, save_model
+from napari_hybridseg.core.predict import Predictor, predict_collection, predict_folder
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def predictor() -> Predictor:
+    return Predictor(build_model(ModelConfig(classes=3, input_size=32), seed=0), 32, [1, 7], device="cpu")
+
+
+@pytest.mark.parametrize("shape", [(45, 70, 3), (33, 20), (300, 90)])
+def test_labels_and_probabilities_come_back_at_the_original_size(predictor, shape):
+    image = (np.random.default_rng(0).random(shape) * 255).astype(np.uint8)
+    labels, probs = predictor.predict(image)
+    assert labels.shape == shape[:2] and labels.dtype == np.uint8
+    assert probs.shape == (3, *shape[:2]) and probs.dtype == np.float32
+    assert np.allclose(probs.sum(0), 1, atol=1e-5)
+    assert set(np.unique(labels)) <= {0, 1, 7}  # label values of the classes, not channel indices
+
+
+def test_labels_are_the_argmax_of_the_probabilities(predictor):
+    labels, probs = predictor.predict(np.random.default_rng(1).random((40, 40)))
+    assert np.array_equal(labels, np.array([0, 1, 7])[probs.argmax(0)])
+
+
+def test_flip_tta_averages_the_image_and_its_two_flips(predictor):
+    image = np.random.default_rng(2).random((32, 32, 3)).astype(np.float32)  # training size: no resize
+    _, tta = predictor.predict(image, tta=True)
+    _, plain = predictor.predict(image)
+    _, lr = predictor.predict(image[:, ::-1].copy())
+    _, ud = predictor.predict(image[::-1].copy())
+    assert np.allclose(tta, (plain + lr[:, :, ::-1] + ud[:, ::-1]) / 3, atol=1e-5)
+    assert not np.allclose(tta, plain)
+
+
+def test_huge_images_are_predicted_in_tiles_at_the_training_scale(predictor, monkeypatch):
+    predictor.train_scale = 0.25
+    calls = []
+    original = predictor._probs
+
+    def spy(x, tta):
+        calls.append(tuple(x.shape))
+        return original(x, tta)
+
+    monkeypatch.setattr(predictor, "_probs", spy)
+    labels, probs = predictor.predict(np.random.default_rng(3).random((400, 520)))
+    assert labels.shape == (400, 520) and probs.shape == (3, 400, 520)
+    assert len(calls) > 4 and all(c[-2:] == (32, 32) for c in calls)
+    assert np.allclose(probs.sum(0), 1, atol=1e-4)
+
+
+def test_load_reads_classes_from_the_run_and_predicts_like_the_model(tmp_path):
+    cfg = ModelConfig(classes=2, input_size=32)
+    model = build_model(cfg, seed=4).eval()
+    save_model(model, tmp_path / "model", cfg)
+    (tmp_path / "run.json").write_text(json.dumps({"classes": [{"name": "polyp", "value": 255, "color": "#f00"}]}))
+    loaded = Predictor.load(tmp_path, device="cpu")
+    also = Predictor.load(tmp_path / "model", device="cpu")
+    direct = Predictor(model, 32, [255], device="cpu")
+    image = np.random.default_rng(5).random((50, 60, 3))
+    a, pa = loaded.predict(image)
+    b, pb = direct.predict(image)
+    assert np.array_equal(a, b) and np.array_equal(pa, pb)
+    assert np.array_equal(also.predict(image)[0], a)
+    assert loaded.class_names == ["polyp"]
+
+
+def test_load_says_what_to_pass_when_the_folder_has_no_model(tmp_path):
+    with pytest.raises(ValueError, match="hybridseg train"):
+        Predictor.load(tmp_path)
+
+
+def test_batch_prediction_writes_png_masks_at_original_size(predictor, tmp_path):
+    coll = make_collection(n_strong=1, n_weak=2, size=40)
+    written = predict_collection(predictor, coll, tmp_path / "out")
+    assert set(written) == {"s0", "w0", "w1"}
+    assert iio.imread(written["w0"]).shape == (40, 40)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    iio.imwrite(folder / "a.png", (np.random.default_rng(6).random((37, 52, 3)) * 255).astype(np.uint8))
+    (folder / "notes.txt").write_text("not an image")
+    out = predict_folder(predictor, folder, tmp_path / "out2")
+    assert list(out) == ["a.png"] and iio.imread(out["a.png"]).shape == (37, 52)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        predict_folder(predictor, tmp_path / "empty", tmp_path / "x")
