@@ -325,6 +325,8 @@ def test_benchmark_writes_every_arm_results_report_and_figures(tmp_path):
     assert dii["gamma_auroc"] == pytest.approx(1.0)
     assert dii["gamma_mean_corrupted"] == pytest.approx(0.5 - 0.12)
     assert "gamma_auroc" not in on_disk["arms"]["naive"]
+    history = json.loads(P.arm_file(out, "dii").read_text())["gamma_history"]
+    assert [step for step, _ in history[split["weak"][0]]] == [0, 2, 4, 6]  # initial weight, then each update
     assert on_disk["arms"]["full"]["pixel_weight_wrong_vs_right"] == pytest.approx(0.25)
     # trainer calls: strong-only sees the strong images only, all-strong every training image
     sizes = dict(zip(P.ARMS, (n for n, _ in trainer.calls)))

@@ -39,7 +39,7 @@ def test_benchmark_trains_real_arms_and_scores_them_at_original_size(tmp_path):
     assert set(dii["gamma"]) == set(prepared.weak)
     assert 0.0 <= dii["gamma_auroc"] <= 1.0
     arm_rec = json.loads(P.arm_file(tmp_path / "out", "dii").read_text())
-    assert all(len(h) >= 1 for h in arm_rec["gamma_history"].values())
+    assert all(len(h) >= 2 and h[0] == [0, 0.5] for h in arm_rec["gamma_history"].values())
     # predictions for the grid came back at the test images' original sizes
     grid = np.load(tmp_path / "out" / "grid" / f"{results['split']['grid'][0]}__dii.npz")["pred"]
     truth = np.load(tmp_path / "out" / "grid" / f"{results['split']['grid'][0]}.npz")["truth"]

@@ -767,7 +767,10 @@ def run_arm(
                 elif isinstance(report, WeightsReport):
                     gamma = dict(report.sample_weights)
                     for sid, value in report.sample_weights.items():
-                        history.setdefault(sid, []).append([int(report.step), float(value)])
+                        # every history starts from the initial weight, so even one update draws a line
+                        first = start.start_step if start else 0
+                        history.setdefault(sid, [[first, float(config.dii_init)]]).append(
+                            [int(report.step), float(value)])
                     # `last` is not reset: a DII update's time counts in the step around it (amortised cost)
                 elif isinstance(report, PreviewReport):
                     if report.pixel_weights:

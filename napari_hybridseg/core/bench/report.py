@@ -164,7 +164,8 @@ def _fig_gamma_history(histories: Mapping[str, Mapping[str, list]], corrupted: s
                         steps.setdefault(int(s), []).append(float(v))
             if steps:
                 xs = sorted(steps)
-                ax.plot(xs, [np.mean(steps[x]) for x in xs], lw=2, color=color, label=label)
+                ax.plot(xs, [np.mean(steps[x]) for x in xs], lw=2, color=color, label=label,
+                        marker="o" if len(xs) <= 30 else None, ms=3)
         ax.set_title(a, fontsize=9)
         ax.set_xlabel("training step")
         ax.set_ylim(-0.02, 1.02)
