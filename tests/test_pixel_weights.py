@@ -13,6 +13,7 @@ from torch import nn
 from napari_hybridseg.core.pixel_weights import (
     exact_pixel_weights,
     fill_ignored,
+    mlb_terms,
     normalise_weights,
     pixel_costs,
     unrolled_pixel_weights,
@@ -384,3 +385,60 @@ def test_quality_experiment_reports_weight_mass_on_corrupted_box_pixels():
     assert -1 <= res["last_layer_corr"] <= 1
     base = quality_run(weights="uniform", steps=1, seed=0)
     assert base["w_mass_on_wrong"] == pytest.approx(base["wrong_share"], rel=1e-5)
+
+
+# -- the one-call helper for the trainer ----------------------------------------------------------
+def _mixed_batch():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 1, 16, 16, generator=g, dtype=torch.float64)
+    strong = torch.tensor([True, False, True, False, False])
+    truth = torch.randint(0, 2, (5, 16, 16), generator=g)
+    init = torch.full((5, 16, 16), -1)
+    init[1, 4:12, 4:12] = 1  # a box interior
+    init[1][init[1] == -1] = 0  # outside it: certain background
+    init[3, 8, 8] = 1  # a point; the rest unknown; row 4 unlabeled (all -1)
+    certainty = torch.zeros(5, 16, 16, dtype=torch.uint8)
+    certainty[1][init[1] == 0] = 1
+    certainty[3, 8, 8] = 2
+    return x, strong, truth[strong], init, certainty, torch.tensor([1.0, 0.4, 1.0, 0.9, 1.0])
+
+
+def test_mlb_terms_weights_only_non_strong_rows_and_equal_the_reference():
+    torch.manual_seed(0)
+    model = tiny_bn_net().double().train()
+    twin = copy.deepcopy(model)
+    x, strong, ys, init, certainty, gamma = _mixed_batch()
+    terms = mlb_terms(model, x, strong, ys, init, certainty, gamma, strong_loss_for(2), 0.1,
+                      generator=torch.Generator().manual_seed(0))
+    pw = terms.weights
+    assert (pw.w_init[strong] == 0).all() and (pw.w_own[strong] == 0).all()
+    assert (pw.w_init[1][certainty[1] != 0] == 0).all()  # held fixed outside the box
+    assert float(pw.w_init.sum() + pw.w_own.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert (terms.y_init[1][init[1] >= 0] == init[1][init[1] >= 0]).all()  # the weak label where it speaks
+    valid = (~strong)[:, None, None].expand_as(terms.y_init)
+    ref = unrolled_pixel_weights(twin, x, terms.y_init, terms.y_own, valid, valid, x[strong], ys,
+                                 strong_loss_for(2), 0.1, sample_gamma=gamma, fixed_init=certainty != 0,
+                                 return_details=True)
+    assert rel_err(pw.raw_init, ref.raw_init) < 1e-4 and rel_err(pw.raw_own, ref.raw_own) < 1e-4
+    # PLE ran through copied buffers: BatchNorm moved exactly as for one ordinary forward of the batch
+    twin(x)
+    for (name, b), q in zip(model.named_buffers(), twin.buffers()):
+        torch.testing.assert_close(b, q, msg=name)
+    assert pw.output.shape == (5, 2, 16, 16)
+    terms.total.backward()
+    assert model[0].weight.grad is not None
+
+
+def test_mlb_terms_with_teacher_and_consistency_give_trainable_terms():
+    from napari_hybridseg.core.teacher import MeanTeacher
+
+    torch.manual_seed(0)
+    model = tiny_bn_net().double().train()
+    x, strong, ys, init, certainty, gamma = _mixed_batch()
+    terms = mlb_terms(model, x, strong, ys, init, certainty, gamma, strong_loss_for(2), 0.1,
+                      teacher=MeanTeacher(model), consistency=True, fix_certain=False)
+    assert float(terms.teacher_mse.detach()) >= 0 and float(terms.consistency.detach()) > 0
+    assert float(terms.weights.w_init.sum() + terms.weights.w_own.sum()) == pytest.approx(1.0, abs=1e-5)
+    terms.total.backward()
+    with pytest.raises(ValueError, match="strong rows"):
+        mlb_terms(model, x, torch.zeros(5, dtype=torch.bool), ys, init, certainty, gamma, strong_loss_for(2), 0.1)

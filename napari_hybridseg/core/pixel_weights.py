@@ -12,7 +12,20 @@ targets:
   every ``config.unlabeled_refresh`` steps);
 * ``targets_own`` = y^: the model's own enhanced prediction (:mod:`.ple`).
 
-Per step it calls::
+The shortest integration is :func:`mlb_terms`: one call per batch for network 1, on
+the whole batch (strong rows are the meta batch), returning the weights, the
+whole batch's model output from the dual forward (use it for the supervised
+terms instead of ``forward(net, batch.x)``) and the terms to add::
+
+    terms = mlb_terms(net, batch.x, strong_rows, batch.target[strong_rows], batch.init_label,
+                      batch.certainty, gamma, lambda z, y: strong_loss(z, y).mean(),
+                      alpha=config.meta_lr or lr, fix_certain=config.pixel_weights_fix_certain,
+                      ple=config.ple, teacher=teacher if config.teacher else None)
+    logits, aux = terms.weights.output          # network 1's forward, on the graph
+    total = supervised(logits, aux, ...) + terms.total + ...
+    ...; optimizer.step(); teacher.update(net)
+
+Underneath, per step it calls::
 
     pw = exact_pixel_weights(model, x, y_init, y_own, v_init, v_own, xs, ys, strong_loss,
                              alpha=config.meta_lr or lr, sample_gamma=gamma,
@@ -106,10 +119,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .ple import enhance
+
 __all__ = [
+    "MLBTerms",
     "PixelWeights",
     "exact_pixel_weights",
     "fill_ignored",
+    "mlb_terms",
     "normalise_weights",
     "pixel_costs",
     "pixel_cost_grads",
@@ -605,3 +622,130 @@ def weight_maps_at(w: Tensor, shapes: list[tuple[int, int]]) -> list[np.ndarray]
         top = m.max()
         out.append((m / top if top > 0 else m).cpu().numpy().astype(np.float32))
     return out
+
+
+# -- one call for the trainer ------------------------------------------------------------------
+@dataclass
+class MLBTerms:
+    """What :func:`mlb_terms` returns for one batch.
+
+    Attributes
+    ----------
+    weights : PixelWeights
+        The weights; ``weights.output`` is the whole batch's model output
+        (mask logits, or (mask, aux) logits), on the autograd graph: use it for
+        the batch's other terms instead of a second forward of this network.
+    loss_pw : Tensor
+        ``sum(w_init * c_init + w_own * c_own)`` (gamma already inside w).
+    teacher_mse : Tensor
+        The mean-teacher term on the non-strong rows (0 without a teacher).
+    consistency : Tensor
+        The PLE pairwise consistency term (0 unless ``consistency=True``).
+    y_init, y_own : Tensor
+        The two targets (B, H, W); rows of strong samples are 0 and take no part.
+    """
+
+    weights: PixelWeights
+    loss_pw: Tensor
+    teacher_mse: Tensor
+    consistency: Tensor
+    y_init: Tensor
+    y_own: Tensor
+
+    @property
+    def total(self) -> Tensor:
+        """The pixel-weight terms of the real loss, each at weight 1 (MLB-Seg)."""
+        return self.loss_pw + self.teacher_mse + self.consistency
+
+
+def mlb_terms(
+    model: nn.Module,
+    x: Tensor,
+    strong: Tensor,
+    y_strong: Tensor,
+    init_label: Tensor,
+    certainty: Tensor | None,
+    gamma: Tensor,
+    strong_loss_fn: StrongLoss,
+    alpha: float,
+    *,
+    fix_certain: bool = True,
+    ple: bool = True,
+    teacher=None,
+    consistency: bool = False,
+    generator: torch.Generator | None = None,
+) -> MLBTerms:
+    """All MLB-Seg terms of one batch with one dual forward of ``model`` on the whole batch.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network (network 1 under DCR), in train mode.
+    x : Tensor
+        (B, C, H, W) the whole batch (strong and non-strong rows).
+    strong : Tensor
+        (B,) bool, the strong rows; they are the meta batch (with ``y_strong``)
+        and take no part in the weights.
+    y_strong : Tensor
+        What ``strong_loss_fn`` compares ``model(x[strong])`` with.
+    init_label : Tensor
+        (B, H, W) :attr:`Targets.init_label` (IGNORE = -1 where the weak label
+        says nothing; all -1 for an unlabeled sample, or the stored prediction
+        of the model trained so far): filled from the current prediction.
+    certainty : Tensor or None
+        (B, H, W) :attr:`Targets.certainty`; with ``fix_certain`` the pixels
+        that are not UNKNOWN are held fixed (see :func:`exact_pixel_weights`).
+    gamma : Tensor
+        (B,) DII weights (1 for strong and unlabeled rows).
+    strong_loss_fn, alpha
+        As in :func:`exact_pixel_weights`.
+    fix_certain : bool
+        ``config.pixel_weights_fix_certain``. Default True.
+    ple : bool
+        y^ from the 5-view ensemble (:func:`.ple.enhance`, no gradient);
+        otherwise the plain prediction. Default True.
+    teacher : MeanTeacher, optional
+        Adds its MSE term to the virtual step and returns it for the real loss.
+    consistency : bool
+        Also compute the PLE consistency term with gradient (one more 5x
+        forward + backward of the non-strong rows: costly on a CPU). Default False.
+    generator : torch.Generator, optional
+        For the PLE view geometry.
+
+    Returns
+    -------
+    MLBTerms
+    """
+    strong = strong.to(device=x.device, dtype=torch.bool)
+    ns = ~strong
+    if not strong.any() or not ns.any():
+        raise ValueError("mlb_terms needs strong rows (the meta batch) and non-strong rows in the batch")
+    xn = x[ns]
+    # pseudo-labels through copied buffers: the 5x view batch (zoomed, padded) must not shift BatchNorm's
+    # running statistics; the dual forward below updates them once, like the ordinary forward it replaces
+    frozen = _forward_fn(model, dict(model.named_parameters()))
+    with torch.no_grad():
+        if ple:
+            res = enhance(frozen, xn, generator=generator, with_consistency=False)
+            own_n, first = res.y_hat, res.view_logits[: xn.shape[0]]
+        else:
+            first = frozen(xn)
+            own_n = (first[:, 0] > 0).long() if first.shape[1] == 1 else first.argmax(1)
+    init_n, _ = fill_ignored(init_label[ns].to(x.device), first)
+    y_init = torch.zeros(x.shape[0], *x.shape[2:], dtype=torch.long, device=x.device)
+    y_own = torch.zeros_like(y_init)
+    y_init[ns], y_own[ns] = init_n, own_n
+    valid = ns[:, None, None].expand_as(y_init)
+    fixed = None
+    if fix_certain and certainty is not None:
+        fixed = certainty.to(x.device) != 0  # UNKNOWN = 0 (targets.UNKNOWN)
+    virtual = (lambda fwd: teacher.mse(fwd(xn), xn)) if teacher is not None else None
+    pw = exact_pixel_weights(model, x, y_init, y_own, valid, valid, x[strong], y_strong, strong_loss_fn, alpha,
+                             sample_gamma=gamma, fixed_init=fixed, virtual_loss_fn=virtual, return_details=True,
+                             update_buffers=True)
+    c_init, c_own = pixel_costs(pw.logits, y_init, y_own, valid, valid)
+    loss_pw = (pw.w_init.to(c_init.dtype) * c_init + pw.w_own.to(c_own.dtype) * c_own).sum()
+    zero = loss_pw.new_zeros(())
+    t_mse = teacher.mse(pw.logits[ns], xn) if teacher is not None else zero
+    cons = enhance(frozen, xn, generator=generator).consistency if consistency else zero
+    return MLBTerms(pw, loss_pw, t_mse, cons, y_init, y_own)
