@@ -45,3 +45,6 @@ def test_benchmark_trains_real_arms_and_scores_them_at_original_size(tmp_path):
     truth = np.load(tmp_path / "out" / "grid" / f"{results['split']['grid'][0]}.npz")["truth"]
     assert grid.shape == truth.shape
     assert "| `dii` |" in write_report(tmp_path / "out").read_text()
+    # the run folder records the scale of the original training images (36-48 px -> 32 px), as if not pre-resized
+    run = json.loads((tmp_path / "out" / "runs" / "dii" / "run.json").read_text())
+    assert run["train_scale"] == pytest.approx(32 / 48, rel=0.1)

@@ -844,6 +844,23 @@ def run_arm(
     return result, grid
 
 
+def _restore_train_scale(run_dir: Path, train: Collection, size: int) -> None:
+    """Record in ``run.json`` the scale of the ORIGINAL training images, not of their pre-resized copies.
+
+    The predictor tiles images much larger than the training scale; with
+    pre-resized copies the trainer sees 1:1 scale and would make
+    ``hybridseg predict`` on the bench's models tile full-size images.
+    """
+    path = Path(run_dir) / "run.json"
+    sides = [max(s.meta["original_shape"]) for s in train if "original_shape" in s.meta]
+    if not path.is_file() or not sides:
+        return
+    record = json.loads(path.read_text())
+    if "train_scale" in record:
+        record["train_scale"] = float(size / np.median(sides))
+        write_json(path, record)
+
+
 def _gamma_from_run_dir(run_dir: Path) -> dict[str, float]:
     path = Path(run_dir) / "gamma.json"
     if not path.is_file():
@@ -1027,6 +1044,8 @@ def run_benchmark(
             log(f"{arm}: FAILED: {exc}")
             continue
         (out / "arms" / f"{arm.replace('+', '_')}.error.txt").unlink(missing_ok=True)
+        if settings.pre_resize:
+            _restore_train_scale(out / "runs" / arm.replace("+", "_"), data.train, int(base.model.input_size))
         _save_grid_predictions(out, arm, grid)
         write_json(arm_file(out, arm), result)
         log(f"{arm}: Dice {result['dice']:.3f} [{result['dice_ci'][0]:.3f}, {result['dice_ci'][1]:.3f}], "
