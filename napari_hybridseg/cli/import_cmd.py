@@ -62,7 +62,8 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("sample-data", help="(re)generate the synthetic demo project",
                               description="Write the seeded synthetic demo project (colonoscopy-like frames, "
-                                          "AS-OCT-like B-scans) to OUT (default: the shipped sample_data/).")
+                                          "AS-OCT-like B-scans) to OUT (default: sample_data/ of a source checkout, "
+                                          "else the cached copy napari opens).")
     p.add_argument("out", type=Path, nargs="?", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=run_sample_data)
@@ -123,9 +124,12 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_sample_data(args: argparse.Namespace) -> int:
-    from napari_hybridseg.core.sample_data import shipped_sample_dir, write_sample_project
+    from napari_hybridseg.core.sample_data import cached_sample_dir, shipped_sample_dir, write_sample_project
 
-    out = args.out or shipped_sample_dir()
+    shipped = shipped_sample_dir()
+    # a source checkout regenerates its shipped folder; an installed package its cached copy
+    default = shipped if (shipped.parent / "pyproject.toml").is_file() else cached_sample_dir()
+    out = args.out or default
     path = write_sample_project(out, seed=args.seed)
     print(f"wrote the demo project to {path}")
     return 0

@@ -35,6 +35,7 @@ __all__ = [
     "GENERATOR_VERSION",
     "make_asoct_scan",
     "make_colonoscopy_frame",
+    "cached_sample_dir",
     "make_sample_collection",
     "sample_project_path",
     "shipped_sample_dir",
@@ -220,7 +221,8 @@ def shipped_sample_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "sample_data"
 
 
-def _cache_dir() -> Path:
+def cached_sample_dir() -> Path:
+    """Where an installed package (no shipped folder) keeps its generated demo project."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "napari-hybridseg" / f"sample_data-v{GENERATOR_VERSION}"
 
@@ -254,7 +256,7 @@ def sample_project_path() -> Path:
     shipped = shipped_sample_dir()
     if (shipped / "project.json").is_file():
         return shipped
-    cache = _cache_dir()
+    cache = cached_sample_dir()
     if not (cache / "project.json").is_file():
         write_sample_project(cache)
     return cache
