@@ -694,7 +694,12 @@ def _pixel_weight_inputs(train: Collection, preview: PreviewReport, fix_certain:
             continue
         shape = tuple(np.asarray(s.reference_mask).shape[:2])
         t = make_targets(s, train, shape, original_shape=shape)
-        weights[sid] = np.asarray(pair[0], float)
+        w = np.asarray(pair[0], float)
+        if w.shape[:2] != shape:  # maps at another resolution than the sample: compare pixel for pixel anyway
+            from ..images import resize_labels
+
+            w = resize_labels(w, shape)
+        weights[sid] = w
         inits[sid] = t.init_label
         truths[sid] = mask_to_index(np.asarray(s.reference_mask), train, sid)
         learned[sid] = (t.certainty == UNKNOWN) if fix_certain else np.ones(shape, bool)
