@@ -103,3 +103,15 @@ def test_ctrl_c_stops_cleanly_with_a_checkpoint(project, tmp_path):
     assert 2 <= record["step"] < 100000
     assert (run / "model" / "model.safetensors").exists()
     assert "Traceback" not in err.read_text()
+
+
+def test_speed_prints_a_row_per_arm_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    assert main(["speed", "--size", "32", "--batch-size", "2", "--strong", "2", "--weak", "2", "--steps", "1",
+                 "--warmup", "0", "--arms", "1,2", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "one network + DII" in table and "DCR" not in table
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["arm"] for r in rows] == ["one network", "one network + DII"]
+    assert rows[0]["dii_update_s"] is None and rows[1]["dii_update_s"] > 0
+    assert rows[1]["amortised_step_s"] > rows[1]["median_step_s"]

@@ -6,8 +6,9 @@ issue's setting) and times each arm through the real trainer generator:
 
 * a step is the time from one :class:`StepReport` to the next report;
 * a DII update is the time from a StepReport to the :class:`WeightsReport`
-  that follows it; its cost is amortised over tau steps:
-  ``amortised = median step + mean update / tau``.
+  that follows it (each DII arm makes one, at its last step); its cost is
+  amortised over tau steps: ``amortised = median step + update / tau``, tau
+  from the trainer's rule for the synthetic set (``--tau`` to change).
 
 To add an arm, append to :data:`ARMS` (a name and the TrainConfig fields it
 changes); e.g. the pixel-weights row is
@@ -51,12 +52,13 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="batch size (default: %(default)s)")
     p.add_argument("--arch", default="Unet", help="architecture (default: %(default)s)")
     p.add_argument("--encoder", default="resnet18", help="encoder (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="timed steps per arm (default: tau, so each DII arm makes one update)")
+    p.add_argument("--steps", type=int, default=8, help="timed steps per arm (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: %(default)s)")
     p.add_argument("--strong", type=int, default=8, help="strong images in the synthetic set (default: 8)")
     p.add_argument("--weak", type=int, default=24, help="weak (box) images in the synthetic set (default: 24)")
-    p.add_argument("--tau", type=int, default=None, help="DII interval (default: the trainer's rule)")
+    p.add_argument("--tau", type=int, default=None,
+                   help="DII interval the update cost is amortised over (default: the trainer's rule for the "
+                        "synthetic set); the timed run makes one update at its last step whatever tau is")
     p.add_argument("--scorer", choices=("last-layer", "jvp"), default="last-layer", help="DII scorer")
     p.add_argument("--device", default="cpu", help="device (default: %(default)s)")
     p.add_argument("--precision", choices=("auto", "fp32"), default="auto", help="precision (default: auto)")
@@ -136,15 +138,17 @@ def run_speed(args: argparse.Namespace) -> int:
         arms = [(i, a) for i, a in arms if i in wanted]
     collection = synthetic_collection(args.strong, args.weak, args.size)
     tau = args.tau or default_tau(args.weak, args.batch_size)
-    n_steps = args.steps or tau
+    n_steps = max(1, args.steps)
     model = ModelConfig(arch=args.arch, encoder=args.encoder, input_size=args.size)
     rows = []
     print(f"{args.arch}/{args.encoder}, {args.size} px, batch {args.batch_size}, {args.strong} strong + "
           f"{args.weak} weak images, tau {tau}, {n_steps} timed steps per arm (+{args.warmup} warm-up), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
     for index, arm in arms:
+        # one DII update at the last step is timed, then amortised over tau
         cfg = TrainConfig(model=model, steps=args.warmup + n_steps, batch_size=args.batch_size, device=args.device,
-                          precision=args.precision, dii_tau=tau, dii_scorer=args.scorer, warmup_steps=0,
+                          precision=args.precision, dii_tau=args.warmup + n_steps, dii_scorer=args.scorer,
+                          warmup_steps=0,
                           preview_every=0, checkpoint_every=0, augment=True).replace(**arm.settings)
         result = time_arm(collection, cfg)
         timed = result["steps"][args.warmup:]
