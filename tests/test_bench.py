@@ -404,3 +404,12 @@ def test_real_hybridiser_records_and_applies_corruption_only_inside_train(tmp_pa
             assert inside == 0, (sid, kind)  # moved off the object
         else:
             assert box.area > 1.5 * _mask_box(s.reference_mask).area, (sid, kind)  # inflated
+
+
+def test_stratified_split_gives_each_class_its_share_of_the_test_set():
+    ids = [f"s{i:03d}" for i in range(100)]
+    strata = {sid: ("rare" if i < 20 else "common") for i, sid in enumerate(ids)}
+    sp = split_ids(ids, seed=5, strata=strata)
+    assert sum(strata[i] == "rare" for i in sp.test) == 4  # 20% of the 20 rare images
+    assert sum(strata[i] == "rare" for i in sp.val) == 2
+    assert (len(sp.train), len(sp.val), len(sp.test)) == (70, 10, 20)

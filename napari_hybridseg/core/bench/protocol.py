@@ -141,6 +141,9 @@ class BenchSettings:
         the trainer resize full-size images again for every arm. The trainer
         resizes to the same square size, so the arms see the same pixels (up
         to 8-bit rounding). Default True.
+    stratify : bool
+        Split each image-tag class (e.g. BUSI's normal / benign / malignant)
+        70/10/20 on its own. No effect on datasets without tags. Default True.
     note : str
         Free text shown at the top of the report (e.g. "measured under load");
         it does not decide any number.
@@ -165,6 +168,7 @@ class BenchSettings:
     n_boot: int = 2000
     overrides: dict[str, Any] = field(default_factory=dict)
     pre_resize: bool = True
+    stratify: bool = True
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -436,7 +440,12 @@ def prepare_collection(
                          f"(thumbnail correlation >= {settings.dedup_threshold}) kept within one part")
         groupings.append(dups)
     groups = merge_groups(ids, *groupings)
-    split = split_ids(ids, seed=settings.seed, groups=groups)
+    # image-level tags (BUSI's classes) stratify the split, so the test set holds each class in proportion
+    strata = {s.id: "+".join(sorted(s.tags)) for s in collection if s.tags} if settings.stratify else None
+    if strata:
+        counts = {k: list(strata.values()).count(k) for k in sorted(set(strata.values()))}
+        notes.append("split stratified by image tag: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    split = split_ids(ids, seed=settings.seed, groups=groups, strata=strata)
 
     if hybridize is None:
         from ..hybridize import make_hybrid as hybridize

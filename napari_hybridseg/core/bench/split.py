@@ -189,6 +189,7 @@ def split_ids(
     seed: int = 0,
     fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
     groups: Mapping[str, str] | None = None,
+    strata: Mapping[str, str] | None = None,
 ) -> Split:
     """Split ids into train / validation / test, keeping each group whole.
 
@@ -204,6 +205,10 @@ def split_ids(
     groups : mapping id -> group, optional
         Ids sharing a group go to the same part. Ids absent from the map are
         their own group.
+    strata : mapping id -> stratum, optional
+        E.g. the class tag: each stratum is split 70/10/20 on its own, so the
+        test set holds every class in proportion. A group belongs to the
+        stratum of most of its members.
 
     Returns
     -------
@@ -219,12 +224,14 @@ def split_ids(
     if n < 3:
         raise ValueError(f"need at least 3 images to split into train/validation/test, got {n}")
     frac = np.asarray(fractions, float) / float(sum(fractions))
-    n_test, n_val = int(round(frac[2] * n)), int(round(frac[1] * n))
-    if frac[2] > 0:
-        n_test = max(n_test, 1)
-    if frac[1] > 0:
-        n_val = max(n_val, 1)
-    targets = np.array([n - n_val - n_test, n_val, n_test], float)
+
+    def targets_for(count: int) -> np.ndarray:
+        n_test, n_val = int(round(frac[2] * count)), int(round(frac[1] * count))
+        if frac[2] > 0 and count >= 3:
+            n_test = max(n_test, 1)
+        if frac[1] > 0 and count >= 3:
+            n_val = max(n_val, 1)
+        return np.array([count - n_val - n_test, n_val, n_test], float)
 
     canon = merge_groups(ids, groups or {})
     members: dict[str, list[str]] = {}
@@ -236,13 +243,21 @@ def split_ids(
     # large groups first (in seeded order among equals) so they cannot overshoot a small part at the end
     order.sort(key=lambda g: -len(members[g]))
 
-    parts: list[list[str]] = [[], [], []]
-    counts = np.zeros(3)
+    by_stratum: dict[str, list[str]] = {}
     for g in order:
-        deficit = targets - counts
-        # ties go to the part with the larger target (train first), so rounding is stable
-        k = int(np.lexsort((-targets, -deficit))[0])
-        parts[k].extend(members[g])
-        counts[k] += len(members[g])
+        labels = [str((strata or {}).get(sid, "")) for sid in members[g]]
+        by_stratum.setdefault(max(sorted(set(labels)), key=labels.count), []).append(g)
+
+    parts: list[list[str]] = [[], [], []]
+    for stratum in sorted(by_stratum):
+        chunk = by_stratum[stratum]
+        targets = targets_for(sum(len(members[g]) for g in chunk))
+        counts = np.zeros(3)
+        for g in chunk:
+            deficit = targets - counts
+            # ties go to the part with the larger target (train first), so rounding is stable
+            k = int(np.lexsort((-targets, -deficit))[0])
+            parts[k].extend(members[g])
+            counts[k] += len(members[g])
     shared = {sid: canon[sid] for sid in ids if len(members[canon[sid]]) > 1}
     return Split(train=parts[0], val=parts[1], test=parts[2], seed=int(seed), groups=shared)
