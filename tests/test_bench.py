@@ -315,6 +315,7 @@ def test_benchmark_writes_every_arm_results_report_and_figures(tmp_path):
     on_disk = json.loads((out / "results.json").read_text())
     assert set(on_disk["arms"]) == set(P.ARMS) == set(results["arms"])
     assert on_disk["settings"]["versions"]["numpy"] == np.__version__
+    assert on_disk["device"] == "cpu (fake)" and len(on_disk["targets"]) == 6
     split = on_disk["split"]
     assert set(split["corrupted"]) <= set(split["weak"]) and not set(split["test"]) & set(split["train"])
     for arm, rec in on_disk["arms"].items():

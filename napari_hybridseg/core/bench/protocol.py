@@ -947,7 +947,11 @@ def collect_results(out: Path) -> dict[str, Any]:
         path = out / "arms" / f"{arm.replace('+', '_')}.error.txt"
         if arm not in arms and path.is_file():
             errors[arm] = path.read_text().strip()
-    return {"schema": 1, "settings": settings, "split": split, "arms": arms, "errors": errors}
+    from .report import check_targets  # report imports this module
+
+    device = next((rec.get("device") for rec in arms.values() if rec.get("device")), None)
+    return {"schema": 1, "settings": settings, "split": split, "device": device, "arms": arms, "errors": errors,
+            "targets": check_targets(arms)}
 
 
 def arm_file(out: Path, arm: str) -> Path:
