@@ -88,11 +88,16 @@ def prepare_sample(sample: Sample, collection: Collection, size: int, *,
     ValueError
         If the image cannot be read or used, naming the sample and what to do.
     """
+    from_disk = sample.image is None
     try:
         image = sample.load_image()
         rgb = to_float_rgb(image)
     except (ImageError, OSError) as exc:
         raise ValueError(f"sample {sample.id!r}: image is unusable ({exc}); fix or remove the sample") from exc
+    finally:
+        if from_disk:
+            # keep only the small copy: 1000 full-size frames would hold gigabytes for nothing
+            sample.image = None
     shape = (int(rgb.shape[0]), int(rgb.shape[1]))
     if sample.mask is not None and tuple(np.shape(sample.mask)[:2]) != shape:
         raise ValueError(f"sample {sample.id!r}: mask shape {np.shape(sample.mask)} differs from the image "

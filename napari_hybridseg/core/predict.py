@@ -173,7 +173,11 @@ def predict_collection(predictor: Predictor, collection: Collection, out_dir: st
     todo = list(ids) if ids is not None else collection.ids
     written = {}
     for sid in progress(todo) if progress else todo:
-        labels, _ = predictor.predict(collection[sid].load_image(), tta=tta)
+        sample = collection[sid]
+        from_disk = sample.image is None
+        labels, _ = predictor.predict(sample.load_image(), tta=tta)
+        if from_disk:
+            sample.image = None  # do not keep every full-size image of a large project in memory
         written[sid] = write_mask(out_dir / f"{sid}.png", labels)
     return written
 

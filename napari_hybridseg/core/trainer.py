@@ -240,7 +240,8 @@ class _Session:
         self.tau = cfg.dii_tau or dii_mod.default_tau(len(weak), cfg.batch_size, cfg.steps)
         self.rampup = cfg.cps_rampup_steps if cfg.cps_rampup_steps is not None else max(1, cfg.steps // 5)
         if self.init_from is None:
-            self.collection.sample_weights = {}
+            # a new run learns new weights; clear in place (the widget may hold this dict)
+            self.collection.sample_weights.clear()
         self._sync_weight_states()
 
     def _make_net(self, index: int, prev: dict) -> torch.nn.Module:
