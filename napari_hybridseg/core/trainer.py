@@ -200,7 +200,9 @@ class _Session:
         self.rng = np.random.default_rng(cfg.seed)
         self.dev: DeviceInfo = resolve_device(cfg.device, cfg.precision)
         n_classes = self.collection.num_classes
-        has_tags = any(s.tags for s in self.collection) and bool(self.collection.tag_defs)
+        # the tag head only when some tag says something about a class (a "sessile" tag implies nothing)
+        telling = {t.name for t in self.collection.tag_defs if t.implies.value != "nothing"}
+        has_tags = any(telling.intersection(s.tags) for s in self.collection)
         self.model_config = cfg.model.replace(classes=n_classes + 1, aux_classes=n_classes if has_tags else 0)
         self.size = int(self.model_config.input_size)
         self.loss_weights = LossWeights(cfg.box_tightness_weight, cfg.mil_weight, cfg.aux_weight)
