@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,19 +82,22 @@ def fake_hybridize(collection, *, strong_fraction, weak, noise, seed, ids):
 class FakeTrainer:
     """Mimics the trainer generator: reports, a WeightsReport every 2 steps, previews on request."""
 
-    def __init__(self):
+    def __init__(self, step_s: float = 0.0):
         self.calls: list[tuple[int, dict]] = []
+        self.step_s = step_s
 
     def __call__(self, collection, config, run_dir):
         self.calls.append((len(collection), config.to_dict()))
-        return self._gen(collection, config, Path(run_dir))
+        return self._gen(collection, config, run_dir)
 
     def _gen(self, collection, config, run_dir):
         weak = [s for s in collection if s.role is Role.WEAK]
+        run_dir = Path(run_dir) if run_dir is not None else None
         yield StartReport(device="cpu (fake)", total_steps=config.steps, start_step=0, n_strong=len(collection.strong),
                           n_weak=len(weak), n_unlabeled=0, run_dir=str(run_dir))
         pending = None
         for step in range(1, config.steps + 1):
+            time.sleep(self.step_s)
             cmd = yield StepReport(step=step, total_steps=config.steps, losses={"total": 1.0 / step}, lr=1e-3,
                                    sec_per_step=0.0, eta_s=0.0, device="cpu (fake)")
             if isinstance(cmd, RequestPreview):
@@ -111,8 +115,10 @@ class FakeTrainer:
                 w = np.where(init == s.reference_mask.astype(np.int64), 1.0, 0.25)
                 pw[sid] = (w, np.ones(shape))
             yield PreviewReport(step=config.steps, labels={}, probabilities={}, pixel_weights=pw)
-        (run_dir / "model.txt").write_text("fake")
-        yield DoneReport(step=config.steps, reason="finished", checkpoint=str(run_dir), wall_s=0.0)
+        if run_dir is not None:
+            (run_dir / "model.txt").write_text("fake")
+        yield DoneReport(step=config.steps, reason="finished", checkpoint=str(run_dir) if run_dir else None,
+                         wall_s=0.0)
 
 
 class ThresholdPredictor:
@@ -414,3 +420,26 @@ def test_stratified_split_gives_each_class_its_share_of_the_test_set():
     assert sum(strata[i] == "rare" for i in sp.test) == 4  # 20% of the 20 rare images
     assert sum(strata[i] == "rare" for i in sp.val) == 2
     assert (len(sp.train), len(sp.val), len(sp.test)) == (70, 10, 20)
+
+
+def test_calibration_fits_the_step_budget_to_the_time_budget_and_caps_it_at_the_preset(tmp_path):
+    prep = _prepared(_settings(tmp_path))
+    base = _settings(tmp_path, steps=None).base_config()
+    backend = fake_backend(FakeTrainer(step_s=0.02))
+    steps, rec = P.calibrate_steps(prep.train, base, backend, ["naive"], budget_s=2.0, n_eval=0, log=lambda m: None)
+    # ~0.02 s per step: ~100 steps in 2 s (fewer when the machine is busy, never below 20)
+    assert 20 <= steps <= 105 and rec["sec_per_step"] >= 0.02 and rec["steps"] == steps
+    capped, _ = P.calibrate_steps(prep.train, base, backend, ["naive"], budget_s=1e6, n_eval=0, log=lambda m: None)
+    assert capped == base.steps == 300
+
+
+def test_calibrated_steps_are_recorded_and_reused_when_resuming(tmp_path):
+    settings = _settings(tmp_path, steps=None, budget_min=0.05, arms=("naive",))
+    P.run_benchmark(settings, backend=fake_backend(FakeTrainer(step_s=0.01)), prepared=_prepared(settings),
+                    log=lambda m: None)
+    recorded = json.loads((Path(settings.out) / "settings.json").read_text())
+    assert recorded["calibration"]["steps"] == recorded["steps_used"] >= 20
+    more = _settings(tmp_path, steps=None, budget_min=0.05, arms=("naive", "dii"))
+    trainer = FakeTrainer()
+    P.run_benchmark(more, backend=fake_backend(trainer), prepared=_prepared(more), log=lambda m: None)
+    assert [c[1]["steps"] for c in trainer.calls] == [recorded["steps_used"]]  # no new calibration, same budget

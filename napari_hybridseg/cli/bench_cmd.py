@@ -58,7 +58,12 @@ def register(subparsers) -> None:
                    help=f"arms to run, comma-separated (default: all: {','.join(ARMS)})")
     p.add_argument("--seed", type=int, default=0, help="seed of split, labels, corruption and training (default: 0)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps (default: auto)")
-    p.add_argument("--steps", type=int, metavar="N", help="training steps per arm (default: the preset's)")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help="training steps per arm (default: cpu-quick times a few steps and picks the most that fit "
+                        "its time budget, at most 300; gpu: 4000)")
+    p.add_argument("--budget-min", type=float, metavar="M",
+                   help="wall-clock budget of the whole run in minutes, used to pick --steps "
+                        "(default: 18 for cpu-quick, none for gpu)")
     p.add_argument("--batch-size", type=int, metavar="B", help="batch size (default: the preset's)")
     p.add_argument("--size", type=int, metavar="PX", help="training input size (default: the preset's)")
     p.add_argument("--limit", type=int, metavar="N", help="use a seeded subset of N images (quick checks)")
@@ -124,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
             preset=args.preset, strong_fraction=args.strong_fraction, weak=args.weak, noise=args.noise,
             seed=args.seed, arms=args.arms, groups_csv=args.groups, dedup=not args.no_dedup,
             device=args.device, steps=args.steps, limit=args.limit, overrides=overrides, note=args.note,
+            budget_min=args.budget_min,
         )
     except ValueError as exc:
         raise CLIError(str(exc)) from exc

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -56,6 +57,7 @@ __all__ = [
     "Prepared",
     "arm_collection",
     "arm_config",
+    "calibrate_steps",
     "default_backend",
     "evaluate_masks",
     "gamma_quality",
@@ -81,15 +83,18 @@ COST_FACTOR = {"strong-only": 1.0, "naive": 1.0, "dii": 1.3, "dii+dcr": 2.6, "fu
 #: cpu-quick budget (2 cores, all six arms <= 20 min): the arms cost about
 #: sum(COST_FACTOR) ~ 11 single-network steps per step of budget (DCR runs two
 #: networks on the batch and on CutMix pairs; full adds pixel weights, PLE and
-#: the teacher; DII's periodic re-scoring of every weak image is amortised in);
-#: at ~0.4 s per single-network step of 8 images at 128 px (bf16) that is
-#: ~4.4 s per budget step, so 200 steps take ~15 minutes and leave ~5 for
-#: decoding, evaluation and figures. An estimate, not yet measured on a quiet
-#: machine: the command prints a projection after each arm.
+#: the teacher), plus DII's periodic re-scoring of every weak image. At ~0.4 s
+#: per single-network step of 8 images at 128 px that is ~4.4 s per budget
+#: step: ~200 steps in 18 minutes. Rather than trust that estimate, the run
+#: times a few steps on the machine at hand and picks the step budget that fits
+#: (see BenchSettings.budget_min), at most the preset's 300.
 BENCH_PRESETS: dict[str, dict[str, Any]] = {
-    "cpu-quick": {"steps": 200, "batch_size": 8, "checkpoint_every": 10**9, "preview_every": 10**9},
+    "cpu-quick": {"steps": 300, "batch_size": 8, "checkpoint_every": 10**9, "preview_every": 10**9},
     "gpu": {"steps": 4000, "batch_size": 16, "checkpoint_every": 1000, "preview_every": 10**9},
 }
+
+#: Wall-clock budget (minutes) of each preset's whole run; None = no calibration.
+BENCH_BUDGET_MIN: dict[str, float | None] = {"cpu-quick": 18.0, "gpu": None}
 
 
 # -- settings -------------------------------------------------------------
@@ -144,6 +149,12 @@ class BenchSettings:
     stratify : bool
         Split each image-tag class (e.g. BUSI's normal / benign / malignant)
         70/10/20 on its own. No effect on datasets without tags. Default True.
+    budget_min : float or None
+        Wall-clock budget of the whole run in minutes. Unless ``steps`` is
+        given, a short calibration times this machine's training step and
+        the step budget (the same for every arm) is chosen to fit, capped at
+        the preset's steps. ``None``: the preset's budget (``cpu-quick``: 18
+        minutes, leaving 2 of the 20 as margin; ``gpu``: none).
     note : str
         Free text shown at the top of the report (e.g. "measured under load");
         it does not decide any number.
@@ -169,6 +180,7 @@ class BenchSettings:
     overrides: dict[str, Any] = field(default_factory=dict)
     pre_resize: bool = True
     stratify: bool = True
+    budget_min: float | None = None
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -889,6 +901,58 @@ def _gamma_from_run_dir(run_dir: Path) -> dict[str, float]:
     return out
 
 
+def calibrate_steps(train: Collection, base: TrainConfig, backend: Backend, arms: Iterable[str], *,
+                    budget_s: float, n_eval: int, run_dir: Path | None = None, probe_steps: int = 8,
+                    log: Callable[[str], None] = print) -> tuple[int, dict[str, Any]]:
+    """The largest step budget (<= ``base.steps``, >= 20) with which ``arms`` fit in ``budget_s`` seconds.
+
+    Times ``probe_steps`` steps of one network (the ``naive`` arm) on the real
+    training set, takes the median after the first two (warm-up), and scales
+    it by each arm's :data:`COST_FACTOR`. DII's re-scoring of every weak image
+    (about ``n_weak / (3 B) + 1`` steps' work per update, a few updates per
+    run) and the evaluation of ``n_eval`` images per arm are added as fixed
+    costs. Returns the steps and a record of the calibration.
+    """
+    arms = list(arms)
+    cfg = arm_config(base, "naive").replace(steps=probe_steps, checkpoint_every=10**9, preview_every=10**9)
+    times: list[float] = []
+    t0 = time.perf_counter()
+    gen = backend.train(train, cfg, run_dir)
+    last = None
+    try:
+        for report in gen:
+            now = time.perf_counter()
+            if isinstance(report, StepReport):
+                if last is not None:
+                    times.append(now - last)
+                last = now
+            elif isinstance(report, StartReport):
+                last = now
+            elif isinstance(report, DoneReport):
+                break
+    finally:
+        gen.close()
+    probe_s = time.perf_counter() - t0
+    unit = statistics.median(times[2:] if len(times) > 3 else times) if times else float("nan")
+    n_weak = len(train.weak)
+    per_update = n_weak / (3.0 * base.batch_size) + 1.0
+    n_dii = sum(a in DII_ARMS for a in arms)
+    fixed_units = n_dii * 5 * per_update + len(arms) * n_eval / (3.0 * base.batch_size)
+    per_step_units = sum(COST_FACTOR[a] for a in arms)
+    if not math.isfinite(unit) or unit <= 0:
+        steps = base.steps
+    else:
+        steps = int((budget_s / unit - fixed_units) / per_step_units)
+    steps = int(min(base.steps, max(20, steps)))
+    record = {"probe_steps": probe_steps, "sec_per_step": unit, "probe_s": probe_s, "budget_s": budget_s,
+              "cost_factors": {a: COST_FACTOR[a] for a in arms}, "steps": steps,
+              "projected_s": unit * (steps * per_step_units + fixed_units) if math.isfinite(unit) else None}
+    log(f"calibration: {unit:.2f} s per single-network step here -> {steps} steps per arm "
+        f"(projected ~{(record['projected_s'] or 0) / 60:.0f} min for {len(arms)} arm(s), budget "
+        f"{budget_s / 60:.0f} min)")
+    return steps, record
+
+
 # -- the whole benchmark -----------------------------------------------------
 def _versions() -> dict[str, str]:
     from importlib import metadata
@@ -988,10 +1052,12 @@ def run_benchmark(
     dict
         The content of ``results.json``.
     """
+    t_begin = time.perf_counter()
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     settings_path = out / "settings.json"
     fp = settings.fingerprint()
+    old: dict[str, Any] = {}
     if settings_path.is_file():
         old = json.loads(settings_path.read_text())
         if old.get("fingerprint") != fp:
@@ -1028,6 +1094,27 @@ def run_benchmark(
         if any(old_split.get(k) != record.get(k) for k in ("train", "val", "test", "strong", "weak", "corrupted")):
             raise RuntimeError(f"{out}: the split or the label budget came out differently from the recorded one; "
                                "the finished arms cannot be reused: use another --out")
+    train = prepared.train
+    if settings.pre_resize:
+        t_rs = time.perf_counter()
+        size = int(base.model.input_size)
+        train = _copy_collection(train, [resized_sample(s, size) for s in train])
+        log(f"resized {len(train)} training images to {size} px once for all arms "
+            f"({time.perf_counter() - t_rs:.1f} s)")
+
+    # the step budget: given, recorded by an earlier (interrupted) run, or calibrated to the time budget
+    calibration = old.get("calibration")
+    budget_min = settings.budget_min if settings.budget_min is not None else BENCH_BUDGET_MIN.get(settings.preset)
+    if settings.steps is None and old.get("steps_used"):
+        base = base.replace(steps=int(old["steps_used"]))
+        log(f"steps per arm: {base.steps} (as recorded in {settings_path})")
+    elif settings.steps is None and budget_min:
+        left = budget_min * 60.0 - (time.perf_counter() - t_begin)  # import and decoding already spent
+        steps, calibration = calibrate_steps(
+            train, base, backend, todo, budget_s=max(60.0, left), run_dir=None,
+            n_eval=len(prepared.split.test) + len(prepared.split.val), log=log)
+        base = base.replace(steps=steps)
+
     rng = np.random.default_rng(settings.seed)
     test_sorted = sorted(prepared.split.test)
     grid_ids = sorted(rng.choice(test_sorted, size=min(settings.grid_images, len(test_sorted)),
@@ -1037,16 +1124,9 @@ def run_benchmark(
     write_json(settings_path, {**settings.to_dict(), "fingerprint": fp, "base_config": base.to_dict(),
                                "backend": backend.name, "versions": _versions(),
                                "command": command_line or " ".join(sys.argv),
-                               "prep_s": prepared.prep_s, "notes": prepared.notes})
+                               "prep_s": prepared.prep_s, "notes": prepared.notes,
+                               "steps_used": base.steps, "calibration": calibration})
     _save_grid(out, prepared, grid_ids)
-
-    train = prepared.train
-    if settings.pre_resize:
-        t_rs = time.perf_counter()
-        size = int(base.model.input_size)
-        train = _copy_collection(train, [resized_sample(s, size) for s in train])
-        log(f"resized {len(train)} training images to {size} px once for all arms "
-            f"({time.perf_counter() - t_rs:.1f} s)")
     test = {i: prepared.collection[i] for i in prepared.split.test}
     val = {i: prepared.collection[i] for i in prepared.split.val}
     for arm in todo:
