@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -142,10 +143,31 @@ class HybridSegWidget(QWidget):
         r.finished.connect(self._on_finished)
 
         self._bind_keys()
+        self.warmed_up = threading.Event()
+        if os.environ.get("HYBRIDSEG_NO_WARMUP") != "1":
+            # load torch and the trainer while the annotator works: loading a C extension holds the GIL
+            # for about a second, which would freeze napari if it happened when Train is pressed
+            QTimer.singleShot(1000, self._warm_up)
+        else:
+            self.warmed_up.set()
         self._close_watcher = _CloseWatcher(self)
         qt_window = getattr(getattr(napari_viewer, "window", None), "_qt_window", None)
         if qt_window is not None:
             qt_window.installEventFilter(self._close_watcher)
+
+    def _warm_up(self) -> None:
+        def load():
+            try:
+                if self.runner._train_fn is None:
+                    avoid_triton_in_gui()
+                    import napari_hybridseg.core.predict  # noqa: F401
+                    import napari_hybridseg.core.trainer  # noqa: F401
+            except Exception as exc:  # training will report it with what to do
+                log.info("warm-up import failed: %s", exc)
+            finally:
+                self.warmed_up.set()
+
+        threading.Thread(target=load, name="hybridseg-warm-up", daemon=True).start()
 
     # -- opening -------------------------------------------------------------
     def open_project(self, path: str | Path) -> None:
@@ -222,12 +244,17 @@ class HybridSegWidget(QWidget):
         init_from = self.session.run_dir if (self.train_panel.resume.value and self.session.run_dir) else None
         self._run_dir = run_dir
         self.last_step = None
-        self._preview_every = config.preview_every
+        # the image on screen refreshes at least every 10 steps, whatever the preset's preview interval
+        self._preview_every = max(1, min(int(config.preview_every or 10), 10))
         self._last_preview_request = 0
         self.first_overlay_s = None
         self._train_pressed_at = time.perf_counter()
         current = (self.session.current_id,) if self.session.current_id else ()
         self.runner.start(snapshot_collection(coll), config, run_dir, init_from=init_from, preview_ids=current)
+        if current:
+            # queued before the first step: the first prediction overlay follows step 1
+            self.runner.send(RequestPreview(current))
+            self._last_preview_request = -1
         self.train_panel.set_running(True)
         return True
 
@@ -241,9 +268,9 @@ class HybridSegWidget(QWidget):
         self.last_step = report
         self.train_panel.on_step(report)
         every = max(1, int(self._preview_every))
-        # the first preview comes as early as possible: it is what tells the user training works
-        if self.session.current_id and (self._last_preview_request == 0
-                                        or report.step - self._last_preview_request >= every):
+        if self._last_preview_request < 0:  # the request sent with Train covers the first steps
+            self._last_preview_request = report.step
+        elif self.session.current_id and report.step - self._last_preview_request >= every:
             self._last_preview_request = report.step
             self.runner.send(RequestPreview((self.session.current_id,)))
 

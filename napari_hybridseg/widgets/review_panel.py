@@ -33,7 +33,7 @@ class ReviewPanel(QWidget):
     the background workers.
     """
 
-    COLUMNS = ("image", "weight", "weak labels", "known wrong")
+    COLUMNS = ("image", "weight", "labels", "wrong")
 
     def __init__(self, session: Session, parent: QWidget | None = None):
         super().__init__(parent)

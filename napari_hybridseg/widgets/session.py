@@ -287,7 +287,11 @@ class Session:
 
     def _adopt(self, key: str, layer: Layer) -> Layer:
         self._place(layer)
+        # adding a layer selects it; an overlay appearing mid-stroke must not take the annotator's tool away
+        active = self.viewer.layers.selection.active
         self.viewer.add_layer(layer)
+        if active is not None and active in self.viewer.layers and key in ("prediction", "pixel_weights"):
+            self.viewer.layers.selection.active = active
         self._layers[key] = layer
         # keep the stack readable: overlays above the image, annotations on top
         order = [self._layers[k] for k in LAYER_NAMES if self.layer(k) is not None]
@@ -408,13 +412,10 @@ class Session:
 
     def _show_prediction(self, sample_id: str) -> None:
         pred = self.predictions.get(sample_id)
-        if pred is None:
-            layer = self.layer("prediction")
-            if layer is not None:  # never show another image's prediction
-                layer.data = np.zeros(layer.data.shape if layer.data.shape == self.current.shape
-                                      else self.current.shape, np.uint8)
-            return
-        self.set_prediction(sample_id, pred)
+        # the layer exists from the first image on (empty until a model predicts): creating a layer costs
+        # napari about half a second, which must not happen while training streams previews in
+        layer = self._prediction_layer(pred if pred is not None else np.zeros(self.current.shape, np.uint8))
+        layer.colormap = self._label_colormap()  # classes may have been added since
 
     def _show_pixel_weights(self, sample_id: str) -> None:
         pw = self.pixel_weights.get(sample_id)
@@ -427,22 +428,25 @@ class Session:
 
     def set_prediction(self, sample_id: str, labels: np.ndarray) -> None:
         """Remember a prediction and, if ``sample_id`` is on screen, show it in place."""
+        self.predictions[sample_id] = labels
+        if sample_id == self.current_id:
+            self._prediction_layer(labels)
+
+    def _prediction_layer(self, labels: np.ndarray):
         from napari.layers import Labels
 
-        self.predictions[sample_id] = labels
-        if sample_id != self.current_id:
-            return
         layer = self.layer("prediction")
         if layer is None:
-            layer = Labels(labels, name=LAYER_NAMES["prediction"], opacity=0.45, blending="translucent")
+            layer = Labels(labels, name=LAYER_NAMES["prediction"], opacity=0.6, blending="translucent")
             self._adopt("prediction", layer)
             layer.editable = False
+            layer.colormap = self._label_colormap()
         else:
             layer.data = labels
             self._place(layer)
-        layer.colormap = self._label_colormap()
-        # the prediction is drawn as contours so the image and the mask stay visible under it
-        layer.contour = max(1, int(round(max(labels.shape) / 150)))
+        # contours keep the image and the annotations visible under the prediction
+        layer.contour = max(1, int(round(max(labels.shape) / 200)))
+        return layer
 
     def set_pixel_weights(self, sample_id: str, weights: np.ndarray) -> None:
         """Remember a pixel-weight map (any non-negative scale) and show it if on screen."""
