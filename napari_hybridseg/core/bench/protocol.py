@@ -1099,6 +1099,9 @@ def run_benchmark(
         t_rs = time.perf_counter()
         size = int(base.model.input_size)
         train = _copy_collection(train, [resized_sample(s, size) for s in train])
+        for sid in prepared.split.train:  # the full-size pixels are not needed any more (can be re-read)
+            if prepared.collection[sid].image_path is not None:
+                prepared.collection[sid].image = None
         log(f"resized {len(train)} training images to {size} px once for all arms "
             f"({time.perf_counter() - t_rs:.1f} s)")
 
