@@ -154,7 +154,10 @@ def test_opening_a_project_shows_the_first_sample_in_named_layers(widget):
         assert key in names
     assert s.current_id == "img0"
     assert s.layer("mask").data.sum() == s.collection["img0"].mask.sum() > 0
-    assert widget.data_panel.table.rowCount() == 6
+    table = widget.data_panel.table
+    assert table.rowCount() == 6
+    # the table starts in navigation order (what Next/Previous walk through), not sorted by a column
+    assert [table.item(r, 0).text() for r in range(6)] == s.collection.ids
 
 
 def test_navigation_updates_layers_in_place_and_shows_boxes(widget):
@@ -313,7 +316,7 @@ def test_panel_screenshots(widget, qtbot):
     assert widget.runner.wait(10)
     out = Path(__file__).resolve().parents[1] / "docs" / "images"
     out.mkdir(parents=True, exist_ok=True)
-    widget.resize(420, 760)
+    widget.resize(420, 900)
     for i, name in enumerate(("data", "train", "review")):
         widget.tabs.setCurrentIndex(i)
         qtbot.wait(50)

@@ -76,7 +76,8 @@ def _fit_columns(table: QTableWidget) -> None:
 class DataPanel(QWidget):
     """Open data, list the samples, navigate, and edit the vocabulary and the current image's tags."""
 
-    COLUMNS = ("image", "role", "boxes", "pts", "tags", "weight")
+    COLUMNS = ("image", "role", "weight", "boxes", "pts", "tags")
+    WEIGHT_COL = 2
 
     def __init__(self, session: Session, parent: QWidget | None = None):
         super().__init__(parent)
@@ -115,8 +116,10 @@ class DataPanel(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.verticalHeader().setVisible(False)
         _fit_columns(self.table)
+        # no sort until the user clicks a header: the table starts in navigation (collection) order
+        self.table.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
         self.table.setSortingEnabled(True)
-        self.table.setMinimumHeight(160)
+        self.table.setMinimumHeight(220)
         layout.addWidget(self.table, stretch=1)
 
         nav = QHBoxLayout()
@@ -158,7 +161,7 @@ class DataPanel(QWidget):
         tag_box = QGroupBox("Tags of this image")
         tags = QVBoxLayout(tag_box)
         self.tag_list = QListWidget()
-        self.tag_list.setMaximumHeight(90)
+        self.tag_list.setMaximumHeight(72)
         tags.addWidget(self.tag_list)
         row = QHBoxLayout()
         self.new_tag_edit = QLineEdit()
@@ -249,10 +252,10 @@ class DataPanel(QWidget):
         first.setData(Qt.ItemDataRole.UserRole, sample.id)
         self.table.setItem(row, 0, first)
         self.table.setItem(row, 1, _text_item(sample.role.value))
-        self.table.setItem(row, 2, NumericItem(len(sample.boxes), str(len(sample.boxes))))
-        self.table.setItem(row, 3, NumericItem(len(sample.points), str(len(sample.points))))
-        self.table.setItem(row, 4, _text_item(", ".join(sample.tags)))
-        self.table.setItem(row, 5, NumericItem(coll.weight_of(sample.id) if coll else None))
+        self.table.setItem(row, self.WEIGHT_COL, NumericItem(coll.weight_of(sample.id) if coll else None))
+        self.table.setItem(row, 3, NumericItem(len(sample.boxes), str(len(sample.boxes))))
+        self.table.setItem(row, 4, NumericItem(len(sample.points), str(len(sample.points))))
+        self.table.setItem(row, 5, _text_item(", ".join(sample.tags)))
 
     def _row_of(self, sample_id: str | None) -> int:
         for row in range(self.table.rowCount()):
@@ -297,7 +300,7 @@ class DataPanel(QWidget):
         self.table.setSortingEnabled(False)
         for row in range(self.table.rowCount()):
             sid = self.table.item(row, 0).data(Qt.ItemDataRole.UserRole)
-            self.table.setItem(row, 5, NumericItem(coll.weight_of(sid)))
+            self.table.setItem(row, self.WEIGHT_COL, NumericItem(coll.weight_of(sid)))
         self.table.setSortingEnabled(sorting)
 
     # -- classes ---------------------------------------------------------------
