@@ -322,3 +322,27 @@ def test_panel_screenshots(widget, qtbot):
         qtbot.wait(50)
         pix = widget.grab()
         assert pix.width() > 100 and pix.save(str(out / f"panel-{name}.png"))
+
+
+def test_export_predictions_writes_one_png_per_image(widget, qtbot, tmp_path):
+    import imageio.v3 as iio
+
+    widget.session.run_dir = tmp_path / "run"  # the fixture's predictor stands in for the model
+    worker = widget.export_predictions(tmp_path / "pred")
+    with qtbot.waitSignal(worker.finished, timeout=20_000):
+        pass
+    files = sorted(p.name for p in (tmp_path / "pred").glob("*.png"))
+    assert files == [f"img{i}.png" for i in range(6)]
+    labels = iio.imread(tmp_path / "pred" / "img0.png")
+    assert labels.shape == (48, 48) and set(np.unique(labels)) <= {0, 1} and labels.any()
+
+
+def test_no_widget_module_imports_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, pkgutil, importlib, napari_hybridseg.widgets as w\n"
+            "[importlib.import_module(m.name) for m in pkgutil.iter_modules(w.__path__, 'napari_hybridseg.widgets.')]\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
