@@ -950,6 +950,9 @@ def calibrate_steps(train: Collection, base: TrainConfig, backend: Backend, arms
     log(f"calibration: {unit:.2f} s per single-network step here -> {steps} steps per arm "
         f"(projected ~{(record['projected_s'] or 0) / 60:.0f} min for {len(arms)} arm(s), budget "
         f"{budget_s / 60:.0f} min)")
+    if record["projected_s"] and record["projected_s"] > budget_s * 1.05:
+        log(f"warning: even {steps} steps per arm do not fit the budget on this machine now (busy, or slow); "
+            "the run will take longer. Run it on a quiet machine, or with fewer arms or a smaller --size")
     return steps, record
 
 
