@@ -346,3 +346,15 @@ def test_no_widget_module_imports_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_an_unreadable_image_warns_and_keeps_the_current_one(widget, tmp_path, monkeypatch):
+    from napari.utils import notifications
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_warning", lambda msg: shown.append(msg))
+    s = widget.session
+    broken = s.collection["img4"]
+    broken.image, broken.image_path = None, tmp_path / "missing.png"
+    s.show("img4")
+    assert s.current_id == "img0" and shown and "missing.png" in shown[0]

@@ -256,7 +256,14 @@ class Session:
         if self.current_id is not None and self.current_id != sample_id:
             self.save_current()
         sample = self.collection[sample_id]
-        image = sample.load_image()
+        try:
+            image = sample.load_image()
+        except (OSError, ValueError) as exc:  # ImageError is a ValueError: unreadable or unusable file
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"Cannot show {sample_id!r}: {exc}. Fix or replace the image file; the other images "
+                         "are unaffected.")
+            return
         self.current_id = sample_id
         self._writing_layers = True
         try:
