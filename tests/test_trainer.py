@@ -233,3 +233,12 @@ def test_training_on_the_sample_data_beats_the_untrained_model():
         trained = Predictor.load(d, device="cpu")
         after = mean_dice([trained.predict(s.image)[0] for s in strong], [s.mask for s in strong], labels=[1, 2])
     assert after > before + 0.1, (before, after)
+
+
+def test_exact_pixel_weights_enter_the_loss_with_and_without_dcr():
+    coll = make_collection(n_strong=2, n_weak=3, n_unlabeled=1)
+    for dcr in (False, True):
+        config = tiny(model=ModelConfig(input_size=64), batch_size=4, steps=1, pixel_weights="exact", dcr=dcr)
+        reports = drive(train(coll, config))
+        losses = [r.losses for r in reports if isinstance(r, StepReport)][0]
+        assert {"pixel", "ple"} <= set(losses) and np.isfinite(losses["total"])

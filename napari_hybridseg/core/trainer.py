@@ -74,9 +74,6 @@ def _validate(collection: Collection, config: TrainConfig) -> None:
         raise ValueError(f"dii_scorer {config.dii_scorer!r}: choose 'last-layer' or 'jvp'")
     if config.pixel_weights not in ("off", "exact"):
         raise ValueError(f"pixel_weights {config.pixel_weights!r}: choose 'off' or 'exact'")
-    if config.pixel_weights == "exact":
-        raise ValueError("pixel_weights='exact' is not wired into the trainer yet; use 'off' "
-                         "(see core/pixel_weights.py for the module under way)")
 
 
 def train(collection: Collection, config: TrainConfig, run_dir: str | Path | None = None, *,
@@ -347,6 +344,10 @@ class _Session:
         for n, (logits, aux) in enumerate(outs):
             sup, terms = self.supervised(logits, aux, batch, gamma)
             total = total + sup
+            if cfg.pixel_weights == "exact":
+                pw_loss, pw_terms = self.pixel_weight_terms(self.nets[n], batch, logits, gamma, lr)
+                total = total + pw_loss
+                terms.update(pw_terms)
             if n == 0:
                 logged.update({k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()})
         if cfg.dcr and len(self.nets) == 2:
@@ -379,6 +380,44 @@ class _Session:
             raise RuntimeError(f"the loss became {logged['total']} at step {step}; lower the learning rate "
                                f"(now {cfg.lr}) or use --precision fp32")
         return logged
+
+    def pixel_weight_terms(self, net, batch, logits, gamma, lr) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """MLB-Seg pixel weights (``core/pixel_weights.py``) on the non-strong part of the batch.
+
+        y~ is the weak label's initial label with its unknown pixels filled by the
+        current prediction; y^ the PLE 5-view prediction (or the argmax without
+        PLE). The exact weights (one JVP) weigh both per-pixel costs; gamma is
+        inside the weights (``sample_gamma``), so the term is not multiplied by
+        it again. Not yet: the mean teacher and the unlabeled-refresh model of
+        MLB-Seg, and reuse of the dual forward's logits for the supervised terms
+        (the weak images are forwarded twice).
+        """
+        from . import pixel_weights as pwm
+        from . import ple as ple_mod
+        from .targets import UNKNOWN
+
+        strong = torch.tensor([r is Role.STRONG for r in batch.roles], device=logits.device)
+        other = ~strong
+        zero = logits.new_zeros((), dtype=torch.float32)
+        if not other.any() or not strong.any():
+            return zero, {}
+        x_w = batch.x[other]
+        y_init, _ = pwm.fill_ignored(batch.init_label[other], logits[other].detach())
+        consistency = zero
+        if self.config.ple:
+            res = ple_mod.enhance(lambda x: forward(net, x)[0], x_w)
+            y_own, consistency = res.y_hat, res.consistency.float()
+        else:
+            y_own = logits[other].detach().argmax(1)
+        fixed = (batch.certainty[other] != UNKNOWN) if self.config.pixel_weights_fix_certain else None
+        pw = pwm.exact_pixel_weights(
+            net, x_w, y_init, y_own, None, None, batch.x[strong], batch.target[strong],
+            lambda z, y: strong_loss(z, y).mean(), self.config.meta_lr or lr,
+            sample_gamma=gamma[other], fixed_init=fixed, return_details=True,
+        )
+        c_init, c_own = pwm.pixel_costs(pw.logits.float(), y_init, y_own)
+        loss = (pw.w_init * c_init + pw.w_own * c_own).sum()
+        return loss + consistency, {"pixel": loss, "ple": consistency}
 
     # -- DII ---------------------------------------------------------------
     def dii_update(self, step: int) -> WeightsReport | None:
