@@ -149,6 +149,13 @@ def _train(widget, args) -> dict:
     widget.tabs.setCurrentWidget(panel)
     errors: list[str] = []
     widget.runner.failed.connect(lambda msg, exc: errors.append(msg))
+    every = max(1, args.train_steps // 10)
+
+    def report_progress(r) -> None:  # a log line for CI, ten per run
+        if r.step % every == 0:
+            print(f"hybridseg demo: step {r.step}/{r.total_steps}, {r.sec_per_step:.2f} s/step", flush=True)
+
+    widget.runner.stepped.connect(report_progress)
     # a person annotates before pressing Train: by then the plugin has loaded torch in the background
     warm_start = time.perf_counter()
     while not widget.warmed_up.is_set() and time.perf_counter() - warm_start < 300:
