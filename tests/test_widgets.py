@@ -358,3 +358,14 @@ def test_an_unreadable_image_warns_and_keeps_the_current_one(widget, tmp_path, m
     broken.image, broken.image_path = None, tmp_path / "missing.png"
     s.show("img4")
     assert s.current_id == "img0" and shown and "missing.png" in shown[0]
+
+
+def test_the_manifest_docks_the_widget_from_the_plugins_menu(make_napari_viewer, tiny_collection):
+    from napari_hybridseg.widgets import HybridSegWidget
+
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-hybridseg", "HybridSeg")
+    assert isinstance(widget, HybridSegWidget)
+    assert widget._watched_window is not None  # saves on close, despite napari's proxy of the viewer
+    widget.open_collection(tiny_collection)  # through napari's plugin proxy of the viewer
+    assert "hybridseg image" in [layer.name for layer in viewer.layers]

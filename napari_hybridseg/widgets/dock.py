@@ -151,7 +151,10 @@ class HybridSegWidget(QWidget):
         else:
             self.warmed_up.set()
         self._close_watcher = _CloseWatcher(self)
-        qt_window = getattr(getattr(napari_viewer, "window", None), "_qt_window", None)
+        # napari hands plugins a proxy that hides private attributes; the main window is needed to save on close
+        real_viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        qt_window = getattr(getattr(real_viewer, "window", None), "_qt_window", None)
+        self._watched_window = qt_window
         if qt_window is not None:
             qt_window.installEventFilter(self._close_watcher)
 
