@@ -111,11 +111,12 @@ def _fig_dice(arms: Mapping[str, Mapping], path: Path) -> None:
     colors = ["#1f77b4" if a not in ("all-strong", "strong-only") else "#7f7f7f" for a in names]
     ax.bar(range(len(names)), d, color=colors, alpha=0.8)
     ax.errorbar(range(len(names)), d, yerr=[lo, hi], fmt="none", ecolor="k", capsize=4)
-    for i, v in enumerate(d):
-        ax.text(i, v + 0.02, _fmt(v), ha="center", fontsize=8)
+    for i, v in enumerate(d):  # above the interval, so the figure does not hide behind the error bar
+        top = v + (hi[i] if not math.isnan(hi[i]) else 0.0)
+        ax.text(i, (0.0 if math.isnan(top) else top) + 0.02, _fmt(v), ha="center", fontsize=8)
     ax.set_xticks(range(len(names)), names, rotation=20)
     ax.set_ylabel("test Dice (mean, 95% bootstrap CI)")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.1)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
