@@ -293,6 +293,11 @@ def write_report(out: str | Path, results: Mapping[str, Any] | None = None) -> P
         "- Dice and IoU: mean over test images, each scored at its original resolution; an image with an "
         "empty truth scores 1 if the prediction is empty too (\"Dice non-empty\" leaves those out)",
     ]
+    cal = settings.get("calibration")
+    if cal:
+        lines.append(f"- step budget calibrated on this machine: {_fmt(cal.get('sec_per_step'), 2)} s per "
+                     f"single-network step over {cal.get('probe_steps')} probe steps -> {cal.get('steps')} steps "
+                     f"per arm to fit {_fmt(_num(cal.get('budget_s')) / 60, 1)} min")
     for note in settings.get("notes", []):
         lines.append(f"- {note}")
     lines += ["", "## Results", ""]
