@@ -366,6 +366,6 @@ def test_the_manifest_docks_the_widget_from_the_plugins_menu(make_napari_viewer,
     viewer = make_napari_viewer()
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-hybridseg", "HybridSeg")
     assert isinstance(widget, HybridSegWidget)
-    assert widget._watched_window is not None  # saves on close, despite napari's proxy of the viewer
+    assert widget.watches_close  # saves on close, despite napari's proxy of the viewer
     widget.open_collection(tiny_collection)  # through napari's plugin proxy of the viewer
     assert "hybridseg image" in [layer.name for layer in viewer.layers]

@@ -154,7 +154,7 @@ class HybridSegWidget(QWidget):
         # napari hands plugins a proxy that hides private attributes; the main window is needed to save on close
         real_viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         qt_window = getattr(getattr(real_viewer, "window", None), "_qt_window", None)
-        self._watched_window = qt_window
+        self.watches_close = qt_window is not None  # a bool, not the window: holding it would leak the viewer
         if qt_window is not None:
             qt_window.installEventFilter(self._close_watcher)
 
