@@ -509,4 +509,9 @@ class HybridSegWidget(QWidget):
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
         self.prepare_close(ask=False)
+        for key in getattr(self, "_keys", {}):  # the viewer outlives the dock: free Page Up / Page Down
+            try:
+                self.viewer.bind_key(key, None, overwrite=True)
+            except (TypeError, ValueError, KeyError):
+                pass
         super().closeEvent(event)
