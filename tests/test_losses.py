@@ -128,3 +128,21 @@ def test_weak_losses_sum_is_the_per_instance_loss_and_penalises_a_wrong_box():
         assert torch.allclose(terms["sum"], terms["pce"] + terms["box"] + terms["mil"] + terms["aux"])
     assert good["sum"][0] < 0.01
     assert bad["sum"][0] > 1.0
+
+
+def test_absent_tag_of_one_class_pushes_that_class_down_everywhere():
+    from napari_hybridseg.core.losses import absent_loss
+
+    labels = torch.zeros(1, 6, 6, dtype=torch.long)
+    labels[0, :3] = 1  # class 1 predicted on half the image
+    probs = confident(labels, k=3).softmax(1)
+    absent_1 = torch.tensor([[False, True, False]])
+    absent_2 = torch.tensor([[False, False, True]])
+    assert absent_loss(probs, absent_1)[0] > 5
+    assert absent_loss(probs, absent_2)[0] < 1e-3
+    assert absent_loss(probs, None)[0] == 0
+    # in weak_losses it gives a tag-only sample a signal the DII scorer can see
+    target = torch.full((1, 6, 6), IGNORE)
+    terms = weak_losses(confident(labels, k=3), None, target, [None], torch.zeros(1, 3, dtype=torch.bool),
+                        torch.zeros(1, 2), absent=absent_1)
+    assert terms["sum"][0] > 5

@@ -25,6 +25,7 @@ from .targets import IGNORE
 
 __all__ = [
     "LossWeights",
+    "absent_loss",
     "aux_tag_loss",
     "box_tightness",
     "dice_loss",
@@ -135,6 +136,25 @@ def mil_loss(probs: torch.Tensor, present: torch.Tensor, skip: torch.Tensor | No
     return cost.sum(1) / want.sum(1).clamp_min(1)
 
 
+def absent_loss(probs: torch.Tensor, absent: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
+    """"Structure absent" tags for single classes, per sample ``(B,)``.
+
+    When every class is absent the targets already make the whole image
+    background; when only some are (e.g. "no polyp" in a collection that also
+    segments scleral spurs) the other classes stay possible, so the
+    probability of each absent class is pushed to 0 everywhere:
+    mean over pixels of ``-log(1 - p_c)``.
+    """
+    if absent is None:
+        return probs.new_zeros(probs.shape[0])
+    want = absent.clone()
+    want[:, 0] = False
+    if not want.any():
+        return probs.new_zeros(probs.shape[0])
+    cost = -(1 - probs).clamp_min(eps).log().flatten(2).mean(2) * want  # (B, K)
+    return cost.sum(1) / want.sum(1).clamp_min(1)
+
+
 def aux_tag_loss(aux_logits: torch.Tensor | None, tag_target: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy of the image-level head on known tags, per sample ``(B,)``."""
     if aux_logits is None or tag_target.numel() == 0:
@@ -147,14 +167,15 @@ def aux_tag_loss(aux_logits: torch.Tensor | None, tag_target: torch.Tensor) -> t
 def weak_losses(logits: torch.Tensor, aux_logits: torch.Tensor | None, target: torch.Tensor,
                 boxes: Sequence[np.ndarray], present: torch.Tensor, tag_target: torch.Tensor,
                 weights: LossWeights = LossWeights(), pixel_weight: torch.Tensor | None = None,
-                ) -> dict[str, torch.Tensor]:
+                absent: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Every weak term of each sample against its own weak target.
 
     Returns
     -------
     dict
         ``"pce"`` (partial CE: box exteriors, point disks, absent tags),
-        ``"box"`` (tightness), ``"mil"`` (present tags), ``"aux"`` (tag head),
+        ``"box"`` (tightness), ``"mil"`` (present tags, and absent tags of
+        single classes), ``"aux"`` (tag head),
         each ``(B,)`` and already multiplied by its :class:`LossWeights` factor,
         plus ``"sum"``: their total, the per-instance loss DII scores.
     """
@@ -171,7 +192,7 @@ def weak_losses(logits: torch.Tensor, aux_logits: torch.Tensor | None, target: t
     terms = {
         "pce": partial_ce(logits, target, pixel_weight),
         "box": weights.box * box_tightness(probs, boxes) if weights.box else probs.new_zeros(len(boxes)),
-        "mil": weights.mil * mil_loss(probs, present, skip=has_pixels),
+        "mil": weights.mil * (mil_loss(probs, present, skip=has_pixels) + absent_loss(probs, absent)),
         "aux": weights.aux * aux_tag_loss(aux_logits, tag_target),
     }
     terms["sum"] = terms["pce"] + terms["box"] + terms["mil"] + terms["aux"]

@@ -319,7 +319,7 @@ class _Session:
             idx = weak.nonzero().flatten().tolist()
             wl = weak_losses(logits[weak], None if aux is None else aux[weak], batch.target[weak],
                              [batch.boxes[i] for i in idx], batch.present[weak], batch.tag_target[weak],
-                             self.loss_weights)
+                             self.loss_weights, absent=batch.absent[weak])
             g = gamma[weak]
             for name in ("pce", "box", "mil", "aux"):
                 val = (g * wl[name]).sum() / b
@@ -436,13 +436,14 @@ class _Session:
         yw = torch.stack([p.target for p in items]).to(self.dev.device)
         pw = torch.stack([p.present for p in items]).to(self.dev.device)
         tw = torch.stack([p.tag_target for p in items]).to(self.dev.device)
+        aw = torch.stack([p.absent for p in items]).to(self.dev.device)
 
         def strong_fn(logits, aux):
             return strong_loss(logits, ys).mean() + aux_w * aux_tag_loss(aux, ts).mean()
 
         def instance_fn(logits, aux, idx):
             return weak_losses(logits, aux, yw[idx], [items[i].boxes for i in idx], pw[idx], tw[idx],
-                               self.loss_weights)["sum"]
+                               self.loss_weights, absent=aw[idx])["sum"]
 
         scorer = dii_mod.jvp_scores if self.config.dii_scorer == "jvp" else dii_mod.last_layer_scores
         dots = scorer(net, xs, strong_fn, xw, instance_fn, chunk=max(2, self.config.batch_size))
