@@ -308,13 +308,19 @@ def test_weights_csv_lists_every_sample(widget, tmp_path):
     assert len(lines) == 7
 
 
-def test_panel_screenshots(widget, qtbot):
-    """Render each panel to docs/images/ (looked at by a person when they change)."""
+def test_panel_screenshots(widget, qtbot, tmp_path):
+    """Render each panel; with HYBRIDSEG_UPDATE_SCREENSHOTS=1 into docs/images/ (look at them when they change).
+
+    By default they go to a temporary folder so that a test run never dirties the checkout.
+    """
     widget.fake.step_s = 0.05
     widget.session.show("img2")
     widget.toggle_training()
     assert widget.runner.wait(10)
-    out = Path(__file__).resolve().parents[1] / "docs" / "images"
+    import os
+
+    out = Path(__file__).resolve().parents[1] / "docs" / "images" if os.environ.get(
+        "HYBRIDSEG_UPDATE_SCREENSHOTS") == "1" else tmp_path
     out.mkdir(parents=True, exist_ok=True)
     widget.resize(420, 900)
     for i, name in enumerate(("data", "train", "review")):
