@@ -242,3 +242,15 @@ def test_exact_pixel_weights_enter_the_loss_with_and_without_dcr():
         reports = drive(train(coll, config))
         losses = [r.losses for r in reports if isinstance(r, StepReport)][0]
         assert {"pixel", "ple"} <= set(losses) and np.isfinite(losses["total"])
+
+
+def test_previews_carry_pixel_weight_maps_at_original_size_when_pixel_weights_are_on():
+    coll = make_collection(n_strong=2, n_weak=3, size=40)
+    # 64 px: a lone strong image at 32 px reaches the encoder's 1x1 bottleneck, where train-mode BN fails
+    config = tiny(model=ModelConfig(input_size=64), batch_size=4, steps=1, pixel_weights="exact", dii=False)
+    reports = drive(train(coll, config), {1: RequestPreview(("w0", "s0"))})
+    preview = [r for r in reports if isinstance(r, PreviewReport)][0]
+    assert set(preview.pixel_weights) == {"w0"}  # strong samples have no pixel weights
+    w_init, w_own = preview.pixel_weights["w0"]
+    assert w_init.shape == w_own.shape == (40, 40)
+    assert (w_init >= 0).all() and (w_own >= 0).all()

@@ -476,7 +476,52 @@ class _Session:
         finally:
             net.train(was)
         weights = {k: v for k, v in self.bank.values().items() if k in labels}
-        return PreviewReport(step=step, labels=labels, probabilities=probs, sample_weights=weights)
+        maps = {}
+        if self.config.pixel_weights == "exact":
+            others = [i for i in labels if self.prepared[i].role is not Role.STRONG]
+            if others and self._ids(Role.STRONG):
+                was = net.training
+                net.eval()
+                try:
+                    with torch.enable_grad():
+                        maps = self.preview_pixel_weights(others)
+                finally:
+                    net.train(was)
+        return PreviewReport(step=step, labels=labels, probabilities=probs, pixel_weights=maps,
+                             sample_weights=weights)
+
+    def preview_pixel_weights(self, ids: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Pixel-weight maps ``(w_init, w_own)`` of non-strong samples at their original size.
+
+        Computed as in training (exact weights, gamma inside) on the un-augmented
+        images, with network 1 in eval mode and y^ the plain argmax (no PLE, to keep
+        previews cheap); normalised over the previewed images together.
+        """
+        from . import pixel_weights as pwm
+        from .targets import UNKNOWN
+
+        net = self.nets[0]
+        dev = self.dev.device
+        items = [self.prepared[i] for i in ids]
+        x = torch.stack([p.image for p in items]).to(dev)
+        strong = self._ids(Role.STRONG)[: self.config.batch_size]
+        xs = torch.stack([self.prepared[i].image for i in strong]).to(dev)
+        ys = torch.stack([self.prepared[i].target for i in strong]).to(dev)
+        with torch.no_grad():
+            logits = forward(net, x)[0].float()
+        y_init, _ = pwm.fill_ignored(torch.stack([p.init_label for p in items]).to(dev), logits)
+        y_own = logits.argmax(1)
+        fixed = None
+        if self.config.pixel_weights_fix_certain:
+            fixed = torch.stack([p.certainty for p in items]).to(dev) != UNKNOWN
+        gamma = self.gamma_of([p.id for p in items], [p.role for p in items])
+        pw = pwm.exact_pixel_weights(net, x, y_init, y_own, None, None, xs, ys,
+                                     lambda z, y: strong_loss(z, y).mean(), self.config.meta_lr or self.config.lr,
+                                     sample_gamma=gamma, fixed_init=fixed, return_details=True)
+        shapes = [p.original_shape for p in items]
+        w_init = pwm.weight_maps_at(pw.w_init, shapes)
+        w_own = pwm.weight_maps_at(pw.w_own, shapes)
+        return {i: (a, b) for i, a, b in zip(ids, w_init, w_own)}
 
     def checkpoint(self, step: int) -> CheckpointReport | None:
         if self.run_dir is None:
