@@ -397,9 +397,9 @@ class Session:
             "positive": np.array([p.positive for p in sample.points], dtype=bool),
             "id": np.array([p.id for p in sample.points], dtype=object),
         })
-        size = max(4.0, 0.015 * max(sample.shape))
+        size = max(6.0, 0.03 * max(sample.shape))  # big enough to see the weight colour of the outline
         if layer is None:
-            layer = Points(ndim=2, name=LAYER_NAMES["points"], size=size, border_width=0.25,
+            layer = Points(ndim=2, name=LAYER_NAMES["points"], size=size, border_width=0.3,
                            features=features.iloc[:0])
             self._adopt("points", layer)
             layer.events.data.connect(self._on_edit)
