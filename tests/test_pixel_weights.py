@@ -149,6 +149,21 @@ def test_forced_double_backward_equals_jvp():
     assert rel_err(dbl.raw_own, jvp.raw_own) < 1e-10
 
 
+def test_eval_mode_batchnorm_keeps_the_jvp_path_and_equals_double_backward():
+    # previews run network 1 in eval mode: BN reads running stats, which cannot carry tangents
+    torch.manual_seed(0)
+    model = tiny_bn_net().double().train()
+    x, y_init, y_own, valid, xs, ys = batch(2)
+    model(x)  # non-trivial running stats
+    model.eval()
+    args = (model, x, y_init, y_own, valid, valid, xs, ys, strong_loss_for(2), 0.1)
+    jvp = exact_pixel_weights(*args, method="jvp", return_details=True)
+    dbl = exact_pixel_weights(*args, method="double-backward", return_details=True)
+    assert jvp.method == "jvp"
+    assert rel_err(dbl.raw_init, jvp.raw_init) < 1e-10
+    assert rel_err(dbl.raw_own, jvp.raw_own) < 1e-10
+
+
 def test_op_without_forward_rule_falls_back_with_one_notice_and_same_values():
     torch.manual_seed(0)
     model = tiny_bn_net().double().train()

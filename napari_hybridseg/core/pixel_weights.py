@@ -350,6 +350,12 @@ def _jvp_logits(
 ) -> tuple[Any, Tensor, dict[str, Tensor]]:
     """(full model output, J_z v of its logits, updated float buffers) with one dual forward."""
     floats, others = _buffer_copies(model)
+    # a module in eval mode only reads its running stats, and batch_norm refuses dual
+    # (forward-grad) running stats: those stay plain constants; train-mode ones are
+    # primals with zero tangent so BN may update its (copied) statistics in place
+    frozen = {name for name, mod in model.named_modules() if not mod.training}
+    for name in [b for b in floats if b.rpartition(".")[0] in frozen]:
+        others[name] = floats.pop(name)
     pnames, bnames = list(params), list(floats)
 
     def f(*primals: Tensor):
@@ -358,7 +364,6 @@ def _jvp_logits(
         out = functional_call(model, {**p, **b, **others}, (x,), strict=False)
         return tuple(out) if isinstance(out, (tuple, list)) else out
 
-    # buffers are primals with zero tangent so BN may update its (copied) running stats in place
     primals = tuple(params.values()) + tuple(floats.values())
     tangents = tuple(v) + tuple(torch.zeros_like(b) for b in floats.values())
     out, t = torch.func.jvp(f, primals, tangents)
