@@ -237,11 +237,33 @@ def test_training_on_the_sample_data_beats_the_untrained_model():
 
 def test_exact_pixel_weights_enter_the_loss_with_and_without_dcr():
     coll = make_collection(n_strong=2, n_weak=3, n_unlabeled=1)
-    for dcr in (False, True):
-        config = tiny(model=ModelConfig(input_size=64), batch_size=4, steps=1, pixel_weights="exact", dcr=dcr)
+    for dcr, consistency in ((False, True), (True, False)):
+        config = tiny(model=ModelConfig(input_size=64), batch_size=4, steps=1, pixel_weights="exact", dcr=dcr,
+                      ple_consistency=consistency)
         reports = drive(train(coll, config))
         losses = [r.losses for r in reports if isinstance(r, StepReport)][0]
-        assert {"pixel", "ple"} <= set(losses) and np.isfinite(losses["total"])
+        assert {"pixel", "teacher"} <= set(losses) and np.isfinite(losses["total"])
+        assert ("ple" in losses) == consistency
+
+
+def test_pixel_weight_run_writes_weight_pictures_and_a_summary_per_sample(tmp_path):
+    from PIL import Image
+
+    coll = make_collection(n_strong=2, n_weak=3, n_unlabeled=1, size=40)
+    coll["w1"].corrupted = True
+    config = tiny(model=ModelConfig(input_size=64), batch_size=4, steps=3, pixel_weights="exact", dii=False)
+    drive(train(coll, config, tmp_path / "run"))
+    folder = tmp_path / "run" / "pixel_weights"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert list(summary["samples"])[0] == "w1" and summary["samples"]["w1"]["corrupted"]
+    assert set(summary["samples"]) == {"w0", "w1", "w2"}
+    picture = np.asarray(Image.open(folder / "w0.png"))
+    assert picture.shape == (40, 3 * 40 + 2 * 4, 3)  # image | w_init | w_own at the image's own size
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    per_sample = record["pixel_weight_summary"]
+    assert per_sample and set(per_sample) <= {"w0", "w1", "w2", "u0"}
+    for rec in per_sample.values():
+        assert rec["n"] >= 1 and 0.0 <= rec["share_on_initial_label"] <= 1.0 and rec["relative_weight"] >= 0.0
 
 
 def test_previews_carry_pixel_weight_maps_at_original_size_when_pixel_weights_are_on():

@@ -38,6 +38,8 @@ ARMS: list[Arm] = [
     Arm("one network + DII", {"dii": True, "dcr": False}),
     Arm("DCR (two networks)", {"dii": False, "dcr": True}),
     Arm("DCR + DII", {"dii": True, "dcr": True}),
+    Arm("DCR + DII + pixel weights", {"dii": True, "dcr": True, "pixel_weights": "exact"}),
+    Arm("  same, PLE consistency", {"dii": True, "dcr": True, "pixel_weights": "exact", "ple_consistency": True}),
 ]
 
 
@@ -162,16 +164,24 @@ def run_speed(args: argparse.Namespace) -> int:
         rows.append(row)
         print(f"  [{index}] {arm.name}: {amortised:.3f} s/step", file=sys.stderr)
     base = rows[0]["amortised_step_s"] if rows else float("nan")
-    print(f"\n{'arm':<24} {'median s/step':>14} {'DII update s':>13} {'amortised s/step':>17} {'vs first':>9}")
+    print(f"\n{'arm':<28} {'median s/step':>14} {'DII update s':>13} {'amortised s/step':>17} {'vs first':>9}")
     for row in rows:
         upd = f"{row['dii_update_s']:.3f}" if row["dii_update_s"] is not None else "-"
-        print(f"{row['arm']:<24} {row['median_step_s']:>14.3f} {upd:>13} {row['amortised_step_s']:>17.3f} "
+        print(f"{row['arm']:<28} {row['median_step_s']:>14.3f} {upd:>13} {row['amortised_step_s']:>17.3f} "
               f"{row['amortised_step_s'] / base:>8.2f}x")
+    by_name = {row["arm"]: row["amortised_step_s"] for row in rows}
+    ratios = {}
+    for label, num, den, target in (("DII / one network", "one network + DII", "one network", 1.10),
+                                    ("pixel weights / DCR + DII", "DCR + DII + pixel weights", "DCR + DII", 1.5)):
+        if num in by_name and den in by_name:
+            ratio = by_name[num] / by_name[den]
+            ratios[label] = ratio
+            print(f"{label}: {ratio:.2f}x (target <= {target:.2f}x: {'met' if ratio <= target else 'NOT met'})")
     if args.json:
         record = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                                if k != "handler"},
                   "tau": tau, "timed_steps": n_steps, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "machine": platform.processor() or platform.machine(), "rows": rows}
+                  "machine": platform.processor() or platform.machine(), "rows": rows, "ratios": ratios}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=1))
         print(f"wrote {args.json}", file=sys.stderr)

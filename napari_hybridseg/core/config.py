@@ -102,6 +102,7 @@ class TrainConfig(_JSONMixin):
     pixel_weights: str = "off"  # "off" | "exact"
     pixel_weights_fix_certain: bool = True
     ple: bool = True
+    ple_consistency: bool = False  # the pairwise view-consistency term: a 5x forward + backward more
     teacher: bool = True
     teacher_decay: float = 0.99
     meta_lr: float | None = None  # virtual-step alpha; None: the optimiser's lr

@@ -58,6 +58,30 @@ __all__ = ["run", "train"]
 Trainer = Generator[Report, object, None]
 
 
+class _MLBStep:
+    """One step's pixel weights (from network 1) and the terms they give each network."""
+
+    def __init__(self, other, y_init, y_own, w_init, w_own, dual_logits, extra, zero):
+        self.other, self.y_init, self.y_own = other, y_init, y_own
+        self.w_init, self.w_own = w_init, w_own
+        self.dual_logits, self.extra, self.zero = dual_logits, extra, zero
+
+    def loss_for(self, n: int, logits: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from .pixel_weights import pixel_costs
+
+        # network 1 reuses the dual forward of the JVP (one forward serves weights and update)
+        z = self.dual_logits if n == 0 else logits[self.other]
+        c_init, c_own = pixel_costs(z.float(), self.y_init, self.y_own)
+        loss = (self.w_init * c_init + self.w_own * c_own).sum()
+        terms = {"pixel": loss}
+        total = loss
+        if n == 0:
+            for name, value in self.extra.items():
+                terms[name] = value
+                total = total + value
+        return total, terms
+
+
 def _validate(collection: Collection, config: TrainConfig) -> None:
     if not any(s.role is Role.STRONG for s in collection):
         raise ValueError(
@@ -170,6 +194,7 @@ class _Session:
         self.pending_previews: list[str] = []
         self.pending_updates: list[UpdateSamples] = []
         self.loss_history: list[list] = []
+        self.pw_summary: dict[str, dict] = {}
         self.notes: list[str] = []
 
     # -- commands --------------------------------------------------------
@@ -231,7 +256,15 @@ class _Session:
             self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
         self.scaler = torch.amp.GradScaler("cuda") if self.dev.needs_scaler else None
         self.total_steps = self.start_step + cfg.steps
-        self.sampler = BatchSampler(cfg.batch_size, cfg.strong_per_batch, self.rng, use_unlabeled=cfg.dcr)
+        pixel = cfg.pixel_weights == "exact"
+        self.sampler = BatchSampler(cfg.batch_size, cfg.strong_per_batch, self.rng, use_unlabeled=cfg.dcr or pixel)
+        self.teacher = None
+        if pixel and cfg.teacher:
+            from .teacher import MeanTeacher
+
+            self.teacher = MeanTeacher(self.nets[0], decay=cfg.teacher_decay)
+        self.refresh_net: torch.nn.Module | None = None  # initial labels of unlabeled images (pixel weights)
+        self.refreshed_at: int | None = None
 
         self.bank = dii_mod.GammaBank(lr=cfg.dii_lr, init=cfg.dii_init)
         weak = self._ids(Role.WEAK)
@@ -341,11 +374,12 @@ class _Session:
         logged: dict[str, float] = {}
         with self.dev.autocast():
             outs = [forward(net, batch.x) for net in self.nets]
+        mlb = self.pixel_weight_terms(step, batch, outs[0][0], gamma, lr) if cfg.pixel_weights == "exact" else None
         for n, (logits, aux) in enumerate(outs):
             sup, terms = self.supervised(logits, aux, batch, gamma)
             total = total + sup
-            if cfg.pixel_weights == "exact":
-                pw_loss, pw_terms = self.pixel_weight_terms(self.nets[n], batch, logits, gamma, lr)
+            if mlb is not None:
+                pw_loss, pw_terms = mlb.loss_for(n, logits)
                 total = total + pw_loss
                 terms.update(pw_terms)
             if n == 0:
@@ -375,49 +409,113 @@ class _Session:
             self.scaler.update()
         else:
             self.optimizer.step()
+        if self.teacher is not None:
+            self.teacher.update(self.nets[0])
         logged["total"] = float(total.detach())
         if not math.isfinite(logged["total"]):
             raise RuntimeError(f"the loss became {logged['total']} at step {step}; lower the learning rate "
                                f"(now {cfg.lr}) or use --precision fp32")
         return logged
 
-    def pixel_weight_terms(self, net, batch, logits, gamma, lr) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """MLB-Seg pixel weights (``core/pixel_weights.py``) on the non-strong part of the batch.
+    def pixel_weight_terms(self, step: int, batch, logits, gamma, lr) -> _MLBStep | None:
+        """MLB-Seg pixel weights (``core/pixel_weights.py``) on the non-strong rows of the batch.
 
-        y~ is the weak label's initial label with its unknown pixels filled by the
-        current prediction; y^ the PLE 5-view prediction (or the argmax without
-        PLE). The exact weights (one JVP) weigh both per-pixel costs; gamma is
-        inside the weights (``sample_gamma``), so the term is not multiplied by
-        it again. Not yet: the mean teacher and the unlabeled-refresh model of
-        MLB-Seg, and reuse of the dual forward's logits for the supervised terms
-        (the weak images are forwarded twice).
+        Computed once per step with network 1 and shared by both networks (the
+        weights say which pixels of the data to trust; the second network is a
+        co-regulariser and takes the same weights on its own costs), so DCR does
+        not double their cost.
+
+        * y~: the weak label's initial label with its unknown pixels filled by
+          the current prediction; for an unlabeled image, the prediction of a
+          snapshot of network 1 refreshed every ``unlabeled_refresh`` steps.
+        * y^: the PLE 5-view prediction of network 1 (no gradient, under the
+          run's autocast), or its plain argmax with ``ple`` off. The pairwise
+          view consistency term (a 5x forward and backward of the non-strong
+          rows) only with ``ple_consistency``.
+        * The exact weights (one JVP, gamma inside) weigh both per-pixel costs;
+          network 1's costs use the logits of the dual forward, so the
+          weights and the update share it.
+        * Mean teacher (``teacher``): an EMA of network 1 on noisy inputs, MSE
+          to network 1's probabilities on the non-strong rows, weight 1, in the
+          real loss.
         """
         from . import pixel_weights as pwm
         from . import ple as ple_mod
         from .targets import UNKNOWN
 
+        cfg = self.config
         strong = torch.tensor([r is Role.STRONG for r in batch.roles], device=logits.device)
         other = ~strong
-        zero = logits.new_zeros((), dtype=torch.float32)
         if not other.any() or not strong.any():
-            return zero, {}
+            return None
+        net = self.nets[0]
         x_w = batch.x[other]
-        y_init, _ = pwm.fill_ignored(batch.init_label[other], logits[other].detach())
-        consistency = zero
-        if self.config.ple:
-            res = ple_mod.enhance(lambda x: forward(net, x)[0], x_w)
-            y_own, consistency = res.y_hat, res.consistency.float()
+        fill = logits[other].detach()
+        unl = torch.tensor([r is Role.UNLABELED for r in batch.roles], device=logits.device)[other]
+        if unl.any():
+            fill = fill.clone()
+            fill[unl] = self._refreshed_logits(step, x_w[unl]).to(fill.dtype)
+        y_init, _ = pwm.fill_ignored(batch.init_label[other], fill)
+        zero = logits.new_zeros((), dtype=torch.float32)
+        extra: dict[str, torch.Tensor] = {}
+        if cfg.ple:
+            if cfg.ple_consistency:
+                with self.dev.autocast():
+                    res = ple_mod.enhance(lambda x: forward(net, x)[0], x_w)
+                extra["ple"] = res.consistency.float()
+            else:
+                with torch.no_grad(), self.dev.autocast():
+                    res = ple_mod.enhance(lambda x: forward(net, x)[0], x_w, with_consistency=False)
+            y_own = res.y_hat
         else:
             y_own = logits[other].detach().argmax(1)
-        fixed = (batch.certainty[other] != UNKNOWN) if self.config.pixel_weights_fix_certain else None
-        pw = pwm.exact_pixel_weights(
-            net, x_w, y_init, y_own, None, None, batch.x[strong], batch.target[strong],
-            lambda z, y: strong_loss(z, y).mean(), self.config.meta_lr or lr,
-            sample_gamma=gamma[other], fixed_init=fixed, return_details=True,
-        )
-        c_init, c_own = pwm.pixel_costs(pw.logits.float(), y_init, y_own)
-        loss = (pw.w_init * c_init + pw.w_own * c_own).sum()
-        return loss + consistency, {"pixel": loss, "ple": consistency}
+        fixed = (batch.certainty[other] != UNKNOWN) if cfg.pixel_weights_fix_certain else None
+        with self.dev.autocast():  # the meta forward/backward in the run's precision; the JVP is always fp32
+            pw = pwm.exact_pixel_weights(
+                net, x_w, y_init, y_own, None, None, batch.x[strong], batch.target[strong],
+                lambda z, y: strong_loss(z.float(), y).mean(), cfg.meta_lr or lr,
+                sample_gamma=gamma[other], fixed_init=fixed, return_details=True,
+            )
+        if self.teacher is not None:
+            with self.dev.autocast():
+                extra["teacher"] = self.teacher.mse(pw.logits.float(), x_w).float()
+        self.pw_stats(batch, other, pw.w_init, pw.w_own)
+        return _MLBStep(other, y_init, y_own, pw.w_init, pw.w_own, pw.logits, extra, zero)
+
+    def _refreshed_logits(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the snapshot of network 1 that labels unlabeled images (re-taken every N steps)."""
+        import copy
+
+        every = max(1, int(self.config.unlabeled_refresh or 1))
+        if self.refresh_net is None or self.refreshed_at is None or step - self.refreshed_at >= every:
+            self.refresh_net = copy.deepcopy(self.nets[0]).eval()
+            for p in self.refresh_net.parameters():
+                p.requires_grad_(False)
+            self.refreshed_at = step
+        with torch.no_grad(), self.dev.autocast():
+            return forward(self.refresh_net, x)[0].float()
+
+    def pw_stats(self, batch, other, w_init: torch.Tensor, w_own: torch.Tensor) -> None:
+        """Running per-sample summary of the pixel weights for the run record.
+
+        Per non-strong sample: how often it was weighed, the running mean of the
+        share of its pixel weight on its initial (weak) label vs its own
+        prediction, and of its mean weight per pixel relative to a uniform
+        weighting of the batch (1 = average, < 1 = distrusted).
+        """
+        ids = [i for i, o in zip(batch.ids, other.tolist()) if o]
+        uniform = 1.0 / (2 * w_init.numel())  # each of the two targets at every pixel of the batch
+        masses_i = w_init.detach().float().sum((1, 2)).tolist()
+        masses_o = w_own.detach().float().sum((1, 2)).tolist()
+        per_image = 2 * w_init[0].numel()
+        for sid, a, b in zip(ids, masses_i, masses_o):
+            rec = self.pw_summary.setdefault(sid, {"n": 0, "share_on_initial_label": 0.0,
+                                                   "relative_weight": 0.0})
+            rec["n"] += 1
+            share = a / (a + b) if a + b > 0 else 0.5
+            rel = (a + b) / per_image / uniform
+            rec["share_on_initial_label"] += (share - rec["share_on_initial_label"]) / rec["n"]
+            rec["relative_weight"] += (rel - rec["relative_weight"]) / rec["n"]
 
     # -- DII ---------------------------------------------------------------
     def dii_update(self, step: int) -> WeightsReport | None:
@@ -523,6 +621,58 @@ class _Session:
         w_own = pwm.weight_maps_at(pw.w_own, shapes)
         return {i: (a, b) for i, a, b in zip(ids, w_init, w_own)}
 
+    def export_pixel_weight_maps(self, step: int, max_samples: int = 8) -> Path | None:
+        """Write the pixel-weight maps of a few weak samples as pictures into ``RUN/pixel_weights``.
+
+        For each chosen sample (deliberately wrong ones first, up to half, then
+        clean ones, by id) ``<id>.png`` shows the image, w_init (weight on the
+        initial weak label) and w_own (weight on the network's own label) side by
+        side with one colour scale for all files; ``summary.json`` holds each
+        map's total mass and the scale. Returns the folder, or None when pixel
+        weights are off, there is no run folder, or no strong sample to weigh against.
+        """
+        if self.run_dir is None or self.config.pixel_weights != "exact" or not self._ids(Role.STRONG):
+            return None
+        weak = sorted(self._ids(Role.WEAK)) or sorted(self._ids(Role.UNLABELED))
+        if not weak:
+            return None
+        flagged = [i for i in weak if getattr(self.collection[i], "corrupted", False)]
+        clean = [i for i in weak if i not in flagged]
+        chosen = flagged[: max_samples // 2]
+        chosen += clean[: max_samples - len(chosen)]
+        chosen += [i for i in flagged if i not in chosen][: max_samples - len(chosen)]
+        net = self.nets[0]
+        was = net.training
+        net.eval()
+        try:
+            with torch.enable_grad():
+                maps = self.preview_pixel_weights(chosen)
+        finally:
+            net.train(was)
+        from .checkpoint import write_json
+        from .images import read_image
+        from .pw_export import write_weight_overview
+
+        out = self.run_dir / "pixel_weights"
+        out.mkdir(parents=True, exist_ok=True)
+        positive = np.concatenate([np.concatenate([a.ravel(), b.ravel()]) for a, b in maps.values()])
+        positive = positive[positive > 0]
+        vmax = float(np.percentile(positive, 99.5)) if positive.size else 1.0
+        summary = {"step": step, "colour_scale_max": vmax, "note": (
+            "w_init: weight on the initial weak label, w_own: weight on the network's own label; "
+            "each map is at the image's original size; masses are shares of all pixel weight "
+            "over the samples listed here"), "samples": {}}
+        for sid in chosen:
+            w_init, w_own = maps[sid]
+            sample = self.collection[sid]
+            image = sample.image if sample.image is not None else read_image(sample.image_path)
+            write_weight_overview(out / f"{sid}.png", image, w_init, w_own, vmax)
+            summary["samples"][sid] = {"mass_init": float(w_init.sum()), "mass_own": float(w_own.sum()),
+                                       "corrupted": bool(getattr(self.collection[sid], "corrupted", False)),
+                                       "file": f"{sid}.png"}
+        write_json(out / "summary.json", summary)
+        return out
+
     def checkpoint(self, step: int) -> CheckpointReport | None:
         if self.run_dir is None:
             return None
@@ -534,7 +684,8 @@ class _Session:
         write_run(self.run_dir, collection=self.collection, config_dict=self.config.to_dict(), step=step,
                   total_steps=self.total_steps, loss_history=self.loss_history,
                   extra={"model": self.model_config.to_dict(), "device": self.dev.label, "dii_tau": self.tau,
-                         "input_size": self.size, "train_scale": self.train_scale()})
+                         "input_size": self.size, "train_scale": self.train_scale(),
+                         **({"pixel_weight_summary": self.pw_summary} if self.pw_summary else {})})
         return CheckpointReport(step=step, path=str(self.run_dir))
 
     def train_scale(self) -> float:
@@ -601,6 +752,8 @@ class _Session:
             if self.stop_requested:
                 reason = "stopped"
             report = self.checkpoint(step) if step > self.start_step or self.run_dir else None
+            if report is not None and step > self.start_step:
+                self.export_pixel_weight_maps(step)
             if report is not None:
                 last_ckpt = report.path
                 self.accept((yield report))

@@ -77,15 +77,17 @@ DII_ARMS = ("dii", "dii+dcr", "full")
 
 #: Rough cost of one step of each arm in single-network steps, for the time projection printed
 #: between arms (not a measurement: the measured figures are in results.json).
-COST_FACTOR = {"strong-only": 1.0, "naive": 1.0, "dii": 1.3, "dii+dcr": 2.6, "full": 3.9, "all-strong": 1.0}
+#: From ``hybridseg speed`` on the 2-core dev CPU (128 px, batch 8): one network 0.35 s, DCR + DII
+#: 0.96 s, DCR + DII + pixel weights (PLE, teacher) 2.24 s per step.
+COST_FACTOR = {"strong-only": 1.0, "naive": 1.0, "dii": 1.1, "dii+dcr": 2.8, "full": 6.5, "all-strong": 1.0}
 
 #: TrainConfig overrides of each benchmark preset (on top of core.config.PRESETS).
 #: cpu-quick budget (2 cores, all six arms <= 20 min): the arms cost about
-#: sum(COST_FACTOR) ~ 11 single-network steps per step of budget (DCR runs two
+#: sum(COST_FACTOR) ~ 13 single-network steps per step of budget (DCR runs two
 #: networks on the batch and on CutMix pairs; full adds pixel weights, PLE and
-#: the teacher), plus DII's periodic re-scoring of every weak image. At ~0.4 s
-#: per single-network step of 8 images at 128 px that is ~4.4 s per budget
-#: step: ~200 steps in 18 minutes. Rather than trust that estimate, the run
+#: the teacher), plus DII's periodic re-scoring of every weak image. At ~0.35 s
+#: per single-network step of 8 images at 128 px that is ~4.7 s per budget
+#: step: ~230 steps in 18 minutes. Rather than trust that estimate, the run
 #: times a few steps on the machine at hand and picks the step budget that fits
 #: (see BenchSettings.budget_min), at most the preset's 300.
 BENCH_PRESETS: dict[str, dict[str, Any]] = {
