@@ -276,3 +276,15 @@ def test_previews_carry_pixel_weight_maps_at_original_size_when_pixel_weights_ar
     w_init, w_own = preview.pixel_weights["w0"]
     assert w_init.shape == w_own.shape == (40, 40)
     assert (w_init >= 0).all() and (w_own >= 0).all()
+
+
+def test_without_dii_weak_images_count_fully_and_with_dii_they_start_at_the_initial_weight():
+    from napari_hybridseg.core.collection import Role
+    from napari_hybridseg.core.trainer import _Session
+
+    coll = make_collection(n_strong=2, n_weak=2)
+    roles = [Role.STRONG, Role.WEAK, Role.WEAK]
+    for dii, expected in ((False, [1.0, 1.0, 1.0]), (True, [1.0, 0.5, 0.5])):
+        session = _Session(coll, tiny(dii=dii), None, None, ())
+        session.setup()
+        assert session.gamma_of(["s0", "w0", "w1"], roles).tolist() == expected

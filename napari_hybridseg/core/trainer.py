@@ -332,7 +332,9 @@ class _Session:
         return cfg.lr * (1 - min(t, 1.0)) ** 0.9
 
     def gamma_of(self, ids: list[str], roles: list[Role]) -> torch.Tensor:
-        return torch.tensor([self.bank.value(i) if r is Role.WEAK else 1.0 for i, r in zip(ids, roles)],
+        """Per-row weight: learned gamma for weak rows when DII is on; 1 for every other row and without DII."""
+        use = self.config.dii
+        return torch.tensor([self.bank.value(i) if use and r is Role.WEAK else 1.0 for i, r in zip(ids, roles)],
                             dtype=torch.float32, device=self.dev.device)
 
     def supervised(self, logits, aux, batch, gamma) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
