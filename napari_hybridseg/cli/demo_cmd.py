@@ -34,6 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--train-steps", type=int, default=0, metavar="N", help="press Train for N steps (default: 0)")
     p.add_argument("--screenshot", type=Path, metavar="FILE", help="save a full-window screenshot (PNG) at the end")
     p.add_argument("--quit", action="store_true", help="exit after training and the screenshot")
+    p.add_argument("--show", metavar="SAMPLE", help="after training, review this sample instead of the "
+                   "lowest-weight weak one")
     p.add_argument("--preset", default="cpu-quick", help="training preset (default: cpu-quick)")
     p.add_argument("--size", type=int, help="training input size in pixels (default: the preset's)")
     p.add_argument("--batch-size", type=int, help="training batch size (default: the preset's)")
@@ -83,12 +85,16 @@ def run_demo(args) -> int:
         project = copy_sample_project()
     widget.open_project(project)
     print(f"hybridseg demo: project {project}", flush=True)
+    if args.show is not None and args.show not in widget.session.collection.samples:
+        widget.prepare_close(ask=False)
+        viewer.close()
+        raise CLIError(f"--show {args.show}: no such sample in {project}")
     _settle(0.3)
 
     results: dict = {"project": str(project)}
     if args.train_steps:
         results.update(_train(widget, args))
-        _show_lowest_weight(widget)
+        _show_lowest_weight(widget, args.show)
         _settle(0.5)
     if args.screenshot is not None:
         _close_notifications(qt_window)
@@ -195,12 +201,18 @@ def _train(widget, args) -> dict:
     return out
 
 
-def _show_lowest_weight(widget) -> None:
-    """Open the review on the weak sample with the lowest learned weight and wait for its prediction."""
+def _show_lowest_weight(widget, sample: str | None = None) -> None:
+    """Review ``sample`` (default: the weak sample with the lowest learned weight); wait for its prediction."""
+    from napari_hybridseg.cli import CLIError
+
     review = widget.review_panel
     widget.tabs.setCurrentWidget(review)
     review.refresh()
     ids = review.ids_in_order()
+    if sample is not None:
+        if sample not in ids:
+            raise CLIError(f"--show {sample}: not a weak sample of this project (the review lists {len(ids)})")
+        ids = [sample]
     if ids:
         review.select(ids[0])
         widget.wait_for_predictions(120)
