@@ -77,17 +77,17 @@ DII_ARMS = ("dii", "dii+dcr", "full")
 
 #: Rough cost of one step of each arm in single-network steps, for the time projection printed
 #: between arms (not a measurement: the measured figures are in results.json).
-#: From ``hybridseg speed`` on the 2-core dev CPU (128 px, batch 8): one network 0.35 s, DCR + DII
-#: 0.96 s, DCR + DII + pixel weights (PLE, teacher) 2.24 s per step.
-COST_FACTOR = {"strong-only": 1.0, "naive": 1.0, "dii": 1.1, "dii+dcr": 2.8, "full": 6.5, "all-strong": 1.0}
+#: Measured in the Kvasir-SEG cpu-quick run on the quiet 2-core dev CPU (128 px, batch 8): naive
+#: 0.237 s, dii 0.248 s, dii+dcr 0.994 s, full 2.21 s per step.
+COST_FACTOR = {"strong-only": 1.0, "naive": 1.0, "dii": 1.05, "dii+dcr": 4.2, "full": 9.3, "all-strong": 1.0}
 
 #: TrainConfig overrides of each benchmark preset (on top of core.config.PRESETS).
 #: cpu-quick budget (2 cores, all six arms <= 20 min): the arms cost about
-#: sum(COST_FACTOR) ~ 13 single-network steps per step of budget (DCR runs two
+#: sum(COST_FACTOR) ~ 17.5 single-network steps per step of budget (DCR runs two
 #: networks on the batch and on CutMix pairs; full adds pixel weights, PLE and
-#: the teacher), plus DII's periodic re-scoring of every weak image. At ~0.35 s
-#: per single-network step of 8 images at 128 px that is ~4.7 s per budget
-#: step: ~230 steps in 18 minutes. Rather than trust that estimate, the run
+#: the teacher), plus DII's periodic re-scoring of every weak image. At ~0.23 s
+#: per single-network step of 8 images at 128 px that is ~4.1 s per budget
+#: step: ~250 steps in 18 minutes. Rather than trust that estimate, the run
 #: times a few steps on the machine at hand and picks the step budget that fits
 #: (see BenchSettings.budget_min), at most the preset's 300.
 BENCH_PRESETS: dict[str, dict[str, Any]] = {
@@ -239,8 +239,8 @@ def arm_config(base: TrainConfig, arm: str) -> TrainConfig:
     off = {"dii": False, "dcr": False, "pixel_weights": "off", "ple": False, "teacher": False}
     switches = {
         "strong-only": off,
-        # naive trusts every weak label fully: weights fixed at 1 (with DII off the trainer keeps gamma at
-        # dii_init, which is 0.5 by default: that would be "weak labels at half weight", another arm)
+        # naive trusts every weak label fully: weights fixed at 1 (the trainer uses 1 for every row when DII
+        # is off; dii_init 1.0 keeps older trainers, which held gamma at dii_init, doing the same)
         "naive": {**off, "dii_init": 1.0},
         "dii": {**off, "dii": True},
         "dii+dcr": {**off, "dii": True, "dcr": True},
