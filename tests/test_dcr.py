@@ -58,3 +58,14 @@ def test_rampup_goes_from_near_zero_to_one():
     assert rampup(0, 100) == pytest.approx(np.exp(-5))
     assert rampup(50, 100) < rampup(90, 100) < 1
     assert rampup(100, 100) == 1 and rampup(5, 0) == 1
+
+
+def test_cps_leaves_known_pixels_to_the_labels():
+    a, b = torch.randn(2, 2, 4, 4), torch.randn(2, 2, 4, 4)
+    known = torch.zeros(2, 4, 4, dtype=torch.bool)
+    assert cps_loss(a, b, known=known) == pytest.approx(float(cps_loss(a, b)))
+    known[:, :2] = True
+    a2, b2 = a.clone(), b.clone()
+    a2[:, :, :2] = 50 * torch.randn(2, 2, 2, 4)  # whatever the networks say on known pixels
+    assert cps_loss(a2, b2, known=known) == pytest.approx(float(cps_loss(a, b, known=known)))
+    assert cps_loss(a, b, known=torch.ones(2, 4, 4, dtype=torch.bool)) == 0

@@ -9,7 +9,7 @@ import torch
 from napari_hybridseg.core.config import ModelConfig
 from napari_hybridseg.core.dii import GammaBank, default_tau, jvp_scores, last_layer_scores
 from napari_hybridseg.core.losses import strong_loss, weak_losses
-from napari_hybridseg.core.models import build_model, forward, last_layer
+from napari_hybridseg.core.models import build_model, decoder_features, forward, last_layer
 from napari_hybridseg.core.targets import IGNORE
 
 
@@ -139,3 +139,45 @@ def test_score_normalisation_keeps_sign_and_ratios_but_not_scale():
     assert torch.allclose(out, normalise_scores(big / 1000))
     assert torch.allclose(out.pow(2).mean(), torch.tensor(1.0))
     assert torch.equal(out.sign(), big.sign()) and out[0] / out[1] == pytest.approx(-3.0)
+
+
+def test_equalised_strong_gradient_is_the_mean_of_unit_norm_per_image_gradients():
+    model, xs, xw, strong_fn, instance_fn = _problem()
+    ys = torch.randint(0, 3, (3, 32, 32), generator=torch.Generator().manual_seed(1))
+
+    def per_image(logits, aux):
+        return strong_loss(logits, ys)
+
+    head = list(last_layer(model).parameters())
+    model.eval()
+    with torch.no_grad():
+        feats = decoder_features(model, xs)
+    g_dir = [torch.zeros_like(p) for p in head]
+    for j in range(3):
+        z = model.segmentation_head(feats[j:j + 1])
+        g = torch.autograd.grad(strong_loss(z, ys[j:j + 1]).sum(), head)
+        norm = torch.sqrt(sum(gi.pow(2).sum() for gi in g))
+        for acc, gi in zip(g_dir, g):
+            acc += gi / norm / 3
+    ref = []
+    for k in range(xw.shape[0]):
+        z = model.segmentation_head(decoder_features(model, xw[k:k + 1]))
+        g_k = torch.autograd.grad(instance_fn(z, None, [k]).sum(), head)
+        ref.append(sum((a * b).sum() for a, b in zip(g_dir, g_k)))
+    model.train()
+    ref = torch.stack(ref)
+    got = last_layer_scores(model, xs, per_image, xw, instance_fn, chunk=2, equalise=True)
+    assert torch.allclose(got, ref, rtol=1e-6, atol=1e-8 * ref.abs().max())
+    # and not the same direction as the plain mean gradient
+    plain = last_layer_scores(model, xs, lambda z, a: per_image(z, a).mean(), xw, instance_fn, chunk=2)
+    assert not torch.allclose(got / got.norm(), plain / plain.norm(), atol=1e-3)
+
+
+def test_bf16_features_give_nearly_the_float32_scores():
+    model, xs, xw, strong_fn, instance_fn = _problem(torch.float32)
+    fp32 = last_layer_scores(model, xs, strong_fn, xw, instance_fn)
+    bf16 = last_layer_scores(model, xs, strong_fn, xw, instance_fn,
+                             feature_autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    assert fp32.dtype == bf16.dtype == torch.float32
+    assert not torch.equal(fp32, bf16)  # the features did run in bf16
+    assert torch.corrcoef(torch.stack([fp32, bf16]))[0, 1] > 0.99

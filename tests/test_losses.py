@@ -146,3 +146,50 @@ def test_absent_tag_of_one_class_pushes_that_class_down_everywhere():
     terms = weak_losses(confident(labels, k=3), None, target, [None], torch.zeros(1, 3, dtype=torch.bool),
                         torch.zeros(1, 2), absent=absent_1)
     assert terms["sum"][0] > 5
+
+
+def test_colour_affinity_is_one_between_equal_colours_and_small_across_an_edge():
+    from napari_hybridseg.core.losses import colour_affinity
+
+    rgb = torch.zeros(1, 3, 8, 8)
+    rgb[..., 4:] = 1.0  # black left half, white right half
+    aff = colour_affinity(rgb, dilation=1)
+    assert aff.shape == (1, 8, 8, 8)
+    right = 4  # neighbour (0, +1)
+    assert aff[0, right, 2, 1] == pytest.approx(1.0)  # black next to black
+    assert aff[0, right, 2, 3] < 1e-6  # black next to white: L* differs by 100
+    assert aff[0, right, 2, 7] == 0  # the neighbour lies outside the image
+
+
+def test_box_pairwise_wants_similar_neighbours_inside_a_box_to_agree():
+    from napari_hybridseg.core.losses import box_pairwise, colour_affinity
+
+    rgb = torch.full((1, 3, 12, 12), 0.5)  # one flat colour: every neighbour pair is similar
+    aff = colour_affinity(rgb)
+    boxes = [np.array([[1, 2, 2, 10, 10]])]
+    agree = torch.zeros(1, 12, 12, dtype=torch.long)
+    agree[0, 2:10, 2:10] = 1
+    split = agree.clone()
+    split[0, :, 6:] = 0  # the box's right half background: edges across column 6 disagree
+    lo = box_pairwise(confident(agree, scale=10).softmax(1), aff, boxes)
+    hi = box_pairwise(confident(split, scale=10).softmax(1), aff, boxes)
+    assert lo.shape == (1,)
+    assert float(lo) < 1e-3 and float(hi) > 1.0
+    # where the colours differ there is no edge, so the same split costs nothing
+    two_tone = rgb.clone()
+    two_tone[..., 6:] = 1.0
+    assert float(box_pairwise(confident(split, scale=10).softmax(1), colour_affinity(two_tone), boxes)) < 1e-3
+    # no box, no term
+    assert float(box_pairwise(confident(split).softmax(1), aff, [np.zeros((0, 5), np.int64)])) == 0
+
+
+def test_weak_losses_per_instance_sum_leaves_out_the_pairwise_prior():
+    # DII scores a weak image by its label terms; the pairwise colour prior says nothing about the label
+    logits = torch.randn(1, 2, 8, 8)
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[0, 2:6, 2:6] = IGNORE
+    boxes = [np.array([[1, 2, 2, 6, 6]])]
+    present = torch.tensor([[False, True]])
+    out = weak_losses(logits, None, target, boxes, present, torch.full((1, 1), -1.0))
+    assert "pair" not in out
+    assert torch.allclose(out["sum"], out["pce"] + out["box"] + out["mil"] + out["aux"])

@@ -457,3 +457,38 @@ def test_mlb_terms_with_teacher_and_consistency_give_trainable_terms():
     terms.total.backward()
     with pytest.raises(ValueError, match="strong rows"):
         mlb_terms(model, x, torch.zeros(5, dtype=torch.bool), ys, init, certainty, gamma, strong_loss_for(2), 0.1)
+
+
+def test_equalised_meta_gradient_is_the_mean_of_unit_norm_per_image_gradients():
+    torch.manual_seed(0)
+    model = tiny_bn_net().double().train()
+    x, y_init, y_own, valid, xs, ys = batch(2)
+    loss = strong_loss_for(2)
+    params = dict(model.named_parameters())
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    v = [torch.zeros_like(p) for p in params.values()]
+    for j in range(xs.shape[0]):
+        out = torch.func.functional_call(model, {**params, **{k: b.clone() for k, b in buffers.items()}},
+                                         (xs[j:j + 1],))
+        g = torch.autograd.grad(loss(out, ys[j:j + 1]), list(params.values()))
+        norm = torch.sqrt(sum(gi.pow(2).sum() for gi in g))
+        for acc, gi in zip(v, g):
+            acc += gi.detach() / norm / xs.shape[0]
+    ref = exact_pixel_weights(model, x, y_init, y_own, valid, None, xs, ys, loss, 0.1, meta_grad=v,
+                              return_details=True)
+    got = exact_pixel_weights(model, x, y_init, y_own, valid, None, xs, ys, loss, 0.1, equalise_strong=True,
+                              return_details=True)
+    assert rel_err(got.raw_init, ref.raw_init) < 1e-9 and rel_err(got.raw_own, ref.raw_own) < 1e-9
+    plain = exact_pixel_weights(model, x, y_init, y_own, valid, None, xs, ys, loss, 0.1, return_details=True)
+    assert rel_err(got.w_init, plain.w_init) > 1e-3  # a different direction, so different weights
+
+
+def test_weights_without_the_graph_are_the_same_and_cost_no_backward():
+    torch.manual_seed(0)
+    model = tiny_bn_net().double().train()
+    x, y_init, y_own, valid, xs, ys = batch(2)
+    args = (model, x, y_init, y_own, valid, None, xs, ys, strong_loss_for(2), 0.1)
+    with_graph = exact_pixel_weights(*args, return_details=True)
+    without = exact_pixel_weights(*args, return_details=True, keep_graph=False)
+    assert with_graph.logits.requires_grad and not without.logits.requires_grad
+    assert torch.equal(with_graph.w_init, without.w_init) and torch.equal(with_graph.w_own, without.w_own)

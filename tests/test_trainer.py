@@ -196,11 +196,12 @@ def test_preview_matches_the_saved_model_exactly(tmp_path):
     assert np.allclose(probs[1:].max(0), preview.probabilities["w0"], atol=1e-5)
 
 
-def test_weights_of_deliberately_wrong_boxes_end_below_the_clean_ones():
-    # a fixed seeded run (CPU runs are reproducible); 30 steps at 32 px are enough for this seed, not
-    # for every seed: see docs/training.md for what separation needs
-    coll = make_collection(n_strong=4, n_weak=9, n_corrupt=3, seed=1)
-    run(coll, tiny(steps=30, batch_size=4, dii_tau=5, lr=3e-3, warmup_steps=2))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_weights_of_deliberately_wrong_boxes_end_below_the_clean_ones(seed):
+    # seeded runs (CPU runs are reproducible); 60 steps at 32 px separate for most seeds, not for every
+    # one: with seed 2 the network has not learnt the disks yet (docs/training.md, what separation needs)
+    coll = make_collection(n_strong=4, n_weak=9, n_corrupt=3, seed=seed)
+    run(coll, tiny(steps=60, batch_size=4, dii_tau=10, lr=3e-3, warmup_steps=2, seed=seed))
     corrupt = [s.value for k, s in coll.sample_weights.items() if coll[k].corrupted]
     clean = [s.value for k, s in coll.sample_weights.items() if not coll[k].corrupted]
     assert max(corrupt) < min(clean), (corrupt, clean)
@@ -288,3 +289,24 @@ def test_without_dii_weak_images_count_fully_and_with_dii_they_start_at_the_init
         session = _Session(coll, tiny(dii=dii), None, None, ())
         session.setup()
         assert session.gamma_of(["s0", "w0", "w1"], roles).tolist() == expected
+
+
+def test_batches_are_half_strong_by_default_and_walk_every_pool_before_repeating():
+    from napari_hybridseg.core.data import BatchSampler
+
+    sampler = BatchSampler(8, None, np.random.default_rng(0))
+    strong, weak = [f"s{i}" for i in range(3)], [f"w{i}" for i in range(20)]
+    batches = [sampler.sample(strong, weak, []) for _ in range(5)]
+    assert all(sum(i.startswith("s") for i in b) == 4 for b in batches)
+    seen = [i for b in batches for i in b if i.startswith("w")]
+    assert len(set(seen)) == 20  # 20 weak rows: each weak image exactly once
+    assert sum(i.startswith("s") for i in BatchSampler(8, 2, np.random.default_rng(0)).sample(strong, weak, [])) == 2
+
+
+def test_boxes_add_the_pairwise_term_and_dcr_leaves_known_pixels_out_of_cps():
+    coll = make_collection(n_strong=2, n_weak=3)
+    reports = drive(train(coll, tiny(steps=3, batch_size=4, dcr=True)))
+    steps = [r for r in reports if isinstance(r, StepReport)]
+    assert all("pair" in r.losses and r.losses["pair"] > 0 for r in steps)
+    off = drive(train(make_collection(n_strong=2, n_weak=3), tiny(steps=2, batch_size=4, box_pairwise_weight=0)))
+    assert not any("pair" in r.losses for r in off if isinstance(r, StepReport))

@@ -75,7 +75,7 @@ class TrainConfig(_JSONMixin):
     model: ModelConfig = field(default_factory=ModelConfig)
     steps: int = 300
     batch_size: int = 8
-    strong_per_batch: int | None = None  # None: at least a quarter of the batch
+    strong_per_batch: int | None = None  # None: half the batch (at least one)
     optimizer: str = "adamw"  # "adamw" | "sgd" (paper: SGD momentum 0.9)
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -94,6 +94,8 @@ class TrainConfig(_JSONMixin):
     dii_lr: float = 0.1
     dii_init: float = 0.5
     dii_per_annotation: bool = False
+    dii_equalise: bool = True  # last-layer scorer: g_S = mean of unit-norm per-strong-image gradients
+    dii_strong_images: int | None = None  # strong images behind g_S; None: 4 batches (last-layer), 1 (jvp)
     # dynamic co-regularization (two networks, CPS on CutMix pairs)
     dcr: bool = True
     cps_lambda: float = 4.0
@@ -101,6 +103,7 @@ class TrainConfig(_JSONMixin):
     # MLB-Seg pixel weights
     pixel_weights: str = "off"  # "off" | "exact"
     pixel_weights_fix_certain: bool = True
+    pixel_weights_equalise: bool = False  # meta gradient as the mean of unit-norm per-strong-image gradients
     ple: bool = True
     ple_consistency: bool = False  # the pairwise view-consistency term: a 5x forward + backward more
     teacher: bool = True
@@ -109,6 +112,7 @@ class TrainConfig(_JSONMixin):
     unlabeled_refresh: int = 50
     # weak-label signals
     box_tightness_weight: float = 1.0
+    box_pairwise_weight: float = 1.0  # BoxInst's colour-affinity term inside boxes; 0 turns it off
     mil_weight: float = 1.0
     aux_weight: float = 0.4
     point_radius: float | None = None

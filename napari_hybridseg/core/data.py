@@ -21,7 +21,7 @@ from .images import ImageError, resize_image, to_float_rgb
 from .models import IMAGENET_MEAN, IMAGENET_STD
 from .targets import make_targets
 
-__all__ = ["Batch", "BatchSampler", "Prepared", "augment", "collate", "normalise", "prepare_sample"]
+__all__ = ["Batch", "BatchSampler", "Prepared", "augment", "collate", "denormalise", "normalise", "prepare_sample"]
 
 
 @dataclass
@@ -77,6 +77,13 @@ def normalise(image_rgb: np.ndarray) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (t - mean) / std
+
+
+def denormalise(x: torch.Tensor) -> torch.Tensor:
+    """Normalised (B, 3, H, W) network input -> RGB in [0, 1] (the inverse of :func:`normalise`)."""
+    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x * std + mean).clamp(0, 1)
 
 
 def prepare_sample(sample: Sample, collection: Collection, size: int, *,
@@ -176,8 +183,9 @@ def collate(items: Iterable[Prepared]) -> Batch:
 class BatchSampler:
     """Draws batches mixing strong and non-strong samples.
 
-    Each batch holds ``n_strong`` strong samples (default: a quarter of the
-    batch, at least one) and fills the rest from weak (and, when the method
+    Each batch holds ``n_strong`` strong samples (default: half the batch, at
+    least one, as labelled and unlabelled batches are equal in CPS and the mean
+    teacher) and fills the rest from weak (and, when the method
     uses them, unlabeled) samples. Each pool is walked in reshuffled epochs so
     every sample is seen once before any is seen twice.
     """
@@ -208,7 +216,7 @@ class BatchSampler:
         if not others:
             n_s = self.batch_size
         else:
-            n_s = self.strong_per_batch or max(1, math.ceil(self.batch_size / 4))
+            n_s = self.strong_per_batch or max(1, math.ceil(self.batch_size / 2))
             n_s = min(n_s, self.batch_size)
         ids = self._draw("strong", strong, n_s)
         if others:

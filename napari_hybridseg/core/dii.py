@@ -25,6 +25,7 @@ large dot products.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -172,7 +173,9 @@ def strong_gradient_loss(model: nn.Module, x_strong: torch.Tensor, strong_loss: 
 
 
 def last_layer_scores(model: nn.Module, x_strong: torch.Tensor, strong_loss: StrongLoss,
-                      x_weak: torch.Tensor, instance_loss: InstanceLoss, chunk: int = 8) -> torch.Tensor:
+                      x_weak: torch.Tensor, instance_loss: InstanceLoss, chunk: int = 8,
+                      feature_autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+                      equalise: bool = False) -> torch.Tensor:
     """``g_S . g_k`` for every weak image through the final convolution only.
 
     Parameters
@@ -187,6 +190,21 @@ def last_layer_scores(model: nn.Module, x_strong: torch.Tensor, strong_loss: Str
         Every weak image (on any device; moved chunk by chunk).
     instance_loss : callable
         ``(logits, aux, indices) -> (len(indices),)`` each weak sample's own loss.
+    feature_autocast : callable, optional
+        A context manager factory (e.g. the run's bf16 autocast) for the
+        no-grad forward to the decoder features, the bulk of the cost; the
+        head, its gradient and the dot products stay in the model's precision.
+    equalise : bool
+        False (default, the method as published): ``g_S`` is the gradient of
+        the mean strong loss. True: ``strong_loss`` returns one loss per strong
+        image and ``g_S = mean_j g_j / ||g_j||``, so that every strong image
+        counts alike. With the plain mean a few strong images with large
+        gradients (the ones the network gets most wrong) set the direction,
+        and it says mostly "more foreground" or "less foreground" everywhere.
+        On five Kvasir-SEG models (270 weak boxes, 81 corrupted) the AUROC of
+        one update's scores for clean vs corrupted went from 0.23-0.73 to
+        0.80-0.84; on one model that had learned to over-segment, both were
+        below 0.5 (docs/training.md).
 
     Returns
     -------
@@ -194,19 +212,37 @@ def last_layer_scores(model: nn.Module, x_strong: torch.Tensor, strong_loss: Str
         The dot products (positive: sample k pulls the way the strong set does).
     """
     head = model.segmentation_head
+    cast = feature_autocast or contextlib.nullcontext
     device = next(model.parameters()).device
     with _EvalMode(model):
         names = [n for n, _ in head.named_parameters()]
         params = dict(head.named_parameters())
-        with torch.no_grad():
+        with torch.no_grad(), cast():
             feats = decoder_features(model, x_strong.to(device))
+        dtype = next(head.parameters()).dtype  # the head and the dot products in the model's precision
+        feats = feats.to(dtype)
         z = functional_call(head, params, (feats,))
-        g = torch.autograd.grad(strong_loss(z, None), [params[n] for n in names], allow_unused=True)
-        g_head = {n: (gi if gi is not None else torch.zeros_like(params[n])) for n, gi in zip(names, g)}
+        loss_s = strong_loss(z, None)
+        leaves = [params[n] for n in names]
+        if equalise:
+            # one head gradient per strong image (S, ...) in a single batched backward, each scaled to unit
+            # norm, then averaged: every strong image pulls alike, however large its own gradient
+            eye = torch.eye(loss_s.shape[0], dtype=loss_s.dtype, device=loss_s.device)
+            g = torch.autograd.grad(loss_s, leaves, grad_outputs=eye, is_grads_batched=True, allow_unused=True)
+            g = [gi if gi is not None else torch.zeros((len(eye), *params[n].shape), dtype=dtype, device=device)
+                 for n, gi in zip(names, g)]
+            norms = torch.cat([gi.flatten(1) for gi in g], 1).norm(dim=1).clamp_min(1e-12)
+            g = [(gi / norms.view(-1, *([1] * (gi.dim() - 1)))).mean(0) for gi in g]
+        else:
+            g = torch.autograd.grad(loss_s, leaves, allow_unused=True)
+            g = [gi if gi is not None else torch.zeros_like(params[n]) for n, gi in zip(names, g)]
+        g_head = {n: gi.detach() for n, gi in zip(names, g)}
         out = []
         for idx in _chunks(x_weak.shape[0], chunk):
             with torch.no_grad():
-                f = decoder_features(model, x_weak[idx].to(device))
+                with cast():
+                    f = decoder_features(model, x_weak[idx].to(device))
+                f = f.to(dtype)
                 dz = functional_call(head, g_head, (f,))  # head linear in its params: dz = J_theta z . g
                 z = head(f)
             z = z.detach().requires_grad_(True)

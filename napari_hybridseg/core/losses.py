@@ -27,7 +27,9 @@ __all__ = [
     "LossWeights",
     "absent_loss",
     "aux_tag_loss",
+    "box_pairwise",
     "box_tightness",
+    "colour_affinity",
     "dice_loss",
     "mil_loss",
     "partial_ce",
@@ -44,6 +46,7 @@ class LossWeights:
     box: float = 1.0
     mil: float = 1.0
     aux: float = 0.4
+    pairwise: float = 1.0
 
 
 def pixel_ce(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +116,92 @@ def box_tightness(probs: torch.Tensor, boxes: Sequence[np.ndarray], eps: float =
             terms.append(0.5 * (-rows.log().mean() - cols.log().mean()))
         out[b] = torch.stack(terms).mean()
     return out
+
+
+#: 8-neighbourhood offsets (dy, dx) of the pairwise term, at dilation 1
+_NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def _rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB in [0, 1], (B, 3, H, W) -> CIE L*a*b* (D65), L in [0, 100]."""
+    lin = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    m = rgb.new_tensor([[0.412453, 0.357580, 0.180423],
+                        [0.212671, 0.715160, 0.072169],
+                        [0.019334, 0.119193, 0.950227]])
+    xyz = torch.einsum("ij,bjhw->bihw", m, lin)
+    xyz = xyz / rgb.new_tensor([0.950456, 1.0, 1.088754]).view(1, 3, 1, 1)
+    f = torch.where(xyz > 0.008856, xyz.clamp_min(1e-12) ** (1 / 3), 7.787 * xyz + 16 / 116)
+    lab_l = 116 * f[:, 1] - 16
+    lab_a = 500 * (f[:, 0] - f[:, 1])
+    lab_b = 200 * (f[:, 1] - f[:, 2])
+    return torch.stack([lab_l, lab_a, lab_b], 1)
+
+
+def _shift(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``out[..., y, x] = t[..., y + dy, x + dx]``, zero where that falls outside."""
+    h, w = t.shape[-2:]
+    out = torch.zeros_like(t)
+    ys, yd = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
+    xs, xd = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
+    out[..., yd, xd] = t[..., ys, xs]
+    return out
+
+
+def colour_affinity(rgb: torch.Tensor, dilation: int = 2, theta: float = 2.0) -> torch.Tensor:
+    """Colour similarity of every pixel to its 8 neighbours at ``dilation``, as BoxInst computes it.
+
+    ``S = exp(-||lab_i - lab_j|| / theta)`` in CIE L*a*b* (greyscale images, with
+    equal channels, compare brightness only). Returns (B, 8, H, W); 0 for
+    neighbours outside the image.
+    """
+    lab = _rgb_to_lab(rgb.float().clamp(0, 1))
+    out = []
+    for dy, dx in _NEIGHBOURS:
+        other = _shift(lab, dy * dilation, dx * dilation)
+        inside = _shift(torch.ones_like(lab[:, :1]), dy * dilation, dx * dilation)[:, 0]
+        # ((.)**2).sum().sqrt() rather than .norm(dim=1): 20x faster on the CPU for 3 channels
+        out.append(torch.exp(-((lab - other) ** 2).sum(1).sqrt() / theta) * inside)
+    return torch.stack(out, 1)
+
+
+def box_pairwise(probs: torch.Tensor, affinity: torch.Tensor, boxes: Sequence[np.ndarray],
+                 dilation: int = 2, threshold: float = 0.3, eps: float = 1e-6) -> torch.Tensor:
+    """BoxInst's pairwise term inside boxes, per sample ``(B,)``.
+
+    Neighbouring pixels of similar colour (affinity >= ``threshold``) should take
+    the same label: the cost of an edge is ``-log P(same label)``,
+    ``P = sum_c p_i,c p_j,c``; the mean over the edges whose two pixels lie in a
+    box. The projection term alone is met by one pixel per row and column (thin
+    stripes); this term fills a box's object the way its colours run. It says
+    nothing about the box being right, so DII does not score it.
+
+    Parameters
+    ----------
+    probs : Tensor (B, K, H, W)
+        Softmax probabilities.
+    affinity : Tensor (B, 8, H, W)
+        From :func:`colour_affinity` at the same ``dilation``.
+    boxes : sequence of (n, 5) int arrays
+        ``channel, r0, c0, r1, c1`` per box (end exclusive), per sample.
+    """
+    b, _, h, w = probs.shape
+    out = probs.new_zeros(b)
+    region = torch.zeros(b, 1, h, w, dtype=torch.bool, device=probs.device)
+    for i, bx in enumerate(boxes):
+        for _, r0, c0, r1, c1 in np.asarray(bx).reshape(-1, 5).tolist():
+            region[i, 0, r0:r1, c0:c1] = True
+    if not region.any():
+        return out
+    cost = probs.new_zeros(b)
+    count = probs.new_zeros(b)
+    for n, (dy, dx) in enumerate(_NEIGHBOURS):
+        other = _shift(probs, dy * dilation, dx * dilation)
+        same = (probs * other).sum(1)  # (B, H, W)
+        edge = (affinity[:, n] >= threshold) & region[:, 0] & _shift(region, dy * dilation, dx * dilation)[:, 0]
+        edge = edge.float()
+        cost = cost + (-same.clamp_min(eps).log() * edge).flatten(1).sum(1)
+        count = count + edge.flatten(1).sum(1)
+    return torch.where(count > 0, cost / count.clamp_min(1), out)
 
 
 def mil_loss(probs: torch.Tensor, present: torch.Tensor, skip: torch.Tensor | None = None,

@@ -108,6 +108,7 @@ computed with the double-backward trick (``J v = d/du <J^T u, v>``), with one
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -337,12 +338,30 @@ def _virtual_params(
 
 
 def _meta_grad(
-    model: nn.Module, theta_prime: dict[str, Tensor], x_strong: Tensor, y_strong: Tensor, strong_loss_fn: StrongLoss
+    model: nn.Module, theta_prime: dict[str, Tensor], x_strong: Tensor, y_strong: Tensor, strong_loss_fn: StrongLoss,
+    equalise: bool = False,
 ) -> tuple[list[Tensor], float]:
-    loss = strong_loss_fn(_forward_fn(model, theta_prime)(x_strong), y_strong)
-    grads = torch.autograd.grad(loss, list(theta_prime.values()), allow_unused=True)
-    v = [g.detach() if g is not None else torch.zeros_like(p) for g, p in zip(grads, theta_prime.values())]
-    return v, float(loss.detach())
+    """``v = grad L_meta(theta')``; with ``equalise`` the mean of the strong images' unit-norm gradients."""
+    forward = _forward_fn(model, theta_prime)
+    leaves = list(theta_prime.values())
+    if not equalise or x_strong.shape[0] < 2:
+        loss = strong_loss_fn(forward(x_strong), y_strong)
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        v = [g.detach() if g is not None else torch.zeros_like(p) for g, p in zip(grads, leaves)]
+        return v, float(loss.detach())
+    # one image at a time (the same work as the batch; BatchNorm then uses each image's own statistics)
+    v = [torch.zeros_like(p) for p in leaves]
+    total = 0.0
+    n = x_strong.shape[0]
+    for j in range(n):
+        loss = strong_loss_fn(forward(x_strong[j : j + 1]), y_strong[j : j + 1])
+        grads = [g.detach() if g is not None else torch.zeros_like(p)
+                 for g, p in zip(torch.autograd.grad(loss, leaves, allow_unused=True), leaves)]
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads)).clamp_min(1e-12)
+        for acc, g in zip(v, grads):
+            acc.add_(g / (norm * n))
+        total += float(loss.detach()) / n
+    return v, total
 
 
 def _jvp_logits(
@@ -442,6 +461,8 @@ def exact_pixel_weights(
     method: str = "auto",
     update_buffers: bool = False,
     return_details: bool = False,
+    keep_graph: bool = True,
+    equalise_strong: bool = False,
 ) -> tuple[Tensor, Tensor] | PixelWeights:
     """MLB-Seg pixel weights for both targets, exactly, with one forward-mode JVP.
 
@@ -489,6 +510,21 @@ def exact_pixel_weights(
         module, as an ordinary train-mode forward would. Default False.
     return_details : bool
         Return a :class:`PixelWeights` instead of ``(w_init, w_own)``.
+    keep_graph : bool
+        True (default): the dual forward's output stays on the autograd graph
+        of the parameters, so it can serve the real update. False: the dual
+        forward runs without a graph (only ``t = J_z v`` is wanted) and the
+        caller computes the pixel-weighted costs on its own forward: cheaper
+        when that forward runs in lower precision than the float32 JVP
+        (bf16/fp16 autocast), where backpropagating through the float32 dual
+        forward costs more than the low-precision forward it would replace.
+    equalise_strong : bool
+        False (default, the published method): ``v`` is the gradient of the
+        meta loss over the strong batch. True: each strong image's gradient at
+        theta' is taken on its own, scaled to unit norm, and ``v`` is their mean,
+        so no single strong image decides the direction (the same change as
+        DII's ``equalise``, see :func:`napari_hybridseg.core.dii.last_layer_scores`).
+        The weights are then exact for that ``v``.
 
     Returns
     -------
@@ -507,7 +543,7 @@ def exact_pixel_weights(
     meta_loss = float("nan")
     if meta_grad is None:
         theta_prime = _virtual_params(model, theta, alpha, virtual_loss_fn)
-        v, meta_loss = _meta_grad(model, theta_prime, x_strong, y_strong, strong_loss_fn)
+        v, meta_loss = _meta_grad(model, theta_prime, x_strong, y_strong, strong_loss_fn, equalise_strong)
     else:
         v = [g.detach() for g in meta_grad]
         if len(v) != len(theta):
@@ -518,10 +554,12 @@ def exact_pixel_weights(
     # forward-mode AD has no autocast rules (tangents stay fp32 while autocast casts primals to
     # bf16/fp16): the dual forward runs in the model's own precision, whatever the caller's autocast
     no_autocast = torch.autocast(device_type=x_weak.device.type, enabled=False)
+    graph = contextlib.nullcontext() if keep_graph else torch.no_grad()
+    dual_theta = theta if keep_graph else {n: p.detach() for n, p in theta.items()}
     if method in ("auto", "jvp"):
         try:
-            with no_autocast:
-                out, t, floats = _jvp_logits(model, theta, v, x_weak)
+            with no_autocast, graph:
+                out, t, floats = _jvp_logits(model, dual_theta, v, x_weak)
             used = "jvp"
         except (RuntimeError, NotImplementedError) as exc:
             if method == "jvp":
@@ -535,6 +573,8 @@ def exact_pixel_weights(
     if used == "double-backward":
         with no_autocast:
             out, t, floats = _double_backward_logits(model, theta, v, x_weak)
+        if not keep_graph:
+            out = tuple(o.detach() for o in out) if isinstance(out, tuple) else out.detach()
     if update_buffers:
         _write_back(model, floats)
 

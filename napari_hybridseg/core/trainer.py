@@ -34,9 +34,9 @@ from . import dcr as dcr_mod
 from . import dii as dii_mod
 from .collection import Collection, Role, Sample, WeightState
 from .config import TrainConfig
-from .data import BatchSampler, Prepared, augment, collate, prepare_sample
+from .data import BatchSampler, Prepared, augment, collate, denormalise, prepare_sample
 from .device import DeviceInfo, release, resolve_device
-from .losses import LossWeights, aux_tag_loss, strong_loss, weak_losses
+from .losses import LossWeights, aux_tag_loss, box_pairwise, colour_affinity, strong_loss, weak_losses
 from .models import build_model, forward, load_model, save_model
 from .reports import (
     CheckpointReport,
@@ -52,6 +52,7 @@ from .reports import (
     UpdateSamples,
     WeightsReport,
 )
+from .targets import IGNORE
 
 __all__ = ["run", "train"]
 
@@ -61,17 +62,16 @@ Trainer = Generator[Report, object, None]
 class _MLBStep:
     """One step's pixel weights (from network 1) and the terms they give each network."""
 
-    def __init__(self, other, y_init, y_own, w_init, w_own, dual_logits, extra, zero):
+    def __init__(self, other, y_init, y_own, w_init, w_own, extra, zero):
         self.other, self.y_init, self.y_own = other, y_init, y_own
         self.w_init, self.w_own = w_init, w_own
-        self.dual_logits, self.extra, self.zero = dual_logits, extra, zero
+        self.extra, self.zero = extra, zero
 
     def loss_for(self, n: int, logits: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         from .pixel_weights import pixel_costs
 
-        # network 1 reuses the dual forward of the JVP (one forward serves weights and update)
-        z = self.dual_logits if n == 0 else logits[self.other]
-        c_init, c_own = pixel_costs(z.float(), self.y_init, self.y_own)
+        # each network's costs on its own forward of the batch (the one its supervised terms use)
+        c_init, c_own = pixel_costs(logits[self.other].float(), self.y_init, self.y_own)
         loss = (self.w_init * c_init + self.w_own * c_own).sum()
         terms = {"pixel": loss}
         total = loss
@@ -227,7 +227,8 @@ class _Session:
         has_tags = any(telling.intersection(s.tags) for s in self.collection)
         self.model_config = cfg.model.replace(classes=n_classes + 1, aux_classes=n_classes if has_tags else 0)
         self.size = int(self.model_config.input_size)
-        self.loss_weights = LossWeights(cfg.box_tightness_weight, cfg.mil_weight, cfg.aux_weight)
+        self.loss_weights = LossWeights(cfg.box_tightness_weight, cfg.mil_weight, cfg.aux_weight,
+                                        cfg.box_pairwise_weight)
         self.prepared: dict[str, Prepared] = {}
         for sample in list(self.collection):
             self._prepare(sample)
@@ -337,8 +338,22 @@ class _Session:
         return torch.tensor([self.bank.value(i) if use and r is Role.WEAK else 1.0 for i, r in zip(ids, roles)],
                             dtype=torch.float32, device=self.dev.device)
 
-    def supervised(self, logits, aux, batch, gamma) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Strong terms at weight 1 plus every weak term times gamma, averaged over the batch."""
+    def affinity(self, batch) -> torch.Tensor | None:
+        """Colour affinities of the weak rows (for the pairwise term in boxes), or None without boxes."""
+        if not self.loss_weights.pairwise:
+            return None
+        if not any(r is Role.WEAK and len(bx) for r, bx in zip(batch.roles, batch.boxes)):
+            return None
+        weak = [i for i, r in enumerate(batch.roles) if r is Role.WEAK]
+        with torch.no_grad():
+            return colour_affinity(denormalise(batch.x[weak].float()))
+
+    def supervised(self, logits, aux, batch, gamma, affinity=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Strong terms at weight 1 plus every weak term times gamma, averaged over the batch.
+
+        ``affinity`` (from :meth:`affinity`) adds BoxInst's pairwise term on the
+        weak rows with boxes, also times gamma (every term of a weak image is).
+        """
         b = logits.shape[0]
         strong = torch.tensor([r is Role.STRONG for r in batch.roles], device=logits.device)
         weak = torch.tensor([r is Role.WEAK for r in batch.roles], device=logits.device)
@@ -360,6 +375,11 @@ class _Session:
                 val = (g * wl[name]).sum() / b
                 terms[name] = terms.get(name, 0.0) + val
             total = total + (g * wl["sum"]).sum() / b
+            if affinity is not None:
+                probs = logits[weak].float().softmax(1)
+                pair = box_pairwise(probs, affinity, [batch.boxes[i] for i in idx])
+                terms["pair"] = self.loss_weights.pairwise * (g * pair).sum() / b
+                total = total + terms["pair"]
         return total, terms
 
     def step(self, step: int) -> dict[str, float]:
@@ -377,8 +397,9 @@ class _Session:
         with self.dev.autocast():
             outs = [forward(net, batch.x) for net in self.nets]
         mlb = self.pixel_weight_terms(step, batch, outs[0][0], gamma, lr) if cfg.pixel_weights == "exact" else None
+        affinity = self.affinity(batch)
         for n, (logits, aux) in enumerate(outs):
-            sup, terms = self.supervised(logits, aux, batch, gamma)
+            sup, terms = self.supervised(logits, aux, batch, gamma, affinity)
             total = total + sup
             if mlb is not None:
                 pw_loss, pw_terms = mlb.loss_for(n, logits)
@@ -396,7 +417,9 @@ class _Session:
                 lb, _ = forward(self.nets[1], xm)
             pair_gamma = 0.5 * (gamma + gamma[perm])
             lam = cfg.cps_lambda * dcr_mod.rampup(step - self.start_step, self.rampup)
-            cps = dcr_mod.cps_loss(la, lb, pair_gamma)
+            known = batch.target != IGNORE
+            known_mixed = torch.where(mask[:, 0].to(known.device) > 0, known[perm], known)
+            cps = dcr_mod.cps_loss(la, lb, pair_gamma, known=known_mixed)
             total = total + lam * cps
             logged["cps"] = float(cps.detach())
         if self.scaler is not None:
@@ -434,9 +457,14 @@ class _Session:
           run's autocast), or its plain argmax with ``ple`` off. The pairwise
           view consistency term (a 5x forward and backward of the non-strong
           rows) only with ``ple_consistency``.
-        * The exact weights (one JVP, gamma inside) weigh both per-pixel costs;
-          network 1's costs use the logits of the dual forward, so the
-          weights and the update share it.
+        * The exact weights (one JVP, gamma inside) weigh both per-pixel costs.
+          The JVP's dual forward runs without an autograd graph: only its
+          tangent is needed, and each network's costs are taken on the forward
+          of the whole batch that its supervised terms use anyway. Sharing the
+          dual forward with the update instead would backpropagate through a
+          float32 forward in place of a bf16 one, and save nothing, since the
+          batch forward (BatchNorm over strong and weak rows together) runs in
+          any case; measured in docs/pixel-weights.md.
         * Mean teacher (``teacher``): an EMA of network 1 on noisy inputs, MSE
           to network 1's probabilities on the non-strong rows, weight 1, in the
           real loss.
@@ -476,13 +504,14 @@ class _Session:
             pw = pwm.exact_pixel_weights(
                 net, x_w, y_init, y_own, None, None, batch.x[strong], batch.target[strong],
                 lambda z, y: strong_loss(z.float(), y).mean(), cfg.meta_lr or lr,
-                sample_gamma=gamma[other], fixed_init=fixed, return_details=True,
+                sample_gamma=gamma[other], fixed_init=fixed, return_details=True, keep_graph=False,
+                equalise_strong=cfg.pixel_weights_equalise,
             )
         if self.teacher is not None:
             with self.dev.autocast():
-                extra["teacher"] = self.teacher.mse(pw.logits.float(), x_w).float()
+                extra["teacher"] = self.teacher.mse(logits[other].float(), x_w).float()
         self.pw_stats(batch, other, pw.w_init, pw.w_own)
-        return _MLBStep(other, y_init, y_own, pw.w_init, pw.w_own, pw.logits, extra, zero)
+        return _MLBStep(other, y_init, y_own, pw.w_init, pw.w_own, extra, zero)
 
     def _refreshed_logits(self, step: int, x: torch.Tensor) -> torch.Tensor:
         """Logits of the snapshot of network 1 that labels unlabeled images (re-taken every N steps)."""
@@ -526,7 +555,12 @@ class _Session:
         if not weak or not self.config.dii:
             return None
         net = self.nets[0]
-        pick = self.rng.permutation(len(strong))[: self.config.batch_size]
+        # g_S over several batches' worth of strong images (a single batch made the scores noisy) for the
+        # last-layer scorer, whose strong forward is feature-only; the jvp scorer backpropagates through the
+        # whole network in one go, so it keeps to one batch unless told otherwise
+        per = 4 if self.config.dii_scorer == "last-layer" else 1
+        n_s = self.config.dii_strong_images or per * self.config.batch_size
+        pick = self.rng.permutation(len(strong))[:n_s]
         xs = torch.stack([self.prepared[strong[i]].image for i in pick])
         ys = torch.stack([self.prepared[strong[i]].target for i in pick]).to(self.dev.device)
         ts = torch.stack([self.prepared[strong[i]].tag_target for i in pick]).to(self.dev.device)
@@ -538,15 +572,24 @@ class _Session:
         tw = torch.stack([p.tag_target for p in items]).to(self.dev.device)
         aw = torch.stack([p.absent for p in items]).to(self.dev.device)
 
+        equalise = self.config.dii_scorer == "last-layer" and self.config.dii_equalise
+
         def strong_fn(logits, aux):
-            return strong_loss(logits, ys).mean() + aux_w * aux_tag_loss(aux, ts).mean()
+            per_image = strong_loss(logits, ys) + aux_w * aux_tag_loss(aux, ts)
+            return per_image if equalise else per_image.mean()
 
         def instance_fn(logits, aux, idx):
             return weak_losses(logits, aux, yw[idx], [items[i].boxes for i in idx], pw[idx], tw[idx],
                                self.loss_weights, absent=aw[idx])["sum"]
 
-        scorer = dii_mod.jvp_scores if self.config.dii_scorer == "jvp" else dii_mod.last_layer_scores
-        dots = scorer(net, xs, strong_fn, xw, instance_fn, chunk=max(2, self.config.batch_size))
+        chunk = max(2, self.config.batch_size)
+        if self.config.dii_scorer == "jvp":
+            dots = dii_mod.jvp_scores(net, xs, strong_fn, xw, instance_fn, chunk=chunk)
+        else:
+            # the decoder features (the bulk of the cost) in the run's precision: on a trained Kvasir-SEG model
+            # bf16 features gave scores correlated 0.99994 with float32 ones, 1.6x faster
+            dots = dii_mod.last_layer_scores(net, xs, strong_fn, xw, instance_fn, chunk=chunk,
+                                             feature_autocast=self.dev.autocast, equalise=equalise)
         # dL_S/dgamma_k ~ -g_S . g_k (inverse Hessian ~ identity), at a scale that does not drift with the loss
         dots = dii_mod.normalise_scores(dots.double())
         values = self.bank.step({k: -float(d) for k, d in zip(weak, dots.cpu().tolist())})
@@ -617,7 +660,8 @@ class _Session:
         gamma = self.gamma_of([p.id for p in items], [p.role for p in items])
         pw = pwm.exact_pixel_weights(net, x, y_init, y_own, None, None, xs, ys,
                                      lambda z, y: strong_loss(z, y).mean(), self.config.meta_lr or self.config.lr,
-                                     sample_gamma=gamma, fixed_init=fixed, return_details=True)
+                                     sample_gamma=gamma, fixed_init=fixed, return_details=True,
+                                     equalise_strong=self.config.pixel_weights_equalise)
         shapes = [p.original_shape for p in items]
         w_init = pwm.weight_maps_at(pw.w_init, shapes)
         w_own = pwm.weight_maps_at(pw.w_own, shapes)
