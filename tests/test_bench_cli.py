@@ -61,3 +61,22 @@ def test_bench_command_rejects_an_unknown_arm(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["bench", str(tmp_path), "--layout", "folder", "--out", str(tmp_path / "o"), "--arms", "naive,best"])
     assert "unknown arm" in capsys.readouterr().err
+
+
+def test_bench_set_passes_training_settings_to_every_arm_and_records_them(folder_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(P, "default_backend", lambda device, values: fake_backend())
+    out = tmp_path / "bench"
+    argv = ["bench", str(folder_dataset), "--layout", "folder", "--out", str(out), "--steps", "2",
+            "--strong-fraction", "0.25", "--arms", "strong-only,full", "--set", "pixel_weights_fix_certain=true",
+            "--set", "cps_lambda=2.5"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["overrides"] == {"pixel_weights_fix_certain": True, "cps_lambda": 2.5}
+    assert results["settings"]["base_config"]["pixel_weights_fix_certain"] is True
+
+
+def test_bench_set_refuses_an_unknown_setting_in_one_line(tmp_path, capsys):
+    assert main(["bench", str(tmp_path), "--layout", "folder", "--out", str(tmp_path / "o"),
+                 "--set", "learning_speed=9"]) == 2
+    err = capsys.readouterr().err
+    assert "learning_speed" in err and "Traceback" not in err

@@ -67,9 +67,35 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, metavar="B", help="batch size (default: the preset's)")
     p.add_argument("--size", type=int, metavar="PX", help="training input size (default: the preset's)")
     p.add_argument("--limit", type=int, metavar="N", help="use a seeded subset of N images (quick checks)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_",
+                   help="a training setting for every arm (a TrainConfig field, e.g. "
+                        "pixel_weights_fix_certain=false, box_pairwise_weight=0); repeatable, recorded in results")
     p.add_argument("--note", default="", help="a note printed at the top of the report, e.g. 'measured under load'")
     p.add_argument("--report-only", action="store_true", help="only redraw report.md and figures from --out")
     p.set_defaults(handler=run)
+
+
+def _settings(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings -> TrainConfig overrides; values read as JSON (true, 0.5, "x") or taken as text."""
+    import dataclasses
+    import json
+
+    from napari_hybridseg.cli import CLIError
+    from napari_hybridseg.core.config import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"model"}
+    out: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            raise CLIError(f"--set {item}: give KEY=VALUE with KEY a training setting "
+                           f"(e.g. pixel_weights_fix_certain, box_pairwise_weight, cps_lambda)")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
 
 
 def _progress():
@@ -123,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["batch_size"] = args.batch_size
     if args.size:
         overrides["model"] = {"input_size": args.size}
+    overrides.update(_settings(args.set_))
     try:
         settings = BenchSettings(
             dataset=str(Path(args.dataset).resolve()), layout=args.layout, out=str(out.resolve()),

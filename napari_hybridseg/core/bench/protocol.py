@@ -77,17 +77,18 @@ DII_ARMS = ("dii", "dii+dcr", "full")
 
 #: Rough cost of one step of each arm in single-network steps, for the time projection printed
 #: between arms (not a measurement: the measured figures are in results.json).
-#: Measured in the Kvasir-SEG cpu-quick run on the quiet 2-core dev CPU (128 px, batch 8): naive
-#: 0.237 s, dii 0.248 s, dii+dcr 0.994 s, full 2.21 s per step.
-COST_FACTOR = {"strong-only": 1.0, "naive": 1.0, "dii": 1.05, "dii+dcr": 4.2, "full": 9.3, "all-strong": 1.0}
+#: Median step time of each arm over the calibration probe's single-network step (0.25 s), measured in
+#: the Kvasir-SEG cpu-quick run of 2026-12-01 on the quiet 2-core dev CPU (128 px, batch 8, half strong):
+#: strong-only 0.253 s, naive 0.289 s, dii 0.294 s, dii+dcr 1.032 s, full 1.858 s, all-strong 0.271 s.
+COST_FACTOR = {"strong-only": 1.0, "naive": 1.15, "dii": 1.2, "dii+dcr": 4.1, "full": 7.4, "all-strong": 1.1}
 
 #: TrainConfig overrides of each benchmark preset (on top of core.config.PRESETS).
 #: cpu-quick budget (2 cores, all six arms <= 20 min): the arms cost about
-#: sum(COST_FACTOR) ~ 17.5 single-network steps per step of budget (DCR runs two
+#: sum(COST_FACTOR) ~ 16 single-network steps per step of budget (DCR runs two
 #: networks on the batch and on CutMix pairs; full adds pixel weights, PLE and
-#: the teacher), plus DII's periodic re-scoring of every weak image. At ~0.23 s
-#: per single-network step of 8 images at 128 px that is ~4.1 s per budget
-#: step: ~250 steps in 18 minutes. Rather than trust that estimate, the run
+#: the teacher), plus DII's periodic re-scoring of every weak image. At ~0.25 s
+#: per single-network step of 8 images at 128 px that is ~4 s per budget
+#: step: ~230 steps in 17 minutes. Rather than trust that estimate, the run
 #: times a few steps on the machine at hand and picks the step budget that fits
 #: (see BenchSettings.budget_min), at most the preset's 300.
 BENCH_PRESETS: dict[str, dict[str, Any]] = {
