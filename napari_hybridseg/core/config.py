@@ -102,7 +102,7 @@ class TrainConfig(_JSONMixin):
     cps_rampup_steps: int | None = None  # None: 20% of steps
     # MLB-Seg pixel weights
     pixel_weights: str = "off"  # "off" | "exact"
-    pixel_weights_fix_certain: bool = False  # measured: letting certain pixels compete was better (pixel-weights.md)
+    pixel_weights_fix_certain: bool = True  # hold certain pixels fixed; measured both ways in pixel-weights.md
     pixel_weights_equalise: bool = False  # meta gradient as the mean of unit-norm per-strong-image gradients
     ple: bool = True
     ple_consistency: bool = False  # the pairwise view-consistency term: a 5x forward + backward more
