@@ -310,3 +310,35 @@ def test_boxes_add_the_pairwise_term_and_dcr_leaves_known_pixels_out_of_cps():
     assert all("pair" in r.losses and r.losses["pair"] > 0 for r in steps)
     off = drive(train(make_collection(n_strong=2, n_weak=3), tiny(steps=2, batch_size=4, box_pairwise_weight=0)))
     assert not any("pair" in r.losses for r in off if isinstance(r, StepReport))
+
+
+def test_ple_views_do_not_move_the_batchnorm_running_statistics():
+    # PLE's zoomed/padded/flipped views are pseudo-label inputs, not data: each step's train-mode
+    # forwards of the batch update BN, the views must not (network 1 predicts with those statistics)
+    from napari_hybridseg.core.trainer import _Session
+
+    coll = make_collection(n_strong=2, n_weak=3)
+    counts = {}
+    for ple in (False, True):
+        config = tiny(model=ModelConfig(input_size=64), batch_size=4, pixel_weights="exact", dii=False, dcr=False,
+                      ple=ple, teacher=False)
+        session = _Session(coll, config, None, None, ())
+        session.setup()
+        session.step(0)
+        bn = [m for m in session.nets[0].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        counts[ple] = {int(m.num_batches_tracked) for m in bn}
+    assert counts[True] == counts[False] == {1}
+
+
+def test_batchnorm_stats_kept_restores_running_statistics_after_train_mode_forwards():
+    from napari_hybridseg.core.models import batchnorm_stats_kept
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad(), batchnorm_stats_kept(net):
+        net(torch.randn(4, 1, 8, 8) * 5 + 3)
+        assert not torch.equal(net[1].running_mean, before["1.running_mean"])  # it did move inside
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    net(torch.randn(4, 1, 8, 8))  # outside, BN updates as usual
+    assert int(net[1].num_batches_tracked) == 1
