@@ -15,7 +15,6 @@ one logit per foreground class (multi-label, for tags).
 from __future__ import annotations
 
 import contextlib
-
 import json
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from .config import ARCHITECTURES, ModelConfig
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "batchnorm_stats_kept",
     "build_model",
     "check_encoder_weights",
     "decoder_features",
