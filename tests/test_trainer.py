@@ -330,15 +330,17 @@ def test_ple_views_do_not_move_the_batchnorm_running_statistics():
     assert counts[True] == counts[False] == {1}
 
 
-def test_batchnorm_stats_kept_restores_running_statistics_after_train_mode_forwards():
-    from napari_hybridseg.core.models import batchnorm_stats_kept
+def test_stats_kept_forward_leaves_running_statistics_and_passes_gradients():
+    from napari_hybridseg.core.pixel_weights import stats_kept_forward
 
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)).train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    with torch.no_grad(), batchnorm_stats_kept(net):
-        net(torch.randn(4, 1, 8, 8) * 5 + 3)
-        assert not torch.equal(net[1].running_mean, before["1.running_mean"])  # it did move inside
+    x = torch.randn(4, 1, 8, 8) * 5 + 3
+    out = stats_kept_forward(net, dict(net.named_parameters()))(x)
+    assert torch.allclose(out, net(x.clone()), atol=1e-5)  # batch statistics, as a train-mode forward
+    out.sum().backward()
+    assert net[0].weight.grad is not None
+    net.load_state_dict(before)
+    stats_kept_forward(net, dict(net.named_parameters()))(x)
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k]), k
-    net(torch.randn(4, 1, 8, 8))  # outside, BN updates as usual
-    assert int(net[1].num_batches_tracked) == 1

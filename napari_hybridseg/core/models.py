@@ -14,7 +14,6 @@ one logit per foreground class (multi-label, for tags).
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from .config import ARCHITECTURES, ModelConfig
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "batchnorm_stats_kept",
     "build_model",
     "check_encoder_weights",
     "decoder_features",
@@ -140,32 +138,6 @@ def forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     if isinstance(out, tuple):
         return out[0], out[1]
     return out, None
-
-
-@contextlib.contextmanager
-def batchnorm_stats_kept(model: nn.Module):
-    """Forwards inside leave the BatchNorm running statistics (and counters) as they were.
-
-    For extra forwards of a network in train mode that are not training data
-    (PLE's zoomed, padded and flipped views for pseudo-labels): they still use
-    batch statistics, but must not pull the running statistics, which the
-    network predicts with in eval mode, towards those views.
-    """
-    # the forwards inside update copies; the original tensors are put back untouched (copying the
-    # old values back in place instead would bump their version and break the autograd graph of an
-    # earlier forward that saved them for its backward)
-    saved = []
-    for mod in model.modules():
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            for name, buf in list(mod._buffers.items()):
-                if buf is not None:
-                    saved.append((mod, name, buf))
-                    mod._buffers[name] = buf.detach().clone()
-    try:
-        yield model
-    finally:
-        for mod, name, buf in saved:
-            mod._buffers[name] = buf
 
 
 def decoder_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

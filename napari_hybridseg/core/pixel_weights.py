@@ -131,6 +131,7 @@ __all__ = [
     "normalise_weights",
     "pixel_costs",
     "pixel_cost_grads",
+    "stats_kept_forward",
     "unrolled_pixel_weights",
     "weight_maps_at",
     "weight_summary",
@@ -313,7 +314,14 @@ def _buffer_copies(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tenso
     return floats, others
 
 
-def _forward_fn(model: nn.Module, params: Mapping[str, Tensor]) -> Forward:
+def stats_kept_forward(model: nn.Module, params: Mapping[str, Tensor]) -> Forward:
+    """``x -> logits`` of ``model`` at ``params`` on copies of its buffers.
+
+    Train-mode BatchNorm still normalises with batch statistics, but what it
+    writes goes to the copies: the module's running statistics stay as they
+    are. For forwards that are not training data (the virtual and meta steps,
+    PLE's zoomed, padded and flipped views).
+    """
     floats, others = _buffer_copies(model)
 
     def forward(x: Tensor) -> Tensor:
@@ -329,7 +337,7 @@ def _virtual_params(
     if virtual_loss_fn is None:
         return {n: p.detach().requires_grad_(True) for n, p in params.items()}
     leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-    u = virtual_loss_fn(_forward_fn(model, leaves))
+    u = virtual_loss_fn(stats_kept_forward(model, leaves))
     grads = torch.autograd.grad(u, list(leaves.values()), allow_unused=True)
     return {
         n: (p - alpha * g if g is not None else p).detach().requires_grad_(True)
@@ -342,7 +350,7 @@ def _meta_grad(
     equalise: bool = False,
 ) -> tuple[list[Tensor], float]:
     """``v = grad L_meta(theta')``; with ``equalise`` the mean of the strong images' unit-norm gradients."""
-    forward = _forward_fn(model, theta_prime)
+    forward = stats_kept_forward(model, theta_prime)
     leaves = list(theta_prime.values())
     if not equalise or x_strong.shape[0] < 2:
         loss = strong_loss_fn(forward(x_strong), y_strong)
@@ -620,7 +628,7 @@ def unrolled_pixel_weights(
     """
     _check_shapes(x_weak, targets_init, targets_own, valid_init, valid_own, fixed_init)
     theta = {n: p.detach().requires_grad_(True) for n, p in _params_of(model, params).items()}
-    forward = _forward_fn(model, theta)
+    forward = stats_kept_forward(model, theta)
     z = forward(x_weak)
     c_init, c_own = pixel_costs(z, targets_init, targets_own, valid_init, valid_own)
     eps = torch.zeros((2, *c_init.shape), dtype=z.dtype, device=z.device, requires_grad=True)
@@ -630,7 +638,7 @@ def unrolled_pixel_weights(
         loss = loss + virtual_loss_fn(forward)
     grads = torch.autograd.grad(loss, list(theta.values()), create_graph=True, allow_unused=True)
     theta_prime = {n: (p - alpha * g if g is not None else p) for (n, p), g in zip(theta.items(), grads)}
-    meta = strong_loss_fn(_forward_fn(model, theta_prime)(x_strong), y_strong)
+    meta = strong_loss_fn(stats_kept_forward(model, theta_prime)(x_strong), y_strong)
     (g_eps,) = torch.autograd.grad(meta, eps)
     raw = -g_eps.detach()
     vi, vo = _take_part(valid_init, valid_own, fixed_init, c_init)
@@ -768,7 +776,7 @@ def mlb_terms(
     xn = x[ns]
     # pseudo-labels through copied buffers: the 5x view batch (zoomed, padded) must not shift BatchNorm's
     # running statistics; the dual forward below updates them once, like the ordinary forward it replaces
-    frozen = _forward_fn(model, dict(model.named_parameters()))
+    frozen = stats_kept_forward(model, dict(model.named_parameters()))
     with torch.no_grad():
         if ple:
             res = enhance(frozen, xn, generator=generator, with_consistency=False)

@@ -37,7 +37,7 @@ from .config import TrainConfig
 from .data import BatchSampler, Prepared, augment, collate, denormalise, prepare_sample
 from .device import DeviceInfo, release, resolve_device
 from .losses import LossWeights, aux_tag_loss, box_pairwise, colour_affinity, strong_loss, weak_losses
-from .models import batchnorm_stats_kept, build_model, forward, load_model, save_model
+from .models import build_model, forward, load_model, save_model
 from .reports import (
     CheckpointReport,
     DoneReport,
@@ -489,14 +489,16 @@ class _Session:
         zero = logits.new_zeros((), dtype=torch.float32)
         extra: dict[str, torch.Tensor] = {}
         if cfg.ple:
-            # the views are pseudo-label inputs, not data: batch statistics, but the running statistics stay
+            # the views are pseudo-label inputs, not data: batch statistics, but network 1's running statistics
+            # (what it predicts with) stay as they are
+            views_net = pwm.stats_kept_forward(net, dict(net.named_parameters()))
             if cfg.ple_consistency:
-                with self.dev.autocast(), batchnorm_stats_kept(net):
-                    res = ple_mod.enhance(lambda x: forward(net, x)[0], x_w)
+                with self.dev.autocast():
+                    res = ple_mod.enhance(views_net, x_w)
                 extra["ple"] = res.consistency.float()
             else:
-                with torch.no_grad(), self.dev.autocast(), batchnorm_stats_kept(net):
-                    res = ple_mod.enhance(lambda x: forward(net, x)[0], x_w, with_consistency=False)
+                with torch.no_grad(), self.dev.autocast():
+                    res = ple_mod.enhance(views_net, x_w, with_consistency=False)
             y_own = res.y_hat
         else:
             y_own = logits[other].detach().argmax(1)
