@@ -344,3 +344,24 @@ def test_stats_kept_forward_leaves_running_statistics_and_passes_gradients():
     stats_kept_forward(net, dict(net.named_parameters()))(x)
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_self_generated_terms_ramp_up_like_cps():
+    # the pixel-weight and teacher terms enter the loss at the CPS ramp-up factor; the logs keep them unscaled
+    from napari_hybridseg.core.dcr import rampup
+    from napari_hybridseg.core.trainer import _Session
+
+    coll = make_collection(n_strong=2, n_weak=3)
+    losses = {}
+    for ramp in (False, True):
+        config = tiny(model=ModelConfig(input_size=64), batch_size=4, steps=10, pixel_weights="exact", dii=False,
+                      dcr=False, pixel_weights_rampup=ramp)
+        session = _Session(coll, config, None, None, ())
+        session.setup()
+        losses[ramp] = session.step(1)
+    off, on = losses[False], losses[True]
+    assert on["pixel"] == pytest.approx(off["pixel"], rel=1e-5)
+    scale = rampup(1, 2)  # 10 steps: ramp over 20% = 2 steps
+    assert 0 < scale < 0.5
+    mlb = off["pixel"] + off["teacher"]
+    assert off["total"] - on["total"] == pytest.approx((1 - scale) * mlb, rel=1e-3)

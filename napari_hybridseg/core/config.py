@@ -104,6 +104,7 @@ class TrainConfig(_JSONMixin):
     pixel_weights: str = "off"  # "off" | "exact"
     pixel_weights_fix_certain: bool = True  # hold certain pixels fixed; measured both ways in pixel-weights.md
     pixel_weights_equalise: bool = False  # meta gradient as the mean of unit-norm per-strong-image gradients
+    pixel_weights_rampup: bool = True  # pixel, teacher and PLE terms ramped up like CPS (over cps_rampup_steps)
     ple: bool = True
     ple_consistency: bool = False  # the pairwise view-consistency term: a 5x forward + backward more
     teacher: bool = True

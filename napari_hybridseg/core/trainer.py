@@ -62,10 +62,11 @@ Trainer = Generator[Report, object, None]
 class _MLBStep:
     """One step's pixel weights (from network 1) and the terms they give each network."""
 
-    def __init__(self, other, y_init, y_own, w_init, w_own, extra, zero):
+    def __init__(self, other, y_init, y_own, w_init, w_own, extra, zero, scale=1.0):
         self.other, self.y_init, self.y_own = other, y_init, y_own
         self.w_init, self.w_own = w_init, w_own
         self.extra, self.zero = extra, zero
+        self.scale = scale  # ramp-up factor of every term (the logged values are unscaled, as CPS's)
 
     def loss_for(self, n: int, logits: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         from .pixel_weights import pixel_costs
@@ -79,7 +80,7 @@ class _MLBStep:
             for name, value in self.extra.items():
                 terms[name] = value
                 total = total + value
-        return total, terms
+        return self.scale * total, terms
 
 
 def _validate(collection: Collection, config: TrainConfig) -> None:
@@ -514,7 +515,11 @@ class _Session:
             with self.dev.autocast():
                 extra["teacher"] = self.teacher.mse(logits[other].float(), x_w).float()
         self.pw_stats(batch, other, pw.w_init, pw.w_own)
-        return _MLBStep(other, y_init, y_own, pw.w_init, pw.w_own, extra, zero)
+        # self-generated targets (own and PLE predictions, the teacher) come in as the network learns from
+        # the strong masks: the same sigmoid ramp-up as CPS, as in the mean teacher (and MLB-Seg, whose
+        # initial labels for unlabeled images come from a model first trained on the strong set)
+        scale = dcr_mod.rampup(step - self.start_step, self.rampup) if cfg.pixel_weights_rampup else 1.0
+        return _MLBStep(other, y_init, y_own, pw.w_init, pw.w_own, extra, zero, scale)
 
     def _refreshed_logits(self, step: int, x: torch.Tensor) -> torch.Tensor:
         """Logits of the snapshot of network 1 that labels unlabeled images (re-taken every N steps)."""
