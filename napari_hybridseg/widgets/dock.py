@@ -163,6 +163,11 @@ class HybridSegWidget(QWidget):
             try:
                 if self.runner._train_fn is None:
                     avoid_triton_in_gui()
+                    # the models' library first: the trainer imports it when it builds the first network,
+                    # and that import (timm, huggingface_hub, safetensors) held the GIL for stalls of up to
+                    # 170 ms each in the worker's first 2 s (docs/responsiveness.md)
+                    import segmentation_models_pytorch  # noqa: F401
+
                     import napari_hybridseg.core.predict  # noqa: F401
                     import napari_hybridseg.core.trainer  # noqa: F401
             except Exception as exc:  # training will report it with what to do
