@@ -62,10 +62,10 @@ Trainer = Generator[Report, object, None]
 class _MLBStep:
     """One step's pixel weights (from network 1) and the terms they give each network."""
 
-    def __init__(self, other, y_init, y_own, w_init, w_own, extra, zero, scale=1.0):
+    def __init__(self, other, y_init, y_own, w_init, w_own, extra, scale=1.0):
         self.other, self.y_init, self.y_own = other, y_init, y_own
         self.w_init, self.w_own = w_init, w_own
-        self.extra, self.zero = extra, zero
+        self.extra = extra
         self.scale = scale  # ramp-up factor of every term (the logged values are unscaled, as CPS's)
 
     def loss_for(self, n: int, logits: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -487,7 +487,6 @@ class _Session:
             fill = fill.clone()
             fill[unl] = self._refreshed_logits(step, x_w[unl]).to(fill.dtype)
         y_init, _ = pwm.fill_ignored(batch.init_label[other], fill)
-        zero = logits.new_zeros((), dtype=torch.float32)
         extra: dict[str, torch.Tensor] = {}
         if cfg.ple:
             # the views are pseudo-label inputs, not data: batch statistics, but network 1's running statistics
@@ -519,7 +518,7 @@ class _Session:
         # the strong masks: the same sigmoid ramp-up as CPS, as in the mean teacher (and MLB-Seg, whose
         # initial labels for unlabeled images come from a model first trained on the strong set)
         scale = dcr_mod.rampup(step - self.start_step, self.rampup) if cfg.pixel_weights_rampup else 1.0
-        return _MLBStep(other, y_init, y_own, pw.w_init, pw.w_own, extra, zero, scale)
+        return _MLBStep(other, y_init, y_own, pw.w_init, pw.w_own, extra, scale)
 
     def _refreshed_logits(self, step: int, x: torch.Tensor) -> torch.Tensor:
         """Logits of the snapshot of network 1 that labels unlabeled images (re-taken every N steps)."""
