@@ -127,3 +127,35 @@ def test_real_kvasir_hybrid_import(tmp_path, capsys):
     loaded = load_project(project)
     assert all(s.boxes for s in loaded.weak)  # every weak image has its dataset boxes
     assert all(s.reference_mask is not None for s in loaded.weak)
+    assert sum(len(s.boxes) for s in loaded) == 963  # the weak images' dataset boxes
+    assert loaded.meta["import"]["masks"] == {"mode": "binary", "threshold": 127}
+
+
+@pytest.mark.shared_data
+def test_real_busi_import_keeps_its_tags(tmp_path, capsys):
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not available")
+    project = tmp_path / "p"
+    assert main(["import", "--layout", "busi", str(SHARED_DATA / "BUSI"), str(project)]) == 0
+    counts = _info(project, capsys)
+    assert counts["samples"] == 780 and counts["tags"] == 780 and counts["strong"] == 780
+
+
+def test_masks_option_and_threshold_on_the_command_line(tmp_path, capsys):
+    from scipy.ndimage import gaussian_filter
+
+    rr, cc = np.mgrid[0:32, 0:32]
+    (tmp_path / "ds" / "images").mkdir(parents=True)
+    (tmp_path / "ds" / "masks").mkdir()
+    disk = ((rr - 16) ** 2 + (cc - 16) ** 2 <= 64) * 255.0
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "ds" / "images" / "a.png")
+    Image.fromarray(np.rint(gaussian_filter(disk, 2)).astype(np.uint8)).save(tmp_path / "ds" / "masks" / "a.png")
+    assert main(["import", "--layout", "folder", str(tmp_path / "ds"), str(tmp_path / "p")]) == 0
+    err = capsys.readouterr().err
+    assert "note: masks read as binary" in err and "soft-edged" in err
+    assert load_project(tmp_path / "p").classes[0].name == "lesion"
+    assert main(["import", "--layout", "folder", str(tmp_path / "ds"), str(tmp_path / "q"), "--masks", "binary",
+                 "--mask-threshold", "10"]) == 0
+    assert load_project(tmp_path / "q")["a"].mask.sum() > load_project(tmp_path / "p")["a"].mask.sum()
+    assert main(["import", "--layout", "folder", str(tmp_path / "ds"), str(tmp_path / "r"), "--masks", "labels"]) == 0
+    assert len(load_project(tmp_path / "r").classes) > 10

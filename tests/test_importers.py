@@ -243,10 +243,111 @@ def test_folder_binary_option_forces_thresholding(tmp_path):
     root = tmp_path / "ds"
     mask = np.zeros((8, 8), np.uint8)
     mask[2:5, 2:5] = 200
+    mask[5:8, 5:8] = 100
     _save(root / "images" / "x.png", _rgb(8, 8))
     _save(root / "masks" / "x.png", mask)
-    assert import_dataset(root, "folder")["x"].mask.max() == 200
-    assert import_dataset(root, "folder", binary_masks=True)["x"].mask.max() == 1
+    assert set(np.unique(import_dataset(root, "folder")["x"].mask)) == {0, 100, 200}  # a small label set
+    assert set(np.unique(import_dataset(root, "folder", masks="labels")["x"].mask)) == {0, 100, 200}
+    forced = import_dataset(root, "folder", binary_masks=True)
+    assert forced["x"].mask.sum() == 9 and forced.meta["import"]["masks"] == {"mode": "binary", "threshold": 127}
+    assert import_dataset(root, "folder", masks="binary", mask_threshold=50)["x"].mask.sum() == 18
+
+
+# ------------------------------------------------------------------------------------------------
+# the dataset-level mask decision
+# ------------------------------------------------------------------------------------------------
+def _soft_edged(h: int, w: int, cy: int, cx: int, r: int) -> np.ndarray:
+    """A 0/255 disk with anti-aliased edges: a blurred binary mask, as resampling or a paint tool makes."""
+    from scipy.ndimage import gaussian_filter
+
+    return np.clip(np.rint(gaussian_filter(_disk(h, w, cy, cx, r) * 255.0, 1.5)), 0, 255).astype(np.uint8)
+
+
+def _notes(c) -> str:
+    return "\n".join(c.meta["import"]["notes"])
+
+
+def test_soft_edged_binary_masks_are_binary_not_dozens_of_classes(tmp_path):
+    root = tmp_path / "ds"
+    for i, (cy, cx) in enumerate([(20, 20), (28, 34), (16, 40)]):
+        _save(root / "images" / f"{i}.png", _rgb(48, 56, i))
+        _save(root / "masks" / f"{i}.png", _soft_edged(48, 56, cy, cx, 9))
+    assert len(np.unique(np.asarray(Image.open(root / "masks" / "0.png")))) > 30  # dozens of grey values
+    c = import_dataset(root, "folder")
+    assert [k.name for k in c.classes] == ["lesion"]
+    for i, (cy, cx) in enumerate([(20, 20), (28, 34), (16, 40)]):
+        m = c[str(i)].mask
+        assert set(np.unique(m)) == {0, 1}
+        assert abs(int(m.sum()) - int(_disk(48, 56, cy, cx, 9).sum())) < 20  # thresholded at half range
+    assert c.meta["import"]["masks"] == {"mode": "binary", "threshold": 127}
+    assert "masks read as binary" in _notes(c) and "soft-edged" in _notes(c) and "--masks labels" in _notes(c)
+    # asked for, the values stay labels
+    assert len(import_dataset(root, "folder", masks="labels").classes) > 30
+
+
+def test_a_label_set_spread_over_files_is_one_decision(tmp_path):
+    """File a holds 0/2 only, file b 0/1/3: decided per file, a would be thresholded and lose its class."""
+    root = tmp_path / "ds"
+    a = np.zeros((16, 16), np.uint8)
+    a[2:8, 2:8] = 2
+    b = np.zeros((16, 16), np.uint8)
+    b[1:5, 1:5] = 1
+    b[9:14, 9:14] = 3
+    for name, m in (("a", a), ("b", b)):
+        _save(root / "images" / f"{name}.png", _rgb(16, 16))
+        _save(root / "masks" / f"{name}.png", m)
+    c = import_dataset(root, "folder")
+    assert c["a"].mask.max() == 2 and set(np.unique(c["b"].mask)) == {0, 1, 3}
+    assert [k.value for k in c.classes] == [1, 2, 3]
+    assert "label images" in _notes(c) and "--masks binary" in _notes(c)
+
+
+def test_rgb_colour_coded_masks_are_mapped_by_colour(tmp_path):
+    root = tmp_path / "ds"
+    red, green = (255, 0, 0), (0, 255, 0)
+    for i in range(2):
+        m = np.zeros((20, 24, 3), np.uint8)
+        m[2:8, 2:10] = red
+        m[10:18, 12:22] = green
+        if i == 1:
+            m[0, 0] = (250, 5, 3)  # a near-red pixel (lossy edge): nearest colour, not a class of its own
+        _save(root / "images" / f"{i}.png", _rgb(20, 24, i))
+        _save(root / "masks" / f"{i}.png", m)
+    c = import_dataset(root, "folder")
+    assert [(k.name, k.value, k.color) for k in c.classes] == [("red", 1, "#ff0000"), ("green", 2, "#00ff00")]
+    m = c["1"].mask
+    assert (m[2:8, 2:10] == 1).all() and (m[10:18, 12:22] == 2).all() and m[0, 0] == 1
+    assert (m == 0).sum() == 20 * 24 - 48 - 80 - 1
+    assert "colour-coded" in _notes(c) and "red #ff0000 -> 1, green #00ff00 -> 2" in _notes(c)
+    # the grey level (red is grey 76, green 150) only when asked
+    grey = import_dataset(root, "folder", masks="binary")
+    assert grey["0"].mask[4, 4] == 0 and grey["0"].mask[12, 15] == 1
+    with pytest.raises(DatasetError, match="--masks rgb"):
+        import_dataset(root, "folder", masks="labels")
+
+
+def test_palette_of_rgb_masks_asked_for_on_grey_masks(tmp_path):
+    root = tmp_path / "ds"
+    m = np.zeros((12, 12), np.uint8)
+    m[2:6, 2:6] = 255
+    _save(root / "images" / "x.png", _rgb(12, 12))
+    _save(root / "masks" / "x.png", m)
+    c = import_dataset(root, "folder", masks="rgb")
+    assert [k.name for k in c.classes] == ["white"] and c["x"].mask.sum() == 16
+
+
+def test_every_mask_decision_is_a_note(tmp_path):
+    root = tmp_path / "ds"
+    m = np.zeros((12, 12), np.uint8)
+    m[2:6, 2:6] = 255
+    _save(root / "images" / "x.png", _rgb(12, 12))
+    _save(root / "masks" / "x.png", m)
+    for mode, expected in (("auto", "values 0 and 255 only"), ("binary", "as asked"), ("labels", "as asked"),
+                           ("rgb", "as asked")):
+        c = import_dataset(root, "folder", masks=mode)
+        assert expected in _notes(c), mode
+    with pytest.raises(DatasetError, match="unknown mask mode"):
+        import_dataset(root, "folder", masks="grey")
 
 
 def test_folder_mask_of_another_size_is_resized_and_reported(tmp_path):

@@ -48,6 +48,13 @@ def register(subparsers) -> None:
                    help="fraction of the weak labels made wrong on purpose (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="seed for the choice of strong images and the noise")
     p.add_argument("--class-name", default=None, help="name of the foreground class (default: from the dataset)")
+    p.add_argument("--masks", choices=("auto", "binary", "labels", "rgb"), default="auto",
+                   help="what mask values mean, decided once for the whole dataset: auto (default: from the "
+                        "values of every mask; kvasir and busi: binary), binary (threshold), labels (each value "
+                        "a class), rgb (colour-coded masks, each colour a class, black background)")
+    p.add_argument("--mask-threshold", type=int, default=None, metavar="T",
+                   help="binary masks: value > T is foreground (default: 127 for 8-bit, 32767 for 16-bit masks, "
+                        "0 for masks whose values stay below 128)")
     p.add_argument("--copy-images", action="store_true",
                    help="copy images into the project (default: reference them by relative path)")
     p.add_argument("--force", action="store_true", help="overwrite an existing project")
@@ -87,6 +94,7 @@ def run_import(args: argparse.Namespace) -> int:
 
     try:
         collection = import_dataset(args.src, args.layout, class_name=args.class_name,
+                                    masks=args.masks, mask_threshold=args.mask_threshold,
                                     strong_fraction=args.strong_fraction, weak=args.weak, noise=args.noise,
                                     seed=args.seed, progress=progress)
         save_project(collection, args.project, copy_images=args.copy_images)

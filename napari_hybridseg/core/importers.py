@@ -18,12 +18,15 @@ Layouts (see ``hybridseg import --help`` and the README):
 ``images``
     A folder of images alone (searched recursively): all unlabeled.
 
-Dataset quirks handled everywhere: lossy JPEG, 1-bit, RGB and RGBA masks are
-thresholded (``convert('L') > 127``), label masks with values other than 0/255 are
-kept as labels; hidden files and macOS ``._*`` forks are skipped; byte-identical
-images get one ``group`` (so a split never separates them) and conflicting tags on
-them are reported; masks whose size differs from their image are resized (nearest)
-and reported. Everything reported is in ``collection.meta["import"]["notes"]``.
+What mask values mean is decided once per dataset, not per file
+(:func:`~.images.decide_masks`, ``masks=`` to choose): binary masks (0/255, 1-bit,
+lossy JPEG, soft or resampled edges) are thresholded (``> 127`` for 8-bit),
+label masks (a small set of values) kept as class values, colour-coded RGB masks
+mapped by colour; kvasir and busi masks are binary. The decision is a note.
+Hidden files and macOS ``._*`` forks are skipped; byte-identical images get one
+``group`` (so a split never separates them) and conflicting tags on them are reported;
+masks whose size differs from their image are resized (nearest) and reported.
+Everything reported is in ``collection.meta["import"]["notes"]``.
 
 Images are not decoded at import: their size comes from the file header and is
 stored in ``sample.meta["shape"]``. Masks are decoded (they decide the role).
@@ -41,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from .collection import DEFAULT_COLORS, Box, ClassInfo, Collection, Sample, TagImplies
-from .images import IMAGE_SUFFIXES, ImageError, read_mask, resize_labels
+from .images import IMAGE_SUFFIXES, MASK_MODES, ImageError, MaskStats, decide_masks, read_mask_raw, resize_labels
 from .store import header_shape
 
 __all__ = ["LAYOUTS", "DatasetError", "import_dataset"]
@@ -96,6 +99,11 @@ class _Importer:
         self.notes: list[str] = []
         self.progress = progress
         self.hashes: dict[str, str] = {}  # file digest -> first sample id
+        self.stats = MaskStats()
+        self.raw_masks: dict[str, list[np.ndarray]] = {}  # sample id -> its undecided mask(s)
+        self.mask_mode = "auto"
+        self.mask_threshold: int | None = None
+        self.binary_layout = layout in ("kvasir", "busi")  # datasets whose masks are binary by definition
         self.collection.meta["import"] = {"layout": layout, "source": str(src.absolute())}
 
     def note(self, text: str) -> None:
@@ -129,25 +137,51 @@ class _Importer:
                 msg += f" (conflicting tags {other.tags} vs {sample.tags})"
             self.note(msg)
 
-    def set_mask(self, sample: Sample, paths: Sequence[Path], *, binary: bool | None = None) -> None:
+    def set_mask(self, sample: Sample, paths: Sequence[Path]) -> None:
+        """Read the mask file(s) of ``sample`` undecided; :meth:`finish` decides what their values mean."""
         masks = []
         for p in paths:
             try:
-                masks.append(read_mask(p, binary=binary))
+                raw = read_mask_raw(p)
             except ImageError as exc:
                 raise DatasetError(f"{exc}; remove or replace the mask file") from exc
+            self.stats.add(raw, p)
+            masks.append(raw)
         shape = tuple(sample.meta["shape"])
         for i, m in enumerate(masks):
-            if m.shape != shape:
+            if m.shape[:2] != shape:
                 self.note(f"{sample.id}: mask {paths[i].name} is {m.shape[1]}x{m.shape[0]} but the image is "
                           f"{shape[1]}x{shape[0]}; resized (nearest neighbour)")
                 masks[i] = resize_labels(m, shape)
-        mask = masks[0]
-        if len(masks) > 1:  # several masks of one image (BUSI _mask_1): union; label masks by maximum
-            mask = np.maximum.reduce([m.astype(np.uint16) for m in masks])
-            mask = mask.astype(np.uint8) if mask.max(initial=0) <= 255 else mask
-        sample.mask = mask
+        self.raw_masks[sample.id] = masks
         sample.meta["mask_source"] = [p.name for p in paths]
+
+    def decide_masks(self) -> None:
+        """One decision for the whole dataset (binary, labels or colour-coded), applied to every mask."""
+        mode = self.mask_mode
+        if mode == "auto" and self.binary_layout:
+            mode = "binary"
+        try:
+            decision = decide_masks(self.stats, mode, self.mask_threshold)
+        except ValueError as exc:
+            raise DatasetError(f"{self.src}: {exc}") from exc
+        if self.raw_masks:
+            note = decision.note
+            if self.mask_mode == "auto" and self.binary_layout:
+                note += f" (layout {self.collection.meta['import']['layout']}: its masks are binary)"
+            self.note(note)
+            self.collection.meta["import"]["masks"] = {"mode": decision.mode, "threshold": decision.threshold}
+        for sid, raws in self.raw_masks.items():
+            masks = [decision.apply(r) for r in raws]
+            mask = masks[0]
+            if len(masks) > 1:  # several masks of one image (BUSI _mask_1): union; label masks by maximum
+                mask = np.maximum.reduce([m.astype(np.uint16) for m in masks])
+                mask = mask.astype(np.uint8) if mask.max(initial=0) <= 255 else mask
+            self.collection[sid].mask = mask
+        self.raw_masks.clear()
+        if decision.mode == "rgb" and not self.collection.classes:
+            for i, (name, colour) in enumerate(zip(decision.names, decision.palette), start=1):
+                self.collection.classes.append(ClassInfo(name, i, "#{:02x}{:02x}{:02x}".format(*colour)))
 
     def finish(self, default_class: str) -> Collection:
         c = self.collection
@@ -202,7 +236,7 @@ def _match_masks(images: list[Path], masks: list[Path], imp: _Importer) -> dict[
 # ----------------------------------------------------------------------------------------------
 # layouts
 # ----------------------------------------------------------------------------------------------
-def _import_folder(src: Path, imp: _Importer, *, binary: bool | None) -> None:
+def _import_folder(src: Path, imp: _Importer) -> None:
     # aliases seen in public polyp sets (CVC-ClinicDB, ETIS: Original/ + Ground Truth/)
     img_dir = _subdir(src, ("images", "image", "imgs", "img", "original"))
     if img_dir is None:
@@ -219,8 +253,9 @@ def _import_folder(src: Path, imp: _Importer, *, binary: bool | None) -> None:
     for i, path in enumerate(images):
         sample = imp.add_sample(path.stem, path)
         if path in pairs:
-            imp.set_mask(sample, pairs[path], binary=binary)
+            imp.set_mask(sample, pairs[path])
         imp.tick(i + 1, len(images))
+    imp.decide_masks()
 
 
 def _find_one(src: Path, pattern: str) -> Path | None:
@@ -228,8 +263,8 @@ def _find_one(src: Path, pattern: str) -> Path | None:
     return found[0] if found else None
 
 
-def _import_kvasir(src: Path, imp: _Importer, *, binary: bool | None) -> None:
-    _import_folder(src, imp, binary=True if binary is None else binary)  # JPEG masks: threshold
+def _import_kvasir(src: Path, imp: _Importer) -> None:
+    _import_folder(src, imp)  # JPEG masks: thresholded (a binary layout)
     c = imp.collection
     by_stem = {Path(s.meta["source"]).stem: s for s in c}
     box_file = _find_one(src, "*bbox*.json")
@@ -340,7 +375,7 @@ def _class_folders(src: Path) -> list[Path]:
     return found
 
 
-def _import_busi(src: Path, imp: _Importer, *, binary: bool | None, tag_implies: dict[str, str] | None,
+def _import_busi(src: Path, imp: _Importer, *, tag_implies: dict[str, str] | None,
                  class_name: str) -> None:
     folders = _class_folders(src)
     if not folders:
@@ -359,6 +394,7 @@ def _import_busi(src: Path, imp: _Importer, *, binary: bool | None, tag_implies:
         c.ensure_tag(tag, TagImplies(rule), None if TagImplies(rule) is TagImplies.NOTHING else 1)
     total = sum(1 for f in folders for p in f.iterdir() if _is_image(p))
     done = 0
+    per_folder: dict[str, list[Sample]] = {}
     for folder in folders:
         files = _list_images(folder)
         stems = {p.stem for p in files}
@@ -367,18 +403,21 @@ def _import_busi(src: Path, imp: _Importer, *, binary: bool | None, tag_implies:
         mask_set = set(masks)
         images = [p for p in files if p not in mask_set]
         pairs = _match_masks(images, masks, imp)
-        empty = 0
+        per_folder[folder.name] = []
         for path in images:
             sample = imp.add_sample(path.stem, path, tags=[folder.name])
+            per_folder[folder.name].append(sample)
             if path in pairs:
-                imp.set_mask(sample, pairs[path], binary=True if binary is None else binary)
-                empty += not sample.mask.any()
+                imp.set_mask(sample, pairs[path])
             else:
                 imp.note(f"{folder.name}/{path.name}: no mask; imported with its tag only")
             done += len(pairs.get(path, [])) + 1
             imp.tick(done, total)
+    imp.decide_masks()
+    for name, samples in per_folder.items():
+        empty = sum(s.mask is not None and not s.mask.any() for s in samples)
         if empty:
-            imp.note(f"{folder.name}: {empty} of {len(images)} mask(s) are empty")
+            imp.note(f"{name}: {empty} of {len(samples)} mask(s) are empty")
 
 
 def _import_images(src: Path, imp: _Importer) -> None:
@@ -402,6 +441,8 @@ def import_dataset(
     class_name: str | None = None,
     tag_implies: dict[str, str] | None = None,
     binary_masks: bool | None = None,
+    masks: str = "auto",
+    mask_threshold: int | None = None,
     strong_fraction: float | None = None,
     weak: str = "box",
     noise: float = 0.0,
@@ -423,10 +464,18 @@ def import_dataset(
     tag_implies : dict, optional
         busi: folder name -> ``"absent"`` / ``"present"`` / ``"nothing"``,
         overriding the default (``normal`` absent, every other folder present).
+    masks : {"auto", "binary", "labels", "rgb"}
+        What mask values mean, decided once for the whole dataset
+        (:func:`~.images.decide_masks`): ``auto`` (default) decides from every
+        mask's values (kvasir and busi: binary); ``binary`` thresholds;
+        ``labels`` keeps values as class values; ``rgb`` maps the colours of
+        colour-coded masks to classes (black = background). The decision is a
+        note and ``collection.meta["import"]["masks"]``.
+    mask_threshold : int, optional
+        Binary masks: ``value > mask_threshold`` is foreground (default: half
+        the 8- or 16-bit range when the values reach it, else any non-zero value).
     binary_masks : bool, optional
-        ``True``: threshold every mask at half range; ``False``: keep values as
-        labels; ``None`` (default): per file, as :func:`~.images.read_mask` decides
-        (kvasir and busi always threshold).
+        Older spelling: ``True`` is ``masks="binary"``, ``False`` ``masks="labels"``.
     strong_fraction, weak, noise, seed
         If ``strong_fraction`` is given, the imported collection is passed to
         :func:`~.hybridize.make_hybrid` with these arguments.
@@ -449,15 +498,20 @@ def import_dataset(
         raise DatasetError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if not src.is_dir():
         raise DatasetError(f"{src}: no such folder")
+    if binary_masks is not None:
+        masks = "binary" if binary_masks else "labels"
+    if masks not in MASK_MODES:
+        raise DatasetError(f"unknown mask mode {masks!r}; choose one of {', '.join(MASK_MODES)}")
     imp = _Importer(src, layout, progress)
+    imp.mask_mode, imp.mask_threshold = masks, mask_threshold
     if layout == "kvasir":
-        _import_kvasir(src, imp, binary=binary_masks)
+        _import_kvasir(src, imp)
         if class_name:
             imp.collection.classes[0].name = class_name
     elif layout == "folder":
-        _import_folder(src, imp, binary=binary_masks)
+        _import_folder(src, imp)
     elif layout == "busi":
-        _import_busi(src, imp, binary=binary_masks, tag_implies=tag_implies, class_name=class_name or "lesion")
+        _import_busi(src, imp, tag_implies=tag_implies, class_name=class_name or "lesion")
     else:
         _import_images(src, imp)
     collection = imp.finish(class_name or "lesion")
