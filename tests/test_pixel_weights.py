@@ -105,6 +105,26 @@ def test_exact_weights_match_unrolled_reference_on_smp_unet_in_float32():
     assert rel_err(exact.w_init, ref.w_init) < 1e-4
 
 
+def test_exact_weights_match_unrolled_reference_on_the_pretrained_efficientnet_lite0_unet():
+    """The default encoder: ReLU6, depthwise convolutions, BatchNorm (train mode), ImageNet weights."""
+    from napari_hybridseg.core.config import ModelConfig
+    from napari_hybridseg.core.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(input_size=32), seed=0).train()
+    assert any(isinstance(m, nn.ReLU6) for m in model.modules())
+    assert any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
+    x, y_init, y_own, valid, xs, ys = batch(2, dtype=torch.float32, b=2, size=32)
+    x, xs = x.repeat(1, 3, 1, 1), xs.repeat(1, 3, 1, 1)  # greyscale through the RGB stem
+    args = (model, x, y_init, y_own, valid, valid, xs, ys, strong_loss_for(2), 0.01)
+    exact = exact_pixel_weights(*args, return_details=True)
+    ref = unrolled_pixel_weights(*args, return_details=True)
+    assert exact.method == "jvp"  # no op fell back to double backward
+    assert rel_err(exact.raw_init, ref.raw_init) < 1e-4
+    assert rel_err(exact.raw_own, ref.raw_own) < 1e-4
+    assert rel_err(exact.w_init, ref.w_init) < 1e-4
+
+
 def test_alpha_and_gamma_scale_raw_weights_linearly():
     torch.manual_seed(0)
     model = tiny_bn_net().double().train()

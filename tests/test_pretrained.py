@@ -167,3 +167,19 @@ def test_a_run_works_without_network_and_with_an_empty_hugging_face_cache(tmp_pa
            "--steps", "1", "--quiet", "--no-save-weights"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode != 0 and "not available offline" in done.stderr and "--encoder-weights none" in done.stderr
+
+
+@pytest.mark.gui
+def test_the_train_panel_starts_from_imagenet_and_offers_from_scratch(qtbot):
+    from napari_hybridseg.widgets.train_panel import TrainPanel
+
+    panel = TrainPanel()
+    qtbot.addWidget(panel)
+    model = panel.config().model
+    assert (model.encoder, model.encoder_weights) == ("tu-efficientnet_lite0", "imagenet")
+    panel.encoder_weights.value = "none"
+    panel.encoder.value = "resnet18"
+    model = panel.config().model
+    assert (model.encoder, model.encoder_weights) == ("resnet18", None)
+    panel.apply_preset("cpu-quick")
+    assert panel.config().model.encoder_weights == "imagenet"

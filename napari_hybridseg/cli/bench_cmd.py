@@ -42,7 +42,7 @@ def register(subparsers) -> None:
     p.add_argument("--layout", choices=("kvasir", "folder", "busi"), help="dataset layout (required to run)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumes if it holds a run)")
     p.add_argument("--preset", default="cpu-quick", choices=PRESETS,
-                   help="cpu-quick: 128 px Unet/resnet18, all six arms in ~20 min on 2 cores; "
+                   help="cpu-quick: 128 px Unet/EfficientNet-Lite0 (ImageNet), all six arms in ~20 min on 2 cores; "
                         "gpu: paper scale for a CUDA machine (default: %(default)s)")
     p.add_argument("--strong-fraction", type=float, default=0.1, metavar="F",
                    help="fraction of training images that keep their mask (default: %(default)s)")

@@ -1,8 +1,9 @@
 """``hybridseg speed``: median seconds per training step of each method arm.
 
 Trains on a synthetic in-memory collection (no files, no downloads) at the
-size, batch and network given (default: 128 px, batch 8, Unet/resnet18, the
-issue's setting) and times each arm through the real trainer generator:
+size, batch and network given (default: 128 px, batch 8, Unet with the default
+encoder, EfficientNet-Lite0 from ImageNet; ``--encoder resnet18 --encoder-weights none``
+for the earlier from-scratch network) and times each arm through the real trainer generator:
 
 * a step is the time from one :class:`StepReport` to the next report;
 * a DII update is the time from a StepReport to the :class:`WeightsReport`
@@ -53,7 +54,9 @@ def register(subparsers) -> None:
     p.add_argument("--size", type=int, default=128, help="training size in pixels (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="batch size (default: %(default)s)")
     p.add_argument("--arch", default="Unet", help="architecture (default: %(default)s)")
-    p.add_argument("--encoder", default="resnet18", help="encoder (default: %(default)s)")
+    p.add_argument("--encoder", default="tu-efficientnet_lite0", help="encoder (default: %(default)s)")
+    p.add_argument("--encoder-weights", default="imagenet", metavar="{imagenet,none}",
+                   help="encoder start (default: %(default)s; none = from scratch)")
     p.add_argument("--steps", type=int, default=8, help="timed steps per arm (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: %(default)s)")
     p.add_argument("--strong", type=int, default=8, help="strong images in the synthetic set (default: 8)")
@@ -141,9 +144,11 @@ def run_speed(args: argparse.Namespace) -> int:
     collection = synthetic_collection(args.strong, args.weak, args.size)
     tau = args.tau or default_tau(args.weak, args.batch_size)
     n_steps = max(1, args.steps)
-    model = ModelConfig(arch=args.arch, encoder=args.encoder, input_size=args.size)
+    weights = None if str(args.encoder_weights).lower() in ("none", "scratch", "") else args.encoder_weights
+    model = ModelConfig(arch=args.arch, encoder=args.encoder, encoder_weights=weights, input_size=args.size)
     rows = []
-    print(f"{args.arch}/{args.encoder}, {args.size} px, batch {args.batch_size}, {args.strong} strong + "
+    print(f"{args.arch}/{args.encoder} ({weights or 'from scratch'}), {args.size} px, batch {args.batch_size}, "
+          f"{args.strong} strong + "
           f"{args.weak} weak images, tau {tau}, {n_steps} timed steps per arm (+{args.warmup} warm-up), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
     for index, arm in arms:

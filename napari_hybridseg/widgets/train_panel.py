@@ -13,8 +13,12 @@ from .plots import LinePlot
 __all__ = ["ENCODERS", "TrainPanel", "format_eta"]
 
 #: Encoders offered in the panel (any segmentation-models-pytorch encoder works
-#: from the CLI; these are the ones that fit the presets).
-ENCODERS = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "mobilenet_v2", "mobileone_s0")
+#: from the CLI; these are the ones that fit the presets). Only the first brings its
+#: ImageNet weights with it; the others start from ImageNet only where the Hugging
+#: Face cache holds their weights, else choose "none" (from scratch).
+ENCODERS = ("tu-efficientnet_lite0", "resnet18", "resnet34", "resnet50", "efficientnet-b0", "mobilenet_v2",
+            "mobileone_s0")
+WEIGHTS = ("imagenet", "none")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -44,6 +48,10 @@ class TrainPanel(QWidget):
         self.arch = ComboBox(label="architecture", choices=list(ARCHITECTURES), value=base.model.arch)
         enc = list(dict.fromkeys([base.model.encoder, *ENCODERS]))
         self.encoder = ComboBox(label="encoder", choices=enc, value=base.model.encoder)
+        self.encoder_weights = ComboBox(
+            label="encoder weights", choices=list(WEIGHTS), value=base.model.encoder_weights or "none",
+            tooltip="imagenet: start from ImageNet (tu-efficientnet_lite0's weights ship with the plugin; other "
+                    "encoders need them in the Hugging Face cache); none: train from scratch")
         self.input_size = SpinBox(label="input size (px)", min=32, max=1024, step=32, value=base.model.input_size)
         self.steps = SpinBox(label="steps", min=1, max=1_000_000, value=base.steps)
         self.batch_size = SpinBox(label="batch size", min=1, max=256, value=base.batch_size)
@@ -57,8 +65,8 @@ class TrainPanel(QWidget):
                                       tooltip="Learn per-pixel trust in the weak label vs the model (MLB-Seg)")
         self.resume = CheckBox(text="continue from the last model", value=True,
                                tooltip="Start from the last run's weights instead of from scratch")
-        self.form = Container(widgets=[self.preset, self.arch, self.encoder, self.input_size, self.steps,
-                                       self.batch_size, self.device, self.dii, self.dcr, self.pixel_weights,
+        self.form = Container(widgets=[self.preset, self.arch, self.encoder, self.encoder_weights, self.input_size,
+                                       self.steps, self.batch_size, self.device, self.dii, self.dcr, self.pixel_weights,
                                        self.resume])
         box = QGroupBox("Settings")
         QVBoxLayout(box).addWidget(self.form.native)
@@ -85,6 +93,7 @@ class TrainPanel(QWidget):
             self.encoder.choices = [*self.encoder.choices, cfg.model.encoder]
         self.arch.value = cfg.model.arch
         self.encoder.value = cfg.model.encoder
+        self.encoder_weights.value = cfg.model.encoder_weights or "none"
         self.input_size.value = cfg.model.input_size
         self.steps.value = cfg.steps
         self.batch_size.value = cfg.batch_size
@@ -93,7 +102,8 @@ class TrainPanel(QWidget):
     def config(self, num_classes: int = 1, aux_classes: int = 0) -> TrainConfig:
         """The TrainConfig the form describes (plus :attr:`extra`)."""
         cfg = preset(self.preset.value)
-        model = cfg.model.replace(arch=self.arch.value, encoder=self.encoder.value,
+        weights = None if self.encoder_weights.value == "none" else self.encoder_weights.value
+        model = cfg.model.replace(arch=self.arch.value, encoder=self.encoder.value, encoder_weights=weights,
                                   input_size=int(self.input_size.value), classes=num_classes + 1,
                                   aux_classes=aux_classes)
         extra = dict(self.extra)
