@@ -138,8 +138,9 @@ def _small(tmp_path: Path) -> tuple[Collection, Path]:
 
 def test_project_layout_is_the_documented_one(tmp_path):
     c, root = _small(tmp_path)
-    assert sorted(p.name for p in root.iterdir()) == ["annotations", "images", "masks", "project.json",
-                                                      "weights.json"]
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == [
+        "annotations", "images", "masks", "project.json", "weights.json"]
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == [".hybridseg.lock"]  # no journal left
     project = json.loads((root / "project.json").read_text())
     assert project["format"] == "napari-hybridseg-project" and project["version"] == 1
     entry = {e["id"]: e for e in project["samples"]}

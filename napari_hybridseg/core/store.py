@@ -10,12 +10,21 @@ Layout (schema in ``docs/project-format.md``)::
                               existed only in memory); others are referenced by a path
                               relative to the project folder
     weights.json              learned weights (DII gamma per sample / annotation) with history
+    .hybridseg.lock           held while a save runs (a second process waits for it)
+    .hybridseg-journal.json   only while a save commits (see below)
+    .hybridseg-trash/         files a save removed or never committed, kept for recovery
 
-Every file is written atomically (a temporary file in the same folder, then
-``os.replace``), so a crash never leaves a half-written file. Loading reads
-and validates every file before it returns and writes nothing; a broken file
-raises :class:`StoreError` naming the file (and the line, for JSON). A save
-serialises and validates everything in memory before the first write.
+A save cannot lose an annotation. It serialises and validates everything in
+memory first; then writes every file under a staged name and fsyncs it; then
+commits with one atomic write of a journal listing the renames; then renames
+the files into place (``project.json`` last) and fsyncs their folders. A process
+killed before the commit leaves the project as it was; killed after it, the
+next open finishes the save from the journal. Files a save removes (a deleted
+mask, files of removed samples, staged files of a save that never committed)
+are moved to ``.hybridseg-trash/<save>/``, never deleted. Loading validates
+every file before it returns; it writes nothing except finishing or undoing an
+interrupted save (:func:`recover`). A broken file raises :class:`StoreError`
+naming the file (and the line, for JSON).
 
 This module is Qt-free and napari-free.
 """
@@ -26,6 +35,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +51,7 @@ __all__ = [
     "export_coco",
     "is_project",
     "load_project",
+    "recover",
     "save_project",
     "save_sample",
     "save_weights",
@@ -53,7 +64,7 @@ PROJECT_FILE = "project.json"
 WEIGHTS_FILE = "weights.json"
 
 #: keys of ``Collection.meta`` / ``Sample.meta`` that describe the running session, not the data
-_RUNTIME_META = ("project_dir",)
+_RUNTIME_META = ("project_dir", "recovered")
 
 
 def _read_umask() -> int:
@@ -70,10 +81,58 @@ class StoreError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------
-# atomic writes
+# durable, atomic writes
 # ----------------------------------------------------------------------------------------------
+JOURNAL_FILE = ".hybridseg-journal.json"
+TRASH_DIR = ".hybridseg-trash"
+SAVE_LOCK = ".hybridseg.lock"
+_STAGED = ".staged"
+
+
+def _crash_point() -> None:
+    """Tests only: ``HYBRIDSEG_CRASH_AT=N`` kills this process (SIGKILL) at the N-th step of a save;
+    ``HYBRIDSEG_CRASH_COUNT=FILE`` writes how many steps a save took."""
+    at = os.environ.get("HYBRIDSEG_CRASH_AT")
+    count = os.environ.get("HYBRIDSEG_CRASH_COUNT")
+    if not at and not count:
+        return
+    global _crash_steps
+    _crash_steps += 1
+    if count:
+        Path(count).write_text(str(_crash_steps))
+    if at and int(at) == _crash_steps:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_crash_steps = 0
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -81,10 +140,120 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a project is meant to be shared and read
         write(tmp)
+        _fsync_file(tmp)
+        _crash_point()
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        _crash_point()
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _stage(path: Path, write: Callable[[Path], None], txn: str) -> Path:
+    """Write ``write(tmp)`` durably to a staged file beside ``path``; the journal later renames it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.{txn}{_STAGED}")
+    try:
+        write(staged)
+        os.chmod(staged, 0o666 & ~_UMASK)
+        _fsync_file(staged)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    _crash_point()
+    return staged
+
+
+def _trash(root: Path, path: Path, txn: str) -> None:
+    """Move ``path`` into ``.hybridseg-trash/<txn>/`` (same relative path): files are never deleted outright."""
+    if not path.exists():
+        return
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        rel = Path(path.name)
+    dst = root / TRASH_DIR / txn / rel
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, dst)
+    _fsync_dir(dst.parent)
+    _fsync_dir(path.parent)
+    _crash_point()
+
+
+def _apply_journal(root: Path, journal: dict) -> None:
+    """Finish a committed save: rename every staged file into place (project.json last), then trash what goes.
+
+    Idempotent: a staged file already renamed is skipped, so a save killed half-way
+    through this is finished by the next open.
+    """
+    txn = str(journal.get("txn", "unknown"))
+    dirs = set()
+    for staged_rel, final_rel in journal.get("renames", []):
+        staged, final = root / staged_rel, root / final_rel
+        if staged.exists():
+            os.replace(staged, final)
+            dirs.add(final.parent)
+            _crash_point()
+    for d in dirs:
+        _fsync_dir(d)
+    for rel in journal.get("trash", []):
+        _trash(root, root / rel, txn)
+
+
+def recover(path: str | Path) -> list[str]:
+    """Finish or undo an interrupted save of the project at ``path``; return what was done (one line each).
+
+    A committed save (its journal exists) is finished. Files of a save that was
+    killed before its commit (staged and temporary files) are moved into
+    ``.hybridseg-trash/`` rather than deleted. Called by :func:`load_project` and
+    before every save; a no-op on a folder that cannot be written or is being
+    saved by another process right now.
+    """
+    from .locks import FolderLock, LockedError
+
+    root = Path(path)
+    if not root.is_dir():
+        return []
+    journal_path = root / JOURNAL_FILE
+    stale = [p for d in (root, root / "masks", root / "reference_masks", root / "annotations", root / "images")
+             if d.is_dir() for p in d.iterdir()
+             if p.name.startswith(".") and (p.name.endswith(_STAGED) or p.name.endswith(".tmp"))]
+    if not journal_path.exists() and not stale:
+        return []
+    lock = FolderLock(root, SAVE_LOCK, "project")
+    try:
+        lock.acquire(timeout=0.0)
+    except (LockedError, OSError):
+        return []  # another process is saving (its files are not stale), or the folder is read-only
+    try:
+        return _recover_locked(root)
+    finally:
+        lock.release()
+
+
+def _recover_locked(root: Path) -> list[str]:
+    done = []
+    journal_path = root / JOURNAL_FILE
+    if journal_path.exists():
+        try:
+            journal = json.loads(journal_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{journal_path}: an interrupted save left a journal that cannot be read ({exc}); "
+                             f"move it away to open the project as it was before that save") from exc
+        _apply_journal(root, journal)
+        journal_path.unlink()
+        _fsync_dir(root)
+        done.append(f"finished a save that was interrupted ({len(journal.get('renames', []))} file(s))")
+    stale = [p for d in (root, root / "masks", root / "reference_masks", root / "annotations", root / "images")
+             if d.is_dir() for p in d.iterdir()
+             if p.name.startswith(".") and (p.name.endswith(_STAGED) or p.name.endswith(".tmp"))]
+    if stale:
+        txn = time.strftime("%Y%m%d-%H%M%S") + "-stale"
+        for p in stale:
+            _trash(root, p, txn)
+        done.append(f"moved {len(stale)} file(s) of a save that never completed to {TRASH_DIR}/{txn}")
+    return done
 
 
 def _dumps(data: Any) -> str:
@@ -106,24 +275,23 @@ def _write_json(path: Path, data: Any) -> None:
     _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def _write_png(path: Path, arr: np.ndarray) -> None:
+def _png_writer(arr: np.ndarray) -> Callable[[Path], None]:
     from PIL import Image
 
     def write(tmp: Path) -> None:
         Image.fromarray(arr).save(tmp, format="PNG")
 
-    _atomic_write(path, write)
+    return write
 
 
-def _write_image(path: Path, arr: np.ndarray) -> None:
+def _image_writer(path: Path, arr: np.ndarray) -> Callable[[Path], None]:
     """uint8 images as PNG; everything else as TIFF so that pixels survive exactly."""
     if path.suffix == ".png":
-        _write_png(path, arr)
-        return
+        return _png_writer(arr)
     import tifffile
 
     photometric = "rgb" if arr.ndim == 3 else "minisblack"
-    _atomic_write(path, lambda tmp: tifffile.imwrite(tmp, arr, photometric=photometric))
+    return lambda tmp: tifffile.imwrite(tmp, arr, photometric=photometric)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,18 +400,46 @@ class _Plan:
         self.remove: list[Path] = []
         self.image_paths: dict[str, Path] = {}  # sample id -> where its image lives after the save
 
-    def execute(self) -> None:
+    def execute(self, root: Path) -> None:
+        """Write every file, then commit them all at once.
+
+        Each file is first written (and fsynced) under a staged name; then one
+        journal listing every rename is written atomically: that is the commit.
+        The renames follow (project.json last, so a reader unaware of the journal
+        sees the old or the new index), then files that go are moved to the trash,
+        then the journal is removed. A kill before the commit leaves the project
+        as it was (the staged files go to the trash on the next open); after it,
+        the next open finishes the save.
+        """
+        txn = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
+        writes: list[tuple[Path, Callable[[Path], None]]] = []
         for dst, src in self.copies.items():
-            _atomic_write(dst, lambda tmp, src=src: shutil.copyfile(src, tmp))
+            writes.append((dst, lambda tmp, src=src: shutil.copyfile(src, tmp)))
         for path, arr in self.images.items():
-            _write_image(path, arr)
+            writes.append((path, _image_writer(path, arr)))
         for path, arr in self.masks.items():
-            _write_png(path, arr)
-        # project.json last: until it is replaced, the old one still describes a complete project
+            writes.append((path, _png_writer(arr)))
         for path, data in sorted(self.json.items(), key=lambda kv: kv[0].name == PROJECT_FILE):
-            _write_json(path, data)
-        for path in self.remove:
-            path.unlink(missing_ok=True)
+            text = _dumps(data)
+            writes.append((path, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8")))
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for final, write in writes:
+                staged.append((_stage(final, write, txn), final))
+            for d in {f.parent for _, f in staged}:
+                _fsync_dir(d)
+            journal = {"format": "napari-hybridseg-journal", "txn": txn,
+                       "renames": [[_relpath(a, root), _relpath(b, root)] for a, b in staged],
+                       "trash": [_relpath(p, root) for p in self.remove if p.exists()]}
+            _write_json(root / JOURNAL_FILE, journal)  # the commit point
+        except BaseException:
+            for a, _ in staged:
+                a.unlink(missing_ok=True)
+            raise
+        _apply_journal(root, journal)
+        (root / JOURNAL_FILE).unlink()
+        _fsync_dir(root)
+        _crash_point()
 
 
 def _plan_sample(sample: Sample, root: Path, plan: _Plan, *, copy_images: bool) -> dict:
@@ -325,6 +521,36 @@ def _apply_image_paths(collection: Collection, plan: _Plan) -> None:
 # ----------------------------------------------------------------------------------------------
 # public API: save
 # ----------------------------------------------------------------------------------------------
+class _save_lock:
+    """Hold the project's save lock (waiting for another process's save, which takes moments) and finish or
+    undo an interrupted earlier save first."""
+
+    def __init__(self, root: Path):
+        from .locks import FolderLock
+
+        self.lock = FolderLock(root, SAVE_LOCK, "project")
+
+    def __enter__(self):
+        from .locks import LockedError
+
+        try:
+            self.lock.acquire(timeout=30.0)
+        except LockedError as exc:
+            raise StoreError(f"{exc} (another program is saving this project)") from exc
+        except OSError as exc:
+            raise StoreError(f"{self.lock.folder}: cannot write the project folder ({exc.strerror or exc}); "
+                             "check its permissions and free space") from exc
+        try:
+            _recover_locked(self.lock.folder)
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
+
 def save_project(collection: Collection, path: str | Path, *, copy_images: bool = False) -> Path:
     """Write ``collection`` as a project folder.
 
@@ -362,13 +588,15 @@ def save_project(collection: Collection, path: str | Path, *, copy_images: bool 
     project["samples"] = entries
     plan.json[root / PROJECT_FILE] = project
     plan.json[root / WEIGHTS_FILE] = _weights_dict(collection)
-    # files of samples that are gone (an earlier save of this project)
-    ids = set(collection.ids)
-    for folder, suffix in (("masks", ".png"), ("reference_masks", ".png"), ("annotations", ".json")):
-        d = root / folder
-        if d.is_dir():
-            plan.remove += [p for p in d.glob(f"*{suffix}") if p.stem not in ids]
-    plan.execute()
+    root.mkdir(parents=True, exist_ok=True)
+    with _save_lock(root):
+        # files of samples that are gone (an earlier save of this project): to the trash, never deleted
+        ids = set(collection.ids)
+        for folder, suffix in (("masks", ".png"), ("reference_masks", ".png"), ("annotations", ".json")):
+            d = root / folder
+            if d.is_dir():
+                plan.remove += [p for p in d.glob(f"*{suffix}") if p.stem not in ids and not p.name.startswith(".")]
+        plan.execute(root)
     _apply_image_paths(collection, plan)
     collection.meta["project_dir"] = str(root.absolute())
     return root
@@ -391,27 +619,31 @@ def save_sample(collection: Collection, path: str | Path, sample_id: str) -> Non
     """
     root = Path(path)
     sample = collection[sample_id]
-    project = _read_json(root / PROJECT_FILE)
-    _check_header(project, root / PROJECT_FILE)
-    plan = _Plan()
-    entry = _plan_sample(sample, root, plan, copy_images=False)
-    entries = project.get("samples", [])
-    for i, old in enumerate(entries):
-        if isinstance(old, dict) and old.get("id") == sample_id:
-            if old != entry:
-                entries[i] = entry
-                plan.json[root / PROJECT_FILE] = project
-            break
-    else:
-        entries.append(entry)
-        plan.json[root / PROJECT_FILE] = project
-    plan.execute()
+    if not (root / PROJECT_FILE).is_file() and not (root / JOURNAL_FILE).is_file():
+        raise StoreError(f"{root / PROJECT_FILE}: file not found; save the whole project first (save_project)")
+    with _save_lock(root):
+        project = _read_json(root / PROJECT_FILE)
+        _check_header(project, root / PROJECT_FILE)
+        plan = _Plan()
+        entry = _plan_sample(sample, root, plan, copy_images=False)
+        entries = project.get("samples", [])
+        for i, old in enumerate(entries):
+            if isinstance(old, dict) and old.get("id") == sample_id:
+                if old != entry:
+                    entries[i] = entry
+                    plan.json[root / PROJECT_FILE] = project
+                break
+        else:
+            entries.append(entry)
+            plan.json[root / PROJECT_FILE] = project
+        plan.execute(root)
     _apply_image_paths(collection, plan)
 
 
 def save_weights(collection: Collection, path: str | Path) -> None:
     """Write the learned weights and their history to ``weights.json`` (atomically)."""
-    _write_json(Path(path) / WEIGHTS_FILE, _weights_dict(collection))
+    with _save_lock(Path(path)):
+        _write_json(Path(path) / WEIGHTS_FILE, _weights_dict(collection))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -532,12 +764,15 @@ def load_project(path: str | Path) -> Collection:
     ------
     StoreError
         Naming the broken file (and line, for invalid JSON) and what to do.
-        Nothing is written, whatever happens.
+        Nothing is written, except that an interrupted save is finished or
+        undone first (:func:`recover`; what it did is in
+        ``collection.meta["recovered"]``).
     """
     root = Path(path)
     pfile = root / PROJECT_FILE
     if not root.is_dir():
         raise StoreError(f"{root}: no such project folder; create one with `hybridseg import` or save_project")
+    recovered = recover(root)
     data = _read_json(pfile)
     _check_header(data, pfile)
     collection = Collection(classes=[], tag_defs=[])
@@ -590,6 +825,8 @@ def load_project(path: str | Path) -> Collection:
     if wfile.exists():
         _load_weights(wfile, collection)
     collection.meta["project_dir"] = str(root.absolute())
+    if recovered:
+        collection.meta["recovered"] = recovered
     return collection
 
 
