@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from napari_hybridseg.core.bench import protocol as P
-from napari_hybridseg.core.bench.report import check_targets, write_report
+from napari_hybridseg.core.bench.report import write_report
 from napari_hybridseg.core.bench.split import (
     merge_groups,
     near_duplicate_groups,
@@ -20,6 +20,7 @@ from napari_hybridseg.core.bench.split import (
 )
 from napari_hybridseg.core.collection import Box, Collection, Role, Sample
 from napari_hybridseg.core.reports import (
+    CheckpointReport,
     DoneReport,
     PreviewReport,
     RequestPreview,
@@ -102,6 +103,9 @@ class FakeTrainer:
                                    sec_per_step=0.0, eta_s=0.0, device="cpu (fake)")
             if isinstance(cmd, RequestPreview):
                 pending = cmd.sample_ids
+            if run_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0 \
+                    and step < config.steps:
+                yield CheckpointReport(step=step, path=str(run_dir))
             if config.dii and step % 2 == 0 and weak:
                 # the fake cheats (reads `corrupted`) so the protocol's bookkeeping can be checked exactly
                 yield WeightsReport(step=step, sample_weights={
@@ -129,8 +133,14 @@ class ThresholdPredictor:
         return labels, labels.astype(np.float32)
 
 
+def fake_sample_losses(run_dir, collection, ids, config):
+    """The fake naive model's weak loss: high on the corrupted labels (it cheats, to check the bookkeeping)."""
+    return {i: 1.0 if collection[i].corrupted else 0.1 for i in ids}
+
+
 def fake_backend(trainer: FakeTrainer | None = None) -> P.Backend:
-    return P.Backend(train=trainer or FakeTrainer(), load_predictor=lambda run_dir: ThresholdPredictor(), name="fake")
+    return P.Backend(train=trainer or FakeTrainer(), load_predictor=lambda run_dir: ThresholdPredictor(), name="fake",
+                     sample_losses=fake_sample_losses)
 
 
 def _settings(tmp_path: Path, **kw) -> P.BenchSettings:
@@ -240,24 +250,10 @@ def test_pixel_weight_ratio_is_mean_on_wrong_over_mean_on_right_pixels():
     assert r2["pixel_weight_mean_right"] == pytest.approx(3.0)
 
 
-def test_check_targets_marks_met_not_met_and_not_measured():
-    arms = {"full": {"dice": 0.80, "gamma_auroc": 0.95, "sec_per_step": 3.0},
-            "all-strong": {"dice": 0.82}, "naive": {"dice": 0.78, "sec_per_step": 1.0},
-            "strong-only": {"dice": 0.70}, "dii": {"sec_per_step": 1.05},
-            "dii+dcr": {"sec_per_step": 2.5}}
-    t = {x["key"]: x for x in check_targets(arms)}
-    assert t["full_vs_all_strong"]["met"] is True  # 0.80 / 0.82 = 0.976
-    assert t["full_vs_naive"]["met"] is False  # +0.02
-    assert t["full_vs_strong_only"]["met"] is True
-    assert t["gamma_auroc"]["met"] is True
-    assert t["dii_cost"]["met"] is True and t["full_cost"]["met"] is True  # 1.05x, 1.2x
-    assert check_targets({})[0]["met"] is None
-
-
 # -- arms -------------------------------------------------------------------
 def test_arms_share_architecture_size_steps_and_seed_and_differ_in_method_only():
     base = _settings(Path("/tmp/x"), seed=7).base_config()
-    cfgs = {a: P.arm_config(base, a) for a in P.ARMS}
+    cfgs = {a: P.arm_config(base, a, weak_ids=["w1", "w2"], corrupted={"w2": "shifted"}) for a in P.ARMS}
     shared = {(c.model.to_dict().__repr__(), c.steps, c.batch_size, c.seed, c.lr) for c in cfgs.values()}
     assert len(shared) == 1
     assert cfgs["naive"].dii is False and cfgs["naive"].dcr is False
@@ -267,6 +263,9 @@ def test_arms_share_architecture_size_steps_and_seed_and_differ_in_method_only()
     assert cfgs["naive"].dii_init == 1.0  # naive trusts every weak label fully
     assert cfgs["dii"].dii_init == base.dii_init
     assert cfgs["strong-only"].to_dict() == cfgs["all-strong"].to_dict()
+    assert cfgs["fixed"].fixed_weights == {"w1": 0.5, "w2": 0.5}
+    assert cfgs["oracle"].fixed_weights == {"w1": 1.0, "w2": 0.0}
+    assert all(cfgs[a].fixed_weights is None for a in P.ARMS if a not in ("fixed", "oracle"))
 
 
 def test_arm_collections_drop_weak_for_strong_only_and_restore_truth_for_all_strong(tmp_path):
@@ -321,7 +320,26 @@ def test_benchmark_writes_every_arm_results_report_and_figures(tmp_path):
     on_disk = json.loads((out / "results.json").read_text())
     assert set(on_disk["arms"]) == set(P.ARMS) == set(results["arms"])
     assert on_disk["settings"]["versions"]["numpy"] == np.__version__
-    assert on_disk["device"] == "cpu (fake)" and len(on_disk["targets"]) == 6
+    assert on_disk["device"] == "cpu (fake)"
+    keys = {t["key"] for t in on_disk["targets"]}
+    assert {"gap_half", "full_vs_all_strong", "dii_vs_fixed", "dii_vs_naive", "full_vs_dcr", "gamma_auroc:dii",
+            "gamma_vs_baselines:full", "cost:dii/naive", "cost:full/dii+dcr", "cost:dii+dcr/dii"} <= keys
+    # equal (perfect) Dice everywhere: no "at least +0.02" target can be met, and the interval says so
+    assert {t["key"]: t["met"] for t in on_disk["targets"]}["dii_vs_fixed"] is False
+    # the control arms' weights, as the arm trained with them
+    for arm, clean, bad in (("fixed", 0.5, 0.5), ("oracle", 1.0, 0.0)):
+        rec = on_disk["arms"][arm]
+        assert (rec["fixed_weight_mean_clean"], rec["fixed_weight_mean_corrupted"]) == (clean, bad)
+    # baselines in the same run: the fake naive loss and the (perfect) strong-only prediction find the shifted boxes
+    base = on_disk["baselines"]
+    assert set(base["signals"]) == {"size", "agreement", "naive_loss"} and not base["missing"]
+    assert base["quality"]["agreement"]["auroc"] == pytest.approx(1.0)
+    assert base["quality"]["naive_loss"]["auroc"] == pytest.approx(1.0)
+    assert set(base["quality"]["agreement"]["auroc_by_kind"]) == {"shifted"}
+    # convergence: validation Dice at every checkpoint of strong-only and all-strong (6 steps / 10 points -> each step)
+    for arm in ("strong-only", "all-strong"):
+        assert [s for s, _ in on_disk["arms"][arm]["val_curve"]] == [1, 2, 3, 4, 5]
+    assert "val_curve" not in on_disk["arms"]["naive"]
     split = on_disk["split"]
     assert set(split["corrupted"]) <= set(split["weak"]) and not set(split["test"]) & set(split["train"])
     for arm, rec in on_disk["arms"].items():
@@ -341,9 +359,12 @@ def test_benchmark_writes_every_arm_results_report_and_figures(tmp_path):
 
     report = write_report(out)
     text = report.read_text()
-    for name in ("dice_per_arm.png", "gamma_hist.png", "gamma_history.png", "test_grid.png"):
+    for name in ("dice_per_arm.png", "gamma_hist.png", "gamma_history.png", "test_grid.png", "convergence.png"):
         assert (out / name).stat().st_size > 1000 and name in text
     assert "| `full` |" in text and "not met" in text  # equal Dice everywhere: gains of 0 are not met
+    for section in ("### Paired differences", "### Weights vs baselines", "### Targets", "### Cost",
+                    "### Convergence", "| `fixed` |", "| `oracle` |", "| naive_loss |", "| `dii` - `fixed` |"):
+        assert section in text, section
     assert "hybridseg bench test" in text
 
 

@@ -24,7 +24,7 @@ def _one_thread():
 @pytest.mark.slow
 def test_benchmark_trains_real_arms_and_scores_them_at_original_size(tmp_path):
     settings = P.BenchSettings(dataset=str(tmp_path / "data"), layout="folder", out=str(tmp_path / "out"),
-                               arms=("naive", "dii"), steps=3, strong_fraction=0.3, noise=0.4, n_boot=100,
+                               arms=("strong-only", "naive", "oracle", "dii"), steps=4, strong_fraction=0.3, noise=0.4, n_boot=100,
                                grid_images=2, device="cpu",
                                overrides={"batch_size": 4, "model": {"input_size": 32}, "dii_tau": 2})
     prepared = P.prepare_collection(synthetic_collection(20), settings, hybridize=fake_hybridize, log=lambda m: None)
@@ -33,7 +33,7 @@ def test_benchmark_trains_real_arms_and_scores_them_at_original_size(tmp_path):
     naive, dii = results["arms"]["naive"], results["arms"]["dii"]
     for rec in (naive, dii):
         assert 0.0 <= rec["dice"] <= 1.0 and rec["dice_ci"][0] <= rec["dice"] <= rec["dice_ci"][1]
-        assert rec["steps"] == 3 and rec["sec_per_step"] > 0 and rec["device"].startswith("cpu")
+        assert rec["steps"] == 4 and rec["sec_per_step"] > 0 and rec["device"].startswith("cpu")
         assert len(rec["per_image"]) == len(prepared.split.test)
     # DII ran (tau 2) and its weights were scored against the recorded corruption
     assert set(dii["gamma"]) == set(prepared.weak)
@@ -44,7 +44,19 @@ def test_benchmark_trains_real_arms_and_scores_them_at_original_size(tmp_path):
     grid = np.load(tmp_path / "out" / "grid" / f"{results['split']['grid'][0]}__dii.npz")["pred"]
     truth = np.load(tmp_path / "out" / "grid" / f"{results['split']['grid'][0]}.npz")["truth"]
     assert grid.shape == truth.shape
-    assert "| `dii` |" in write_report(tmp_path / "out").read_text()
+    text = write_report(tmp_path / "out").read_text()
+    assert "| `dii` |" in text and "| `oracle` |" in text and "| naive_loss |" in text
+    # baselines with the real models: the naive model's loss of every weak sample, agreement with strong-only
+    base = results["baselines"]
+    assert not base["missing"] and set(base["signals"]["naive_loss"]) == set(prepared.weak)
+    assert all(v >= 0 for v in base["signals"]["naive_loss"].values())
+    assert 0.0 <= base["quality"]["agreement"]["auroc"] <= 1.0
+    # the convergence curve of strong-only: validation Dice at each checkpoint (4 steps / 10 points -> every step)
+    assert [s for s, _ in results["arms"]["strong-only"]["val_curve"]] == [1, 2, 3, 4]
+    # the oracle arm trained with corrupted labels at 0 and clean at 1
+    oracle_run = json.loads((tmp_path / "out" / "runs" / "oracle" / "run.json").read_text())
+    weights = {k: v["value"] for k, v in oracle_run["sample_weights"].items()}
+    assert weights == {k: (0.0 if k in prepared.corrupted else 1.0) for k in prepared.weak}
     # the run folder records the scale of the original training images (36-48 px -> 32 px), as if not pre-resized
     run = json.loads((tmp_path / "out" / "runs" / "dii" / "run.json").read_text())
     assert run["train_scale"] == pytest.approx(32 / 48, rel=0.1)

@@ -1,21 +1,44 @@
 """`hybridseg bench`: the hybrid-supervision benchmark on a fully labelled dataset.
 
 Runs the protocol of ``../shared/BENCHMARK.md`` (split, label budget,
-recorded corruption, six arms, evaluation at original resolution) and writes
-``results.json``, ``report.md`` and figures into ``--out``. Rerun with the
-same ``--out`` to resume: finished arms are skipped.
+recorded corruption, eight arms, evaluation at original resolution) and writes
+``results.json``, ``report.md`` and figures into ``--out``; with several
+``--seeds`` or strong fractions, one run folder each plus the summary over
+them. Rerun with the same ``--out`` to resume: finished arms are skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
 
 # the arms and presets are repeated here (not imported) so that `hybridseg --help` stays light
-ARMS = ("strong-only", "naive", "dii", "dii+dcr", "full", "all-strong")
-PRESETS = ("cpu-quick", "gpu")
+ARMS = ("strong-only", "naive", "fixed", "dii", "oracle", "dii+dcr", "full", "all-strong")
+PRESETS = ("quick", "standard", "gpu", "cpu-quick")  # cpu-quick: the old name of quick
+
+
+def _int_list(value: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(v) for v in value.replace(" ", ",").split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, e.g. 0,1,2; got {value!r}") from None
+    if not out or len(set(out)) != len(out):
+        raise argparse.ArgumentTypeError(f"expected distinct integers, e.g. 0,1,2; got {value!r}")
+    return out
+
+
+def _fraction_list(value: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in value.replace(" ", ",").split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected fractions separated by commas, e.g. 0.05,0.1; got {value!r}") \
+            from None
+    if not out or len(set(out)) != len(out) or any(not 0.0 < f <= 1.0 for f in out):
+        raise argparse.ArgumentTypeError(f"expected distinct fractions in (0, 1], e.g. 0.05,0.1; got {value!r}")
+    return out
 
 
 def _arms(value: str) -> tuple[str, ...]:
@@ -29,23 +52,26 @@ def _arms(value: str) -> tuple[str, ...]:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench",
-        help="benchmark hybrid supervision on a fully labelled dataset (six arms, report.md)",
+        help="benchmark hybrid supervision on a fully labelled dataset (eight arms, seeds, report.md)",
         description=(
             "Split DATASET (seeded, group-aware 70/10/20), keep masks for --strong-fraction of the training "
             "images, turn the rest into weak labels with --noise of them deliberately wrong, train the arms "
             f"({', '.join(ARMS)}) with the same network, size, steps and seed, and score each on the test images "
-            "at their original resolution. Writes results.json, report.md and figures into --out; rerun with the "
-            "same --out to resume after an interruption."
+            "at their original resolution; with --seeds and a list of --strong-fraction, every arm at every seed "
+            "and fraction, summarised with paired intervals. Writes results.json, report.md and figures into "
+            "--out; rerun with the same --out to resume after an interruption."
         ),
     )
     p.add_argument("dataset", metavar="DATASET", nargs="?", help="dataset folder (fully labelled)")
     p.add_argument("--layout", choices=("kvasir", "folder", "busi"), help="dataset layout (required to run)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumes if it holds a run)")
-    p.add_argument("--preset", default="cpu-quick", choices=PRESETS,
-                   help="cpu-quick: 128 px Unet/EfficientNet-Lite0 (ImageNet), all six arms in ~20 min on 2 cores; "
-                        "gpu: paper scale for a CUDA machine (default: %(default)s)")
-    p.add_argument("--strong-fraction", type=float, default=0.1, metavar="F",
-                   help="fraction of training images that keep their mask (default: %(default)s)")
+    p.add_argument("--preset", default="quick", choices=PRESETS,
+                   help="quick (old name cpu-quick): 128 px Unet/EfficientNet-Lite0 (ImageNet), steps calibrated to ~18 min per run on "
+                        "2 cores, for development; standard: a fixed step budget (provisional 400) for the committed "
+                        "reports, expensive arms on the first seed; gpu: paper scale for a CUDA machine "
+                        "(default: %(default)s)")
+    p.add_argument("--strong-fraction", type=_fraction_list, default=(0.1,), metavar="F[,F...]",
+                   help="fraction(s) of training images that keep their mask, e.g. 0.05,0.1 (default: 0.1)")
     p.add_argument("--weak", default="box", choices=("box", "point", "tag"),
                    help="weak label of the other training images (default: %(default)s)")
     p.add_argument("--noise", type=float, default=0.3, metavar="F",
@@ -56,14 +82,20 @@ def register(subparsers) -> None:
                    help="do not group near-duplicate images (thumbnail correlation) before splitting")
     p.add_argument("--arms", type=_arms, default=ARMS, metavar="A,B,...",
                    help=f"arms to run, comma-separated (default: all: {','.join(ARMS)})")
-    p.add_argument("--seed", type=int, default=0, help="seed of split, labels, corruption and training (default: 0)")
+    p.add_argument("--seeds", type=_int_list, metavar="S[,S...]",
+                   help="seeds, e.g. 0,1,2: every arm runs at every seed (split, label budget, corruption and "
+                        "initialisation follow it); the report gives mean, spread and paired intervals (default: 0)")
+    p.add_argument("--seed", type=int, help="one seed (the same as --seeds S)")
+    p.add_argument("--expensive-seeds", type=int, metavar="K",
+                   help="run dii+dcr and full on the first K seeds only (default: the preset's: standard 1, else all)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps (default: auto)")
     p.add_argument("--steps", type=int, metavar="N",
-                   help="training steps per arm (default: cpu-quick times a few steps and picks the most that fit "
-                        "its time budget, at most 300; gpu: 4000)")
+                   help="training steps per arm, the same for every arm and seed (default: quick times a few steps "
+                        "and picks the most that fit its time budget, at most 300; standard: 400, provisional; "
+                        "gpu: 4000)")
     p.add_argument("--budget-min", type=float, metavar="M",
-                   help="wall-clock budget of the whole run in minutes, used to pick --steps "
-                        "(default: 18 for cpu-quick, none for gpu)")
+                   help="wall-clock budget of one run (one seed, one fraction) in minutes, used to pick --steps "
+                        "(default: 18 for quick, none for standard and gpu)")
     p.add_argument("--batch-size", type=int, metavar="B", help="batch size (default: the preset's)")
     p.add_argument("--size", type=int, metavar="PX", help="training input size (default: the preset's)")
     p.add_argument("--limit", type=int, metavar="N", help="use a seeded subset of N images (quick checks)")
@@ -137,7 +169,10 @@ def run(args: argparse.Namespace) -> int:
                        "works without them)")
     if not Path(args.dataset).is_dir():
         raise CLIError(f"{args.dataset}: dataset folder not found")
-    for name in ("steps", "batch_size", "size", "limit"):
+    if args.seed is not None and args.seeds is not None:
+        raise CLIError("give --seeds or --seed, not both")
+    seeds = args.seeds if args.seeds is not None else (args.seed if args.seed is not None else 0,)
+    for name in ("steps", "batch_size", "size", "limit", "expensive_seeds"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -153,24 +188,43 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = BenchSettings(
             dataset=str(Path(args.dataset).resolve()), layout=args.layout, out=str(out.resolve()),
-            preset=args.preset, strong_fraction=args.strong_fraction, weak=args.weak, noise=args.noise,
-            seed=args.seed, arms=args.arms, groups_csv=args.groups, dedup=not args.no_dedup,
+            preset=args.preset, strong_fraction=args.strong_fraction[0], weak=args.weak, noise=args.noise,
+            seed=seeds[0], arms=args.arms, groups_csv=args.groups, dedup=not args.no_dedup,
             device=args.device, steps=args.steps, limit=args.limit, overrides=overrides, note=args.note,
             budget_min=args.budget_min,
         )
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     command = "hybridseg " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None
-    print(f"benchmark: {', '.join(settings.arms)} -> {out}", file=sys.stderr)
-    results = run_benchmark(settings, on_report=_progress(), command_line=command,
-                            log=lambda msg: print(msg, file=sys.stderr))
-    report = write_report(out, results)
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr)
+
+    fractions = args.strong_fraction
+    if len(seeds) == 1 and len(fractions) == 1 and not (out / "suite.json").is_file():
+        print(f"benchmark: {', '.join(settings.arms)} -> {out}", file=sys.stderr)
+        results = run_benchmark(settings, on_report=_progress(), command_line=command, log=log)
+        missing = [a for a in settings.arms if a not in results["arms"]]
+    else:
+        from napari_hybridseg.core.bench.suite import run_suite
+
+        print(f"benchmark: {', '.join(settings.arms)} x seeds {','.join(map(str, seeds))} x strong fraction(s) "
+              f"{','.join(f'{f:g}' for f in fractions)} -> {out}", file=sys.stderr)
+        try:
+            results = run_suite(settings, seeds, fractions, on_report=_progress(), command_line=command, log=log,
+                                **({} if args.expensive_seeds is None else {"expensive_seeds": args.expensive_seeds}))
+        except ValueError as exc:
+            raise CLIError(str(exc)) from exc
+        missing = []
+        for run in results["suite"]["runs"]:
+            res = out / run["folder"] / "results.json"
+            done = json.loads(res.read_text())["arms"] if res.is_file() else {}
+            missing += [f"{a} ({run['folder']})" for a in run["arms"] if a not in done]
+    report = write_report(out)
     print(f"results: {out / 'results.json'}")
     print(f"report:  {report}")
     figures = sorted(p.name for p in out.glob("*.png"))
     if figures:
         print(f"figures: {', '.join(str(out / f) for f in figures)}")
-    missing = [a for a in settings.arms if a not in results["arms"]]
     if missing:
         print(f"arms without results: {', '.join(missing)}", file=sys.stderr)
         return 1

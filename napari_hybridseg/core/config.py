@@ -98,6 +98,9 @@ class TrainConfig(_JSONMixin):
     dii_lr: float = 0.1
     dii_init: float = 0.5
     dii_per_annotation: bool = False
+    #: per-weak-sample weights held fixed for the whole run (benchmark control arms ``fixed`` and ``oracle``):
+    #: weak sample ``k`` weighs ``fixed_weights[k]`` (unlisted weak samples ``dii_init``); needs ``dii`` off
+    fixed_weights: dict[str, float] | None = None
     dii_equalise: bool = True  # last-layer scorer: g_S = mean of unit-norm per-strong-image gradients
     dii_strong_images: int | None = None  # strong images behind g_S; None: 4 batches (last-layer), 1 (jvp)
     # dynamic co-regularization (two networks, CPS on CutMix pairs)

@@ -99,6 +99,12 @@ def _validate(collection: Collection, config: TrainConfig) -> None:
         raise ValueError(f"dii_scorer {config.dii_scorer!r}: choose 'last-layer' or 'jvp'")
     if config.pixel_weights not in ("off", "exact"):
         raise ValueError(f"pixel_weights {config.pixel_weights!r}: choose 'off' or 'exact'")
+    if config.fixed_weights is not None:
+        if config.dii:
+            raise ValueError("fixed_weights hold the weak weights fixed: turn dii off to use them")
+        bad = {k: v for k, v in config.fixed_weights.items() if not 0.0 <= float(v) <= 1.0}
+        if bad:
+            raise ValueError(f"fixed_weights must lie in [0, 1]; got {dict(list(bad.items())[:3])}")
 
 
 def train(collection: Collection, config: TrainConfig, run_dir: str | Path | None = None, *,
@@ -271,7 +277,8 @@ class _Session:
 
         self.bank = dii_mod.GammaBank(lr=cfg.dii_lr, init=cfg.dii_init)
         weak = self._ids(Role.WEAK)
-        self.bank.sync(weak, initial_gamma)
+        # fixed per-sample weights (control arms) sit in the bank and are never updated (DII is off)
+        self.bank.sync(weak, {**initial_gamma, **(cfg.fixed_weights or {})})
         self.tau = cfg.dii_tau or dii_mod.default_tau(len(weak), cfg.batch_size, cfg.steps)
         self.rampup = cfg.cps_rampup_steps if cfg.cps_rampup_steps is not None else max(1, cfg.steps // 5)
         if self.init_from is None:
@@ -339,8 +346,8 @@ class _Session:
         return cfg.lr * (1 - min(t, 1.0)) ** 0.9
 
     def gamma_of(self, ids: list[str], roles: list[Role]) -> torch.Tensor:
-        """Per-row weight: learned gamma for weak rows when DII is on; 1 for every other row and without DII."""
-        use = self.config.dii
+        """Per-row weight: gamma (learned, or ``fixed_weights``) for weak rows; 1 for other rows and without DII."""
+        use = self.config.dii or self.config.fixed_weights is not None
         return torch.tensor([self.bank.value(i) if use and r is Role.WEAK else 1.0 for i, r in zip(ids, roles)],
                             dtype=torch.float32, device=self.dev.device)
 

@@ -44,8 +44,18 @@ from ..collection import Collection, Role, Sample
 from ..config import PRESETS, TrainConfig
 from ..config import preset as make_preset
 from ..metrics import auroc, bootstrap_ci, dice, iou
-from ..reports import DoneReport, PreviewReport, RequestPreview, StartReport, StepReport, WeightsReport
+from ..reports import (
+    CheckpointReport,
+    DoneReport,
+    PreviewReport,
+    RequestPreview,
+    StartReport,
+    StepReport,
+    WeightsReport,
+)
 from ..targets import IGNORE, UNKNOWN, make_targets, mask_to_index
+from .presets import BENCH_PRESETS as _PRESETS
+from .presets import COST_FACTOR, canonical, config_preset_name
 from .split import Split, merge_groups, near_duplicate_groups, read_groups_csv, split_ids, thumbnail
 
 __all__ = [
@@ -70,34 +80,22 @@ __all__ = [
 ]
 
 #: The arms, in the order they run and appear in the report.
-ARMS = ("strong-only", "naive", "dii", "dii+dcr", "full", "all-strong")
+ARMS = ("strong-only", "naive", "fixed", "dii", "oracle", "dii+dcr", "full", "all-strong")
 
 #: Arms that learn DII's per-image weights.
 DII_ARMS = ("dii", "dii+dcr", "full")
 
-#: Rough cost of one step of each arm in single-network steps, for the time projection printed
-#: between arms (not a measurement: the measured figures are in results.json).
-#: Median step time of each arm over the calibration probe's single-network step (0.25 s), measured in
-#: the Kvasir-SEG cpu-quick run of 2026-12-01 on the quiet 2-core dev CPU (128 px, batch 8, half strong):
-#: strong-only 0.253 s, naive 0.289 s, dii 0.294 s, dii+dcr 1.032 s, full 1.858 s, all-strong 0.271 s.
-COST_FACTOR = {"strong-only": 1.0, "naive": 1.15, "dii": 1.2, "dii+dcr": 4.1, "full": 7.4, "all-strong": 1.1}
+#: Control arms whose weak weights are held fixed (``TrainConfig.fixed_weights``).
+CONTROL_ARMS = ("fixed", "oracle")
 
-#: TrainConfig overrides of each benchmark preset (on top of core.config.PRESETS).
-#: cpu-quick budget (2 cores, all six arms <= 20 min): the arms cost about
-#: sum(COST_FACTOR) ~ 16 single-network steps per step of budget (DCR runs two
-#: networks on the batch and on CutMix pairs; full adds pixel weights, PLE and
-#: the teacher), plus DII's periodic re-scoring of every weak image. At ~0.25 s
-#: per single-network step of 8 images at 128 px that is ~4 s per budget
-#: step: ~230 steps in 17 minutes. Rather than trust that estimate, the run
-#: times a few steps on the machine at hand and picks the step budget that fits
-#: (see BenchSettings.budget_min), at most the preset's 300.
-BENCH_PRESETS: dict[str, dict[str, Any]] = {
-    "cpu-quick": {"steps": 300, "batch_size": 8, "checkpoint_every": 10**9, "preview_every": 10**9},
-    "gpu": {"steps": 4000, "batch_size": 16, "checkpoint_every": 1000, "preview_every": 10**9},
-}
+#: Arms whose validation Dice is measured over training (the convergence curve).
+CURVE_ARMS = ("strong-only", "all-strong")
 
-#: Wall-clock budget (minutes) of each preset's whole run; None = no calibration.
-BENCH_BUDGET_MIN: dict[str, float | None] = {"cpu-quick": 18.0, "gpu": None}
+#: TrainConfig overrides of each benchmark preset (on top of core.config.PRESETS); see :mod:`.presets`.
+BENCH_PRESETS: dict[str, dict[str, Any]] = {k: v["train"] for k, v in _PRESETS.items()}
+
+#: Wall-clock budget (minutes) of each preset's run; None = no calibration (see :mod:`.presets`).
+BENCH_BUDGET_MIN: dict[str, float | None] = {k: v["budget_min"] for k, v in _PRESETS.items()}
 
 
 # -- settings -------------------------------------------------------------
@@ -114,7 +112,8 @@ class BenchSettings:
     out : str
         Output folder; rerunning with the same folder resumes.
     preset : str
-        ``"cpu-quick"`` (default) or ``"gpu"``.
+        ``"quick"`` (default; the old name ``"cpu-quick"`` works too), ``"standard"`` or ``"gpu"``
+        (:mod:`.presets`).
     strong_fraction : float
         Fraction of training images that keep their mask. Default 0.1.
     weak : str
@@ -166,7 +165,7 @@ class BenchSettings:
     dataset: str
     layout: str
     out: str
-    preset: str = "cpu-quick"
+    preset: str = "quick"
     strong_fraction: float = 0.1
     weak: str = "box"
     noise: float = 0.3
@@ -185,14 +184,17 @@ class BenchSettings:
     stratify: bool = True
     budget_min: float | None = None
     note: str = ""
+    curve_points: int = 10
 
     def __post_init__(self) -> None:
         self.arms = tuple(self.arms)
+        try:
+            self.preset = canonical(self.preset)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown:
             raise ValueError(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
-        if self.preset not in BENCH_PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(BENCH_PRESETS)}")
         if not 0.0 < self.strong_fraction <= 1.0:
             raise ValueError(f"strong_fraction must be in (0, 1], got {self.strong_fraction}")
         if not 0.0 <= self.noise < 1.0:
@@ -210,15 +212,18 @@ class BenchSettings:
     def fingerprint(self) -> str:
         """Hash of the settings that decide the numbers (not ``out`` nor which arms run)."""
         d = self.to_dict()
-        for key in ("out", "arms", "grid_images", "note"):
+        for key in ("out", "arms", "grid_images", "note", "curve_points"):
             d.pop(key)
+        if d["preset"] == "quick":  # its name until 2026-12-01: runs started then still resume
+            d["preset"] = "cpu-quick"
         d["dataset"] = str(Path(self.dataset).resolve())
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def base_config(self) -> TrainConfig:
         """The TrainConfig every arm starts from: the preset, the step budget, the seed, the device."""
-        cfg = make_preset(self.preset) if self.preset in PRESETS else TrainConfig()
+        name = config_preset_name(self.preset, PRESETS)
+        cfg = make_preset(name) if name is not None else TrainConfig()
         cfg = cfg.replace(**BENCH_PRESETS[self.preset], seed=self.seed, device=self.device)
         if self.steps is not None:
             cfg = cfg.replace(steps=int(self.steps))
@@ -231,11 +236,15 @@ class BenchSettings:
         return cfg
 
 
-def arm_config(base: TrainConfig, arm: str) -> TrainConfig:
+def arm_config(base: TrainConfig, arm: str, *, weak_ids: Iterable[str] | None = None,
+               corrupted: Mapping[str, Any] | Iterable[str] | None = None) -> TrainConfig:
     """The TrainConfig of one arm: ``base`` with only the method switches changed.
 
     Architecture, input size, steps, batch, optimiser and seed stay those of
-    ``base``, so the arms differ only in what the method does.
+    ``base``, so the arms differ only in what the method does. The control
+    arms need the weak ids (and ``oracle`` the corrupted ones): ``fixed``
+    holds every weak weight at ``base.dii_init`` (DII's starting value),
+    ``oracle`` at 0 for a corrupted weak label and 1 for a clean one.
     """
     off = {"dii": False, "dcr": False, "pixel_weights": "off", "ple": False, "teacher": False}
     switches = {
@@ -243,14 +252,23 @@ def arm_config(base: TrainConfig, arm: str) -> TrainConfig:
         # naive trusts every weak label fully: weights fixed at 1 (the trainer uses 1 for every row when DII
         # is off; dii_init 1.0 keeps older trainers, which held gamma at dii_init, doing the same)
         "naive": {**off, "dii_init": 1.0},
+        "fixed": off,
         "dii": {**off, "dii": True},
+        "oracle": off,
         "dii+dcr": {**off, "dii": True, "dcr": True},
         "full": {"dii": True, "dcr": True, "pixel_weights": "exact", "ple": True, "teacher": True},
         "all-strong": off,
     }
     if arm not in switches:
         raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
-    return base.replace(**switches[arm])
+    cfg = base.replace(**switches[arm])
+    if arm in CONTROL_ARMS:
+        if weak_ids is None:
+            raise ValueError(f"the {arm!r} arm needs the weak ids (and which are corrupted) to fix their weights")
+        bad = set(corrupted or ())
+        weights = {k: float(base.dii_init) if arm == "fixed" else (0.0 if k in bad else 1.0) for k in weak_ids}
+        cfg = cfg.replace(fixed_weights=weights)
+    return cfg
 
 
 def _copy_collection(collection: Collection, samples: Iterable[Sample]) -> Collection:
@@ -300,6 +318,9 @@ class Backend:
     train: Callable[..., Generator]
     load_predictor: Callable[[Path], Any]
     name: str = "custom"
+    #: ``sample_losses(run_dir, collection, ids, config) -> {id: loss}``: each weak sample's loss under a
+    #: finished arm's model (the ``naive_loss`` baseline); None: that baseline is not measured
+    sample_losses: Callable[..., dict[str, float]] | None = None
 
 
 def default_backend(device: str = "auto", label_values: list[int] | None = None) -> Backend:
@@ -312,7 +333,13 @@ def default_backend(device: str = "auto", label_values: list[int] | None = None)
     def load_predictor(run_dir: Path):
         return BatchedPredictor.load(run_dir, label_values=label_values, device=device, cache=cache)
 
-    return Backend(train=train, load_predictor=load_predictor, name="napari_hybridseg (batched evaluation)")
+    def sample_losses(run_dir: Path, collection: Collection, ids, config: TrainConfig) -> dict[str, float]:
+        from .baselines import weak_sample_losses
+
+        return weak_sample_losses(run_dir, collection, ids, config, device=device)
+
+    return Backend(train=train, load_predictor=load_predictor, name="napari_hybridseg (batched evaluation)",
+                   sample_losses=sample_losses)
 
 
 # -- data -----------------------------------------------------------------
@@ -752,8 +779,13 @@ def run_arm(
     n_boot: int = 2000,
     seed: int = 0,
     pixel_preview: int = 16,
+    curve: bool = False,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Train one arm, evaluate it on the test (and validation) images.
+
+    With ``curve`` the validation Dice is also measured at every checkpoint
+    the trainer writes (``config.checkpoint_every``): the convergence curve.
+    That evaluation's time is left out of the step times.
 
     Returns
     -------
@@ -771,6 +803,9 @@ def run_arm(
     learns_pixels = config.pixel_weights != "off"
     weak_ids = [s.id for s in data.train if s.role is Role.WEAK]
     preview_ids = _pick_preview_ids(weak_ids, data.corrupted, pixel_preview, seed) if learns_pixels else []
+    val_curve: list[list[float]] = []
+    curve_s = 0.0
+    val_truths = {i: _truth_of(s) for i, s in data.val.items()} if curve and data.val else {}
 
     _cuda_peak_reset()
     t0 = time.perf_counter()
@@ -804,6 +839,14 @@ def run_arm(
                 elif isinstance(report, PreviewReport):
                     if report.pixel_weights:
                         preview = report
+                elif isinstance(report, CheckpointReport):
+                    if val_truths and report.path and all(p[0] != report.step for p in val_curve):
+                        t_c = time.perf_counter()
+                        pred = _predict_all(backend.load_predictor(Path(report.path)), data.val)
+                        ev = evaluate_masks(pred, val_truths, labels=_label_values(data.train), n_boot=10)
+                        val_curve.append([int(report.step), float(ev["dice"])])
+                        curve_s += time.perf_counter() - t_c
+                        last = time.perf_counter()  # the curve's evaluation is not a training step's time
                 elif isinstance(report, DoneReport):
                     done = report
                 if on_report is not None:
@@ -854,6 +897,15 @@ def run_arm(
         "config": config.to_dict(),
         "per_image": test_eval["per_image"],
     }
+    if curve:
+        result["val_curve"] = sorted(val_curve)
+        result["curve_s"] = curve_s
+    if config.fixed_weights is not None:
+        fw = config.fixed_weights
+        bad = [fw[i] for i in weak_ids if i in data.corrupted and i in fw]
+        good = [fw[i] for i in weak_ids if i not in data.corrupted and i in fw]
+        result["fixed_weight_mean_clean"] = float(np.mean(good)) if good else float("nan")
+        result["fixed_weight_mean_corrupted"] = float(np.mean(bad)) if bad else float("nan")
     if config.dii and weak_ids:
         if not gamma:
             gamma = _gamma_from_run_dir(run_dir)
@@ -1000,8 +1052,11 @@ def _save_grid_predictions(out: Path, arm: str, grid: Mapping[str, np.ndarray]) 
         os.replace(tmp, gdir / f"{sid}__{safe}.npz")
 
 
-def collect_results(out: Path) -> dict[str, Any]:
-    """Assemble ``results.json`` from the files in ``out`` (settings, split, finished arms)."""
+def collect_results(out: Path, *, targets: bool = True) -> dict[str, Any]:
+    """Assemble ``results.json`` from the files in ``out`` (settings, split, finished arms, baselines).
+
+    ``targets=False`` skips judging the targets (their bootstraps take seconds): between arms.
+    """
     out = Path(out)
     settings = json.loads((out / "settings.json").read_text())
     split = json.loads((out / "split.json").read_text())
@@ -1017,11 +1072,15 @@ def collect_results(out: Path) -> dict[str, Any]:
         path = out / "arms" / f"{arm.replace('+', '_')}.error.txt"
         if arm not in arms and path.is_file():
             errors[arm] = path.read_text().strip()
-    from .report import check_targets  # report imports this module
+    from .targets import check_targets
 
     device = next((rec.get("device") for rec in arms.values() if rec.get("device")), None)
-    return {"schema": 1, "settings": settings, "split": split, "device": device, "arms": arms, "errors": errors,
-            "targets": check_targets(arms)}
+    base_path = out / "baselines.json"
+    baselines = json.loads(base_path.read_text()) if base_path.is_file() else None
+    run = {"schema": 2, "settings": settings, "split": split, "device": device, "arms": arms, "errors": errors,
+           "baselines": baselines}
+    run["targets"] = check_targets([run]) if targets else []
+    return run
 
 
 def arm_file(out: Path, arm: str) -> Path:
@@ -1143,8 +1202,12 @@ def run_benchmark(
         data = ArmData(train=arm_collection(train, arm), test=test, val=val,
                        corrupted=prepared.corrupted, grid_ids=grid_ids)
         try:
-            result, grid = run_arm(arm, data, arm_config(base, arm), out / "runs" / arm.replace("+", "_"), backend,
-                                   on_report=on_report, n_boot=settings.n_boot, seed=settings.seed)
+            cfg = arm_config(base, arm, weak_ids=prepared.weak, corrupted=prepared.corrupted)
+            curve = arm in CURVE_ARMS and settings.curve_points > 0 and bool(val)
+            if curve:  # a checkpoint every steps / curve_points steps, each scored on the validation images
+                cfg = cfg.replace(checkpoint_every=max(1, base.steps // settings.curve_points))
+            result, grid = run_arm(arm, data, cfg, out / "runs" / arm.replace("+", "_"), backend,
+                                   on_report=on_report, n_boot=settings.n_boot, seed=settings.seed, curve=curve)
         except (ValueError, RuntimeError) as exc:
             # one arm the engine cannot run yet must not cost the others; rerunning retries it
             _atomic_write_text(out / "arms" / f"{arm.replace('+', '_')}.error.txt", f"{exc}\n")
@@ -1157,12 +1220,44 @@ def run_benchmark(
         write_json(arm_file(out, arm), result)
         log(f"{arm}: Dice {result['dice']:.3f} [{result['dice_ci'][0]:.3f}, {result['dice_ci'][1]:.3f}], "
             f"{result['sec_per_step']:.3f} s/step, {result['wall_s']:.0f} s -> {arm_file(out, arm)}")
-        write_json(out / "results.json", collect_results(out))
+        write_json(out / "results.json", collect_results(out, targets=False))
         rest = todo[todo.index(arm) + 1:]
         if rest and result["steps"]:
             unit = result["train_s"] / result["steps"] / COST_FACTOR[arm]
             eta = sum(unit * COST_FACTOR[a] * base.steps + result["eval_s"] for a in rest)
             log(f"projected time for the remaining {len(rest)} arm(s): ~{eta / 60:.0f} min")
+    _update_baselines(out, train, prepared, base, backend, log)
     results = collect_results(out)
     write_json(out / "results.json", results)
     return results
+
+
+def _update_baselines(out: Path, train: Collection, prepared: Prepared, base: TrainConfig, backend: Backend,
+                      log: Callable[[str], None]) -> None:
+    """(Re)write ``baselines.json`` when a signal it lacks can now be measured (strong-only / naive finished)."""
+    from .baselines import measure_baselines
+
+    path = out / "baselines.json"
+    old = json.loads(path.read_text()) if path.is_file() else None
+    so_dir, naive_dir = out / "runs" / "strong-only", out / "runs" / "naive"
+    can_agree = arm_file(out, "strong-only").is_file() and so_dir.is_dir()
+    can_loss = arm_file(out, "naive").is_file() and naive_dir.is_dir() and backend.sample_losses is not None
+    if old is not None and not (("agreement" in old["missing"] and can_agree)
+                                or ("naive_loss" in old["missing"] and can_loss)):
+        return
+    if not prepared.weak:
+        return
+    t0 = time.perf_counter()
+    losses = None
+    if can_loss:
+        try:
+            losses = backend.sample_losses(naive_dir, train, prepared.weak, arm_config(base, "naive"))
+        except (OSError, ValueError, RuntimeError) as exc:
+            log(f"baselines: the naive arm's per-sample losses failed ({exc}); naive_loss not measured")
+    predictor = backend.load_predictor(so_dir) if can_agree else None
+    rec = measure_baselines(train, prepared.weak, prepared.corrupted, strong_only_predictor=predictor,
+                            naive_losses=losses, predict_all=_predict_all)
+    rec["seconds"] = time.perf_counter() - t0
+    write_json(path, rec)
+    log("baselines (AUROC clean vs corrupted): " + ", ".join(
+        f"{k} {v['auroc']:.3f}" for k, v in rec["quality"].items()) + f" ({rec['seconds']:.0f} s)")
