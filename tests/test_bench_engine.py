@@ -24,7 +24,8 @@ def _one_thread():
 @pytest.mark.slow
 def test_benchmark_trains_real_arms_and_scores_them_at_original_size(tmp_path):
     settings = P.BenchSettings(dataset=str(tmp_path / "data"), layout="folder", out=str(tmp_path / "out"),
-                               arms=("strong-only", "naive", "oracle", "dii"), steps=4, strong_fraction=0.3, noise=0.4, n_boot=100,
+                               arms=("strong-only", "naive", "oracle", "dii"), steps=4, strong_fraction=0.3, noise=0.4,
+                               n_boot=100,
                                grid_images=2, device="cpu",
                                overrides={"batch_size": 4, "model": {"input_size": 32}, "dii_tau": 2})
     prepared = P.prepare_collection(synthetic_collection(20), settings, hybridize=fake_hybridize, log=lambda m: None)

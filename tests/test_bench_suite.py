@@ -70,7 +70,8 @@ def test_bench_command_with_seeds_and_fractions_writes_a_suite(folder_dataset, t
     monkeypatch.setattr(P, "default_backend", lambda device, values: fake_backend())
     out = tmp_path / "bench"
     argv = ["bench", str(folder_dataset), "--layout", "folder", "--out", str(out), "--steps", "3",
-            "--seeds", "0,1", "--strong-fraction", "0.25,0.4", "--arms", "strong-only,naive,fixed,dii,oracle,all-strong",
+            "--seeds", "0,1", "--strong-fraction", "0.25,0.4",
+            "--arms", "strong-only,naive,fixed,dii,oracle,all-strong",
             "--preset", "cpu-quick"]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
