@@ -67,8 +67,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumes if it holds a run)")
     p.add_argument("--preset", default="quick", choices=PRESETS,
                    help="quick (old name cpu-quick): 128 px Unet/EfficientNet-Lite0 (ImageNet), steps calibrated "
-                        "to ~18 min per run on 2 cores, for development; standard: a fixed step budget (provisional 400) for the committed "
-                        "reports, expensive arms on the first seed; gpu: paper scale for a CUDA machine "
+                        "to ~18 min per run on 2 cores, for development; standard: a fixed step budget (provisional "
+                        "400) for the committed reports, expensive arms on the first seed; gpu: paper scale for a "
+                        "CUDA machine "
                         "(default: %(default)s)")
     p.add_argument("--strong-fraction", type=_fraction_list, default=(0.1,), metavar="F[,F...]",
                    help="fraction(s) of training images that keep their mask, e.g. 0.05,0.1 (default: 0.1)")
