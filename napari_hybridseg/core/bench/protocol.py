@@ -2,7 +2,7 @@
 
 One run: import a fully labelled dataset, split it (seeded, group-aware,
 70/10/20), keep masks for ``strong_fraction`` of the training images and turn
-the rest weak with a recorded fraction ``noise`` corrupted, then train the six
+the rest weak with a recorded fraction ``noise`` corrupted, then train the eight
 arms with the same architecture, input size, step budget and seed and
 evaluate each on the test images at their original resolution.
 
@@ -12,6 +12,7 @@ Layout of the output folder ``out``::
     split.json           ids per part, strong / weak / corrupted ids, groups
     arms/<arm>.json      one finished arm (written atomically: its presence means "done")
     runs/<arm>/          the trainer's run folder (checkpoint, run.json, gamma.json)
+    baselines.json       the weights' baselines (:mod:`.baselines`), once strong-only / naive finished
     grid/                thumbnails of a few test images, truth and each arm's prediction
     results.json         everything above in one file (rewritten after every arm)
     report.md, *.png     written by :mod:`.report`
@@ -123,7 +124,7 @@ class BenchSettings:
     seed : int
         Seed of the split, the label budget, the corruption and training. Default 0.
     arms : tuple of str
-        Arms to run, a subset of :data:`ARMS`. Default all six.
+        Arms to run, a subset of :data:`ARMS`. Default all eight.
     groups_csv : str or None
         CSV of ``image_id,group`` rows; a group never straddles a split.
     dedup : bool
@@ -155,8 +156,12 @@ class BenchSettings:
         Wall-clock budget of the whole run in minutes. Unless ``steps`` is
         given, a short calibration times this machine's training step and
         the step budget (the same for every arm) is chosen to fit, capped at
-        the preset's steps. ``None``: the preset's budget (``cpu-quick``: 18
-        minutes, leaving 2 of the 20 as margin; ``gpu``: none).
+        the preset's steps. ``None``: the preset's budget (``quick``: 18
+        minutes, leaving 2 of the 20 as margin; ``standard``, ``gpu``: none).
+    curve_points : int
+        Validation-Dice points of the convergence curve of ``strong-only`` and
+        ``all-strong`` (a checkpoint every ``steps / curve_points`` steps); 0: none.
+        Default 10. Not part of the fingerprint (it changes no trained number).
     note : str
         Free text shown at the top of the report (e.g. "measured under load");
         it does not decide any number.
