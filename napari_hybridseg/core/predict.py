@@ -15,7 +15,6 @@ its left-right and up-down flips.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,7 +27,7 @@ from .collection import Collection
 from .data import normalise
 from .device import resolve_device
 from .images import IMAGE_SUFFIXES, read_image, resize_image, to_float_rgb
-from .models import forward, load_model
+from .models import forward
 
 __all__ = ["Predictor", "predict_collection", "predict_folder", "write_mask"]
 
@@ -80,17 +79,20 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", **kwargs) -> Predictor:
         """Load from a run folder (``RUN/``) or its model folder (``RUN/model``)."""
+        from .checkpoint import RunError, load_run_model, read_run, recover_run
+
         path = Path(path)
+        recover_run(path)
         model_dir = path / "model" if (path / "model").is_dir() else path
         if not (model_dir / "model.safetensors").exists():
-            raise ValueError(f"{path}: no trained model here; pass the --out folder of `hybridseg train`")
+            raise RunError(f"{path}: no trained model here; pass the --out folder of `hybridseg train`")
         run_json = model_dir.parent / "run.json"  # RUN/run.json beside RUN/model
-        model, config = load_model(model_dir)
+        model, config = load_run_model(model_dir, what_to_do="train again, or continue an earlier copy of the run")
         values: list[int] = list(range(1, config.classes))
         names = None
         scale = None
         if run_json.exists():
-            record = json.loads(run_json.read_text())
+            record = read_run(model_dir.parent)
             if record.get("classes"):
                 values = [int(c["value"]) for c in record["classes"]]
                 names = [c["name"] for c in record["classes"]]

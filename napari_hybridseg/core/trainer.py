@@ -37,7 +37,7 @@ from .config import TrainConfig
 from .data import BatchSampler, Prepared, augment, collate, denormalise, prepare_sample
 from .device import DeviceInfo, release, resolve_device
 from .losses import LossWeights, aux_tag_loss, box_pairwise, colour_affinity, strong_loss, weak_losses
-from .models import build_model, forward, load_model, save_model, weights_record
+from .models import build_model, forward, save_model, weights_record
 from .reports import (
     CheckpointReport,
     DoneReport,
@@ -154,23 +154,25 @@ def run(collection: Collection, config: TrainConfig, run_dir: str | Path | None 
 
     ``callback(report)`` sees every report; whatever it returns (a command or
     ``None``) is sent back to the trainer, so a callback can stop the run.
-    Called from the main thread, Ctrl-C (SIGINT) stops cleanly: the current
-    step is finished, a checkpoint written and the DoneReport returned; a
-    second Ctrl-C interrupts at once.
+    Called from the main thread, Ctrl-C (SIGINT) and SIGTERM (``kill``, a
+    scheduler's stop, a logout) stop cleanly: the current step is finished, a
+    checkpoint written and the DoneReport returned; a second signal interrupts at once.
     """
     import signal
     import threading
 
     gen = train(collection, config, run_dir, **kwargs)
     interrupted: list[bool] = []
-    previous = None
+    previous: dict = {}
     if threading.current_thread() is threading.main_thread():
-        def on_sigint(signum, frame):  # noqa: ARG001
+        def on_signal(signum, frame):  # noqa: ARG001
             if interrupted:  # a second Ctrl-C: the user does not want to wait for the step
                 raise KeyboardInterrupt
             interrupted.append(True)
 
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
+            if sig is not None:
+                previous[sig] = signal.signal(sig, on_signal)
     try:
         report = next(gen)
         while True:
@@ -181,8 +183,8 @@ def run(collection: Collection, config: TrainConfig, run_dir: str | Path | None 
                 command = Stop()
             report = gen.send(command)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         gen.close()
 
 
@@ -289,7 +291,9 @@ class _Session:
     def _make_net(self, index: int, prev: dict) -> torch.nn.Module:
         folder = None if self.init_from is None else self.init_from / ("model" if index == 0 else "model_b")
         if folder is not None and folder.exists():
-            net, saved = load_model(folder)
+            from .checkpoint import load_run_model
+
+            net, saved = load_run_model(folder, what_to_do="start a new run (--force) or restore the file")
             if saved.classes != self.model_config.classes:
                 raise ValueError(f"{self.init_from}: that run predicts {saved.classes - 1} class(es), this "
                                  f"collection has {self.model_config.classes - 1}; start a new run instead")
@@ -741,18 +745,30 @@ class _Session:
     def checkpoint(self, step: int) -> CheckpointReport | None:
         if self.run_dir is None:
             return None
-        from .checkpoint import write_run
+        from .checkpoint import guarded_write, sync_tree, write_run
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        for index, net in enumerate(self.nets):
-            save_model(net, self.run_dir / ("model" if index == 0 else "model_b"), self.model_config)
-        write_run(self.run_dir, collection=self.collection, config_dict=self.config.to_dict(), step=step,
-                  total_steps=self.total_steps, loss_history=self.loss_history,
-                  extra={"model": self.model_config.to_dict(), "encoder_weights": self.weights_origin(),
-                         "device": self.dev.label, "dii_tau": self.tau,
-                         "input_size": self.size, "train_scale": self.train_scale(),
-                         **({"pixel_weight_summary": self.pw_summary} if self.pw_summary else {})})
+        self.last_checkpoint_t = time.perf_counter()
+        with guarded_write(self.run_dir, step):  # a full disk: one clear error, the last checkpoint kept
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for index, net in enumerate(self.nets):
+                sync_tree(save_model(net, self.run_dir / ("model" if index == 0 else "model_b"), self.model_config))
+            write_run(self.run_dir, collection=self.collection, config_dict=self.config.to_dict(), step=step,
+                      total_steps=self.total_steps, loss_history=self.loss_history,
+                      extra={"model": self.model_config.to_dict(), "encoder_weights": self.weights_origin(),
+                             "device": self.dev.label, "dii_tau": self.tau,
+                             "input_size": self.size, "train_scale": self.train_scale(),
+                             **({"pixel_weight_summary": self.pw_summary} if self.pw_summary else {})})
         return CheckpointReport(step=step, path=str(self.run_dir))
+
+    def checkpoint_due(self, step: int) -> bool:
+        """Every ``checkpoint_every`` steps, and after ``checkpoint_minutes`` of wall time since the last one."""
+        cfg = self.config
+        if self.run_dir is None:
+            return False
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            return True
+        return bool(cfg.checkpoint_minutes) and \
+            time.perf_counter() - self.last_checkpoint_t >= 60.0 * cfg.checkpoint_minutes
 
     def weights_origin(self) -> dict:
         """What the networks started from (``run.json``'s ``encoder_weights``); a resumed run says so."""
@@ -785,6 +801,12 @@ class _Session:
         step = self.start_step
         last_ckpt = None
         reason = "finished"
+        self.last_checkpoint_t = time.perf_counter()
+        if self.run_dir is not None and (self.init_from is None or
+                                         Path(self.init_from).resolve() != self.run_dir.resolve()):
+            # a new run folder is a valid run from the start: killed (kill -9, power) before its first
+            # periodic checkpoint, it still holds a model `predict` reads and `--resume` continues
+            last_ckpt = self.checkpoint(step).path
         try:
             while step < self.total_steps:
                 if self.stop_requested:
@@ -818,7 +840,7 @@ class _Session:
                     want += [i for i in self.preview_ids if i not in want]
                 if want:
                     self.accept((yield self.preview(step, want)))
-                if self.run_dir is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                if self.checkpoint_due(step):
                     report = self.checkpoint(step)
                     last_ckpt = report.path if report else None
                     self.accept((yield report))
