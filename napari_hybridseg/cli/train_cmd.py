@@ -76,6 +76,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-dcr", action="store_true", help="one network instead of two co-regularised ones")
     p.add_argument("--pixel-weights", choices=("off", "exact"), help="MLB-Seg pixel weights (default: off)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--threads", type=_positive, metavar="N",
+                   help="CPU threads for torch (default: chosen from the measured step time and adapted to other "
+                        "CPU jobs)")
     p.add_argument("--checkpoint-every", type=_positive, metavar="N",
                    help="write a checkpoint every N steps (default 100), besides the timed ones and the last one")
     p.add_argument("--checkpoint-minutes", type=_minutes, metavar="M",
@@ -98,6 +101,8 @@ def register(subparsers) -> None:
     p.add_argument("input", type=Path, metavar="INPUT", help="project folder or folder of images")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the PNG masks")
     p.add_argument("--tta", action="store_true", help="average over flips (3x slower)")
+    p.add_argument("--threads", type=_positive, metavar="N",
+                   help="CPU threads for torch (default: chosen from measured throughput)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_predict)
@@ -121,7 +126,8 @@ def build_config(args: argparse.Namespace):
     changes = {"model": model, "device": args.device, "precision": args.precision}
     for name, key in (("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed"),
                       ("dii_scorer", "dii_scorer"), ("dii_tau", "dii_tau"), ("pixel_weights", "pixel_weights"),
-                      ("checkpoint_every", "checkpoint_every"), ("checkpoint_minutes", "checkpoint_minutes")):
+                      ("checkpoint_every", "checkpoint_every"), ("checkpoint_minutes", "checkpoint_minutes"),
+                      ("threads", "threads")):
         value = getattr(args, name)
         if value is not None:
             changes[key] = value
@@ -137,7 +143,17 @@ def _load(project: Path):
 
     if not (project / "project.json").is_file():
         raise CLIError(f"{project}: not a project folder (no project.json); create one with `hybridseg import`")
-    return load_project(project)  # a broken project.json: StoreError naming the file and line
+    collection = load_project(project)  # a broken project.json: StoreError naming the file and line
+    return collection
+
+
+def _check_images(collection) -> None:
+    """Images that are missing or cut off, found at open time rather than when training reaches them."""
+    problems = collection.meta.get("image_problems") or {}
+    if problems:
+        first = next(iter(problems.values()))
+        more = f" (and {len(problems) - 1} more image(s))" if len(problems) > 1 else ""
+        raise CLIError(f"{first}{more}; replace the file(s) or remove the sample(s) from the project", code=1)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -173,6 +189,7 @@ def _train(args: argparse.Namespace) -> int:
 
     config = build_config(args)
     collection = _load(args.project)
+    _check_images(collection)
     out: Path = args.out
     init_from = None
     if (out / "run.json").exists():
@@ -235,16 +252,47 @@ def run_predict(args: argparse.Namespace) -> int:
     from napari_hybridseg.core.predict import Predictor, predict_collection, predict_folder
     from napari_hybridseg.core.store import is_project
 
-    predictor = Predictor.load(args.run, device=args.device)
+    predictor = Predictor.load(args.run, device=args.device, threads=args.threads)
+
+    bar = None
 
     def progress(items):
-        return items if args.quiet else tqdm(items, unit="image", file=sys.stderr)
+        nonlocal bar
+        if args.quiet:
+            return items
+        bar = tqdm(items, unit="image", file=sys.stderr)
+        return bar
 
+    skipped: list[str] = []
+
+    def skip(what, exc) -> None:
+        skipped.append(str(what))
+        line = f"skipped {what}: {exc}"
+        (bar.write if bar is not None else print)(line, file=sys.stderr)
+
+    tiles = None
+
+    def tile_progress(done: int, total: int) -> None:  # large images: a bar over their tiles
+        nonlocal tiles
+        if args.quiet:
+            return
+        if tiles is None or done == 0:
+            if tiles is not None:
+                tiles.close()
+            tiles = tqdm(total=total, unit="tile", file=sys.stderr, leave=False, desc="  tiles")
+        tiles.update(done - tiles.n)
+        if done >= total:
+            tiles.close()
+            tiles = None
+
+    predictor.tile_progress = tile_progress
     if is_project(args.input) or (args.input / "project.json").is_file():  # a broken one: its error, by name
-        written = predict_collection(predictor, _load(args.input), args.out, tta=args.tta, progress=progress)
+        written = predict_collection(predictor, _load(args.input), args.out, tta=args.tta, progress=progress,
+                                     on_skip=skip)
     elif args.input.is_dir():
-        written = predict_folder(predictor, args.input, args.out, tta=args.tta, progress=progress)
+        written = predict_folder(predictor, args.input, args.out, tta=args.tta, progress=progress, on_skip=skip)
     else:
         raise CLIError(f"{args.input}: not a project or a folder of images")
-    print(f"wrote {len(written)} mask(s) to {args.out}")
-    return 0
+    print(f"wrote {len(written)} mask(s) to {args.out}" + (f"; skipped {len(skipped)} unreadable image(s)"
+                                                          if skipped else ""))
+    return 0 if written or not skipped else 1

@@ -91,6 +91,7 @@ class TrainConfig(_JSONMixin):
     precision: str = "auto"  # "auto": bf16 autocast on CPUs that have it, fp16 AMP on CUDA; "fp32"
     seed: int = 0
     num_workers: int = 0
+    threads: int = 0  # CPU threads for torch; 0: chosen from measured throughput and adapted (device.ThreadTuner)
     # Dynamic Instance Indicator
     dii: bool = True
     dii_scorer: str = "last-layer"  # "last-layer" (authors' code) | "jvp" (full network)

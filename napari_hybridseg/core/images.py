@@ -24,6 +24,7 @@ __all__ = [
     "resize_image",
     "resize_labels",
     "to_float_rgb",
+    "truncation",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -460,3 +461,32 @@ def _decide_rgb(stats: MaskStats, mode: str) -> MaskDecision:
             "black is background, other pixels go to the nearest colour"
             + ("; pass --masks binary to threshold the grey level instead" if mode == "auto" else ""))
     return MaskDecision("rgb", note, palette=palette, names=names)
+
+
+def truncation(path: str | Path) -> str | None:
+    """Why an image file is visibly incomplete (cut off by a failed copy or download), or ``None``.
+
+    Cheap (reads the file's last bytes, decodes nothing): a PNG must end with its
+    ``IEND`` chunk, a JPEG hold its end-of-image marker near its end, a BMP be as
+    long as its header says. Other formats (TIFF) are not checked here.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "empty file (0 bytes)"
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+            fh.seek(max(0, size - 4096))
+            tail = fh.read()
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None if tail.rstrip(b"\x00").endswith(b"IEND\xaeB`\x82") else \
+            "truncated PNG (no IEND chunk at its end)"
+    if head.startswith(b"\xff\xd8"):
+        return None if b"\xff\xd9" in tail else "truncated JPEG (no end-of-image marker)"
+    if head.startswith(b"BM") and len(head) >= 6:
+        declared = int.from_bytes(head[2:6], "little")
+        return None if declared <= size or declared == 0 else f"truncated BMP ({size} of {declared} bytes)"
+    return None

@@ -44,7 +44,16 @@ from pathlib import Path
 import numpy as np
 
 from .collection import DEFAULT_COLORS, Box, ClassInfo, Collection, Sample, TagImplies
-from .images import IMAGE_SUFFIXES, MASK_MODES, ImageError, MaskStats, decide_masks, read_mask_raw, resize_labels
+from .images import (
+    IMAGE_SUFFIXES,
+    MASK_MODES,
+    ImageError,
+    MaskStats,
+    decide_masks,
+    read_mask_raw,
+    resize_labels,
+    truncation,
+)
 from .store import header_shape
 
 __all__ = ["LAYOUTS", "DatasetError", "import_dataset"]
@@ -100,6 +109,7 @@ class _Importer:
         self.progress = progress
         self.hashes: dict[str, str] = {}  # file digest -> first sample id
         self.stats = MaskStats()
+        self.skipped: list[str] = []  # image files not imported (truncated)
         self.raw_masks: dict[str, list[np.ndarray]] = {}  # sample id -> its undecided mask(s)
         self.mask_mode = "auto"
         self.mask_threshold: int | None = None
@@ -109,8 +119,14 @@ class _Importer:
     def note(self, text: str) -> None:
         self.notes.append(text)
 
-    def add_sample(self, name: str, image_path: Path, *, tags: Sequence[str] = ()) -> Sample:
+    def add_sample(self, name: str, image_path: Path, *, tags: Sequence[str] = ()) -> Sample | None:
+        """Add one image; ``None`` (and a note) for an image file that is cut off."""
         c = self.collection
+        broken = truncation(image_path)
+        if broken:
+            self.note(f"{image_path}: {broken}; not imported (its mask neither): replace the file and import again")
+            self.skipped.append(str(image_path))
+            return None
         sid = c.unique_id(name)
         try:
             shape = header_shape(image_path)
@@ -207,30 +223,53 @@ def _match_masks(images: list[Path], masks: list[Path], imp: _Importer) -> dict[
     """Pair mask files with image files by stem, allowing mask suffixes such as ``_mask`` or ``-seg_2``."""
     by_stem: dict[str, Path] = {}
     by_fold: dict[str, Path] = {}
+    twins = _shared_stems(images)
     for p in images:
-        if p.stem in by_stem:
-            imp.note(f"{p.name}: another image has the same name stem ({by_stem[p.stem].name}); skipped")
+        if p.stem in twins:
             continue
         by_stem[p.stem] = p
         by_fold.setdefault(p.stem.casefold(), p)
+    for stem, paths in sorted(twins.items()):
+        imp.note(f"{', '.join(p.name for p in paths)}: images share the name stem {stem!r}; each imported (as "
+                 f"{', '.join(_sample_name(p, twins) for p in paths)}) without a mask, since a mask named after "
+                 f"{stem!r} cannot tell whose it is; rename one to pair it")
     out: dict[Path, list[Path]] = {}
     orphans = []
+    ambiguous = []
     for m in masks:
         stem = m.stem
         img = by_stem.get(stem)
         if img is None:
             base = _MASK_SUFFIX.sub("", stem)
+            if stem in twins or base in twins:
+                ambiguous.append(m.name)
+                continue
             img = by_stem.get(base) or by_fold.get(base.casefold()) or by_fold.get(stem.casefold())
         if img is None:
             orphans.append(m.name)
             continue
         out.setdefault(img, []).append(m)
+    if ambiguous:
+        imp.note(f"{len(ambiguous)} mask file(s) left out, their image name is shared: {', '.join(ambiguous[:5])}")
     if orphans:
         imp.note(f"{len(orphans)} mask file(s) match no image and were ignored: {', '.join(orphans[:5])}"
                  + (" ..." if len(orphans) > 5 else ""))
     for lst in out.values():
         lst.sort(key=lambda p: (len(p.stem), p.name))
     return out
+
+
+def _shared_stems(images: list[Path]) -> dict[str, list[Path]]:
+    """Name stems that several image files share (``a.png`` and ``a.jpg``) -> those files."""
+    by: dict[str, list[Path]] = {}
+    for p in images:
+        by.setdefault(p.stem, []).append(p)
+    return {k: v for k, v in by.items() if len(v) > 1}
+
+
+def _sample_name(path: Path, twins: dict[str, list[Path]]) -> str:
+    """The stem, or stem and extension where another image shares the stem (``a_jpg``, ``a_png``)."""
+    return f"{path.stem}_{path.suffix.lstrip('.').lower()}" if path.stem in twins else path.stem
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,9 +289,10 @@ def _import_folder(src: Path, imp: _Importer) -> None:
     if mask_dir is None:
         imp.note(f"{src}: no masks/ folder; every image imported unlabeled")
     pairs = _match_masks(images, masks, imp)
+    twins = _shared_stems(images)
     for i, path in enumerate(images):
-        sample = imp.add_sample(path.stem, path)
-        if path in pairs:
+        sample = imp.add_sample(_sample_name(path, twins), path)
+        if sample is not None and path in pairs:
             imp.set_mask(sample, pairs[path])
         imp.tick(i + 1, len(images))
     imp.decide_masks()
@@ -404,8 +444,11 @@ def _import_busi(src: Path, imp: _Importer, *, tag_implies: dict[str, str] | Non
         images = [p for p in files if p not in mask_set]
         pairs = _match_masks(images, masks, imp)
         per_folder[folder.name] = []
+        twins = _shared_stems(images)
         for path in images:
-            sample = imp.add_sample(path.stem, path, tags=[folder.name])
+            sample = imp.add_sample(_sample_name(path, twins), path, tags=[folder.name])
+            if sample is None:
+                continue
             per_folder[folder.name].append(sample)
             if path in pairs:
                 imp.set_mask(sample, pairs[path])
@@ -429,6 +472,8 @@ def _import_images(src: Path, imp: _Importer) -> None:
         rel = path.relative_to(folder).with_suffix("")
         imp.add_sample("_".join(rel.parts), path)
         imp.tick(i + 1, len(images))
+    if not imp.collection.samples:
+        raise DatasetError(f"{folder}: every image file is unreadable ({imp.notes[0] if imp.notes else ''})")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ its left-right and up-down flips.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,8 @@ import torch.nn.functional as F
 
 from .collection import Collection
 from .data import normalise
-from .device import resolve_device
-from .images import IMAGE_SUFFIXES, read_image, resize_image, to_float_rgb
+from .device import ThreadTuner, resolve_device
+from .images import IMAGE_SUFFIXES, ImageError, read_image, resize_image, to_float_rgb, truncation
 from .models import forward
 
 __all__ = ["Predictor", "predict_collection", "predict_folder", "write_mask"]
@@ -63,12 +64,25 @@ class Predictor:
     tile_above : float
         Tile when the image at ``train_scale`` is larger than this many
         training sizes on its long side. Default 2.
+    tile_pixels : int
+        Pixels per batch of tiles (tiles of 64 px: 256 a batch). Default 2**20.
+    threads : int or None
+        CPU threads for torch; ``None`` (default) chooses them and adapts them to
+        a competing CPU load (:class:`~.device.ThreadTuner`).
+
+    Attributes
+    ----------
+    tile_progress : callable or None
+        Called as ``tile_progress(done, total)`` while a large image's tiles are predicted.
     """
 
     def __init__(self, model: torch.nn.Module, input_size: int, class_values: Iterable[int], *,
                  device: str = "auto", train_scale: float | None = None, tile_above: float = 2.0,
-                 class_names: Iterable[str] | None = None):
+                 class_names: Iterable[str] | None = None, tile_pixels: int = 2**20, threads: int | None = None):
         self.dev = resolve_device(device, "fp32")
+        self.tile_pixels = int(tile_pixels)
+        self.tile_progress = None
+        self.threads = ThreadTuner.for_device(self.dev.device, threads)
         self.model = model.to(self.dev.device).eval()
         self.input_size = int(input_size)
         self.class_values = np.array([0, *[int(v) for v in class_values]])
@@ -117,6 +131,7 @@ class Predictor:
         scaled_shape = (max(s, round(h * self.train_scale)), max(s, round(w * self.train_scale)))
         small = resize_image(rgb, scaled_shape)
         x = normalise(small)
+        del small
         hh, ww = scaled_shape
         stride = max(1, s * 3 // 4)
         rows = sorted({*range(0, hh - s + 1, stride), hh - s})
@@ -126,13 +141,25 @@ class Predictor:
         win = (win1[:, None] * win1[None, :]).clamp_min(1e-3).to(self.dev.device)
         acc = None
         norm = torch.zeros(hh, ww, device=self.dev.device)
-        for r in rows:
-            for c in cols:
-                p = self._probs(x[None, :, r:r + s, c:c + s], tta)[0]
-                if acc is None:
-                    acc = torch.zeros(p.shape[0], hh, ww, device=self.dev.device)
+        positions = [(r, c) for r in rows for c in cols]
+        total = len(positions)
+        # tiles go through the network in batches (one forward per tile made a 5000 x 5000 image take hours)
+        batch = max(1, self.tile_pixels // (s * s))
+        if self.tile_progress is not None:
+            self.tile_progress(0, total)
+        for i in range(0, total, batch):
+            chunk = positions[i:i + batch]
+            t0 = time.perf_counter()
+            probs = self._probs(torch.stack([x[:, r:r + s, c:c + s] for r, c in chunk]), tta)
+            if self.threads is not None:
+                self.threads.record(time.perf_counter() - t0, len(chunk))
+            if acc is None:
+                acc = torch.zeros(probs.shape[1], hh, ww, device=self.dev.device)
+            for (r, c), p in zip(chunk, probs):
                 acc[:, r:r + s, c:c + s] += p * win
                 norm[r:r + s, c:c + s] += win
+            if self.tile_progress is not None:
+                self.tile_progress(min(i + batch, total), total)
         return (acc / norm)[None]
 
     def predict(self, image: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -158,7 +185,11 @@ class Predictor:
         if self.train_scale and max(h, w) * self.train_scale > self.tile_above * s:
             probs = self._tiled(rgb, tta)
         else:
-            probs = self._probs(normalise(resize_image(rgb, (s, s)))[None], tta)
+            x = normalise(resize_image(rgb, (s, s)))[None]
+            t0 = time.perf_counter()
+            probs = self._probs(x, tta)
+            if self.threads is not None:
+                self.threads.record(time.perf_counter() - t0)
         probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)[0]
         labels = self.class_values[probs.argmax(0).cpu().numpy()]
         dtype = np.uint16 if self.class_values.max() > 255 else np.uint8
@@ -166,10 +197,13 @@ class Predictor:
 
 
 def predict_collection(predictor: Predictor, collection: Collection, out_dir: str | Path, *,
-                       ids: Iterable[str] | None = None, tta: bool = False, progress=None) -> dict[str, Path]:
+                       ids: Iterable[str] | None = None, tta: bool = False, progress=None,
+                       on_skip: Callable[[str, Exception], None] | None = None) -> dict[str, Path]:
     """Predict every sample (or ``ids``) of a collection; write ``OUT/<id>.png``.
 
-    ``progress``, if given, wraps the iterable (e.g. ``tqdm``).
+    ``progress``, if given, wraps the iterable (e.g. ``tqdm``). ``on_skip``, if
+    given, is called as ``on_skip(sample_id, error)`` for a sample whose image
+    cannot be read, and the others are predicted; without it the error is raised.
     """
     out_dir = Path(out_dir)
     todo = list(ids) if ids is not None else collection.ids
@@ -177,7 +211,17 @@ def predict_collection(predictor: Predictor, collection: Collection, out_dir: st
     for sid in progress(todo) if progress else todo:
         sample = collection[sid]
         from_disk = sample.image is None
-        labels, _ = predictor.predict(sample.load_image(), tta=tta)
+        try:
+            broken = truncation(sample.image_path) if from_disk and sample.image_path is not None else None
+            if broken:
+                raise ImageError(f"{sample.image_path}: {broken}")
+            image = sample.load_image()
+        except (ImageError, OSError) as exc:
+            if on_skip is None:
+                raise
+            on_skip(sid, exc)
+            continue
+        labels, _ = predictor.predict(image, tta=tta)
         if from_disk:
             sample.image = None  # do not keep every full-size image of a large project in memory
         written[sid] = write_mask(out_dir / f"{sid}.png", labels)
@@ -185,14 +229,29 @@ def predict_collection(predictor: Predictor, collection: Collection, out_dir: st
 
 
 def predict_folder(predictor: Predictor, folder: str | Path, out_dir: str | Path, *, tta: bool = False,
-                   progress=None) -> dict[str, Path]:
-    """Predict every image file in ``folder`` (not recursive); write ``OUT/<stem>.png``."""
+                   progress=None, on_skip: Callable[[Path, Exception], None] | None = None) -> dict[str, Path]:
+    """Predict every image file in ``folder`` (not recursive); write ``OUT/<stem>.png``.
+
+    ``on_skip``, if given, is called as ``on_skip(path, error)`` for a file that
+    cannot be read (cut off, not an image), and the rest are predicted; without
+    it the error is raised.
+    """
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
         raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     written = {}
     for path in progress(files) if progress else files:
-        labels, _ = predictor.predict(read_image(path), tta=tta)
+        try:
+            broken = truncation(path)
+            if broken:
+                raise ImageError(f"{path}: {broken}")
+            image = read_image(path)
+        except (ImageError, OSError) as exc:
+            if on_skip is None:
+                raise
+            on_skip(path, exc)
+            continue
+        labels, _ = predictor.predict(image, tta=tta)
         written[path.name] = write_mask(Path(out_dir) / f"{path.stem}.png", labels)
     return written

@@ -64,7 +64,7 @@ PROJECT_FILE = "project.json"
 WEIGHTS_FILE = "weights.json"
 
 #: keys of ``Collection.meta`` / ``Sample.meta`` that describe the running session, not the data
-_RUNTIME_META = ("project_dir", "recovered")
+_RUNTIME_META = ("project_dir", "recovered", "image_problems")
 
 
 def _read_umask() -> int:
@@ -827,7 +827,28 @@ def load_project(path: str | Path) -> Collection:
     collection.meta["project_dir"] = str(root.absolute())
     if recovered:
         collection.meta["recovered"] = recovered
+    problems = image_problems(collection)
+    if problems:
+        collection.meta["image_problems"] = problems
     return collection
+
+
+def image_problems(collection: Collection) -> dict[str, str]:
+    """Sample id -> what is wrong with its image file (missing, empty, cut off), found without decoding."""
+    from .images import truncation
+
+    out = {}
+    for s in collection:
+        if s.image is not None or s.image_path is None:
+            continue
+        path = Path(s.image_path)
+        if not path.is_file():
+            out[s.id] = f"{path}: image file not found"
+        else:
+            why = truncation(path)
+            if why:
+                out[s.id] = f"{path}: {why}"
+    return out
 
 
 def _load_weights(path: Path, collection: Collection) -> None:

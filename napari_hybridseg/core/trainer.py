@@ -35,7 +35,7 @@ from . import dii as dii_mod
 from .collection import Collection, Role, Sample, WeightState
 from .config import TrainConfig
 from .data import BatchSampler, Prepared, augment, collate, denormalise, prepare_sample
-from .device import DeviceInfo, release, resolve_device
+from .device import DeviceInfo, ThreadTuner, release, resolve_device
 from .losses import LossWeights, aux_tag_loss, box_pairwise, colour_affinity, strong_loss, weak_losses
 from .models import build_model, forward, save_model, weights_record
 from .reports import (
@@ -230,6 +230,8 @@ class _Session:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.dev: DeviceInfo = resolve_device(cfg.device, cfg.precision)
+        # a competing CPU job must not collapse the step time: the thread count follows measured throughput
+        self.threads = ThreadTuner.for_device(self.dev.device, cfg.threads or None)
         n_classes = self.collection.num_classes
         # the tag head only when some tag says something about a class (a "sessile" tag implies nothing)
         telling = {t.name for t in self.collection.tag_defs if t.implies.value != "nothing"}
@@ -824,6 +826,8 @@ class _Session:
                 t0 = time.perf_counter()
                 losses = self.step(step)
                 dt = time.perf_counter() - t0
+                if self.threads is not None:
+                    self.threads.record(dt)
                 sps = dt if sps is None else 0.9 * sps + 0.1 * dt
                 if cfg.log_every and step % cfg.log_every == 0:
                     self.loss_history.append([step, losses])
@@ -859,7 +863,9 @@ class _Session:
             self.release()
 
     def release(self) -> None:
-        """Free accelerator memory: models back to the CPU, caches emptied."""
+        """Free accelerator memory: models back to the CPU, caches emptied; torch's thread count as it was."""
+        if getattr(self, "threads", None) is not None:
+            torch.set_num_threads(self.threads.max_threads)
         if self.dev.device.type != "cpu":
             for net in self.nets:
                 net.cpu()
