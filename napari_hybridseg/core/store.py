@@ -54,6 +54,7 @@ __all__ = [
     "recover",
     "save_project",
     "save_sample",
+    "save_vocabulary",
     "save_weights",
 ]
 
@@ -638,6 +639,23 @@ def save_sample(collection: Collection, path: str | Path, sample_id: str) -> Non
             plan.json[root / PROJECT_FILE] = project
         plan.execute(root)
     _apply_image_paths(collection, plan)
+
+
+def save_vocabulary(collection: Collection, path: str | Path) -> None:
+    """Write the classes, the tag vocabulary and the collection meta into ``project.json`` (atomically).
+
+    The sample list is kept as it is on disk; use it right after a class or a tag
+    definition changed (the widget does, so that a new class survives a crash).
+    The project must exist (see :func:`save_project`).
+    """
+    root = Path(path)
+    project = _read_json(root / PROJECT_FILE)
+    _check_header(project, root / PROJECT_FILE)
+    header = _project_header(collection)
+    if all(project.get(k) == v for k, v in header.items()):
+        return
+    project.update(header)
+    _write_json(root / PROJECT_FILE, project)
 
 
 def save_weights(collection: Collection, path: str | Path) -> None:

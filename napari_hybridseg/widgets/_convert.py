@@ -30,16 +30,21 @@ __all__ = [
     "weights_to_rgba",
 ]
 
-#: Colour stops for learned weights: down-weighted (0) red, undecided (0.5)
-#: amber, trusted (1) green. Red-for-low is what an annotator reads as
-#: "look at this one".
+#: Colour stops for learned weights: a perceptual diverging scale, magenta for
+#: down-weighted (0, "look at this one"), light grey for undecided (0.5), teal
+#: for trusted (1); the ends of ColorBrewer's PiYG and BrBG. No default class
+#: colour (orange, blue, green, purple, ...), the prediction outline (the class
+#: colour) or the "not weighted yet" yellow lies on it, so a weight is never
+#: mistaken for a class or for the prediction.
 WEIGHT_COLORMAP: tuple[tuple[float, tuple[float, float, float]], ...] = (
-    (0.0, (0.84, 0.15, 0.16)),
-    (0.5, (1.00, 0.76, 0.03)),
-    (1.0, (0.17, 0.63, 0.17)),
+    (0.0, (0.816, 0.110, 0.545)),
+    (0.25, (0.914, 0.639, 0.788)),
+    (0.5, (0.969, 0.969, 0.969)),
+    (0.75, (0.502, 0.804, 0.757)),
+    (1.0, (0.004, 0.522, 0.443)),
 )
-#: Colour of an annotation whose weight is not learned yet.
-UNWEIGHTED_RGBA = (0.0, 0.9, 1.0, 1.0)
+#: Colour of an annotation whose weight is not learned yet (yellow: not on the weight scale).
+UNWEIGHTED_RGBA = (1.0, 0.85, 0.0, 1.0)
 _HALF = 0.5
 
 
@@ -58,7 +63,7 @@ def weights_to_rgba(weights: Sequence[float | None] | np.ndarray) -> np.ndarray:
     Examples
     --------
     >>> weights_to_rgba([0.0, 1.0])[:, :3].round(2).tolist()
-    [[0.84, 0.15, 0.16], [0.17, 0.63, 0.17]]
+    [[0.82, 0.11, 0.55], [0.0, 0.52, 0.44]]
     """
     w = np.array([np.nan if v is None else float(v) for v in weights], dtype=float)
     out = np.tile(np.asarray(UNWEIGHTED_RGBA, float), (len(w), 1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,10 +29,20 @@ from qtpy.QtWidgets import (
 
 from napari_hybridseg.core.collection import TagImplies
 
+from ._convert import UNWEIGHTED_RGBA, WEIGHT_COLORMAP
+
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["DataPanel", "NumericItem"]
+__all__ = ["TAG_MEANINGS", "ClassLegend", "DataPanel", "NumericItem", "default_project_dir"]
+
+#: what a tag can say about the segmentation, as the annotator reads it (value: TagImplies)
+TAG_MEANINGS = {
+    "choose what it means…": None,
+    "class present somewhere": TagImplies.PRESENT.value,
+    "class absent (no pixel of it)": TagImplies.ABSENT.value,
+    "says nothing about the mask": TagImplies.NOTHING.value,
+}
 
 LAYOUTS = {
     "images only": "images",
@@ -71,6 +82,57 @@ def _fit_columns(table: QTableWidget) -> None:
     header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
     header.setStretchLastSection(True)
     table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+
+
+def default_project_dir(src: str | Path) -> Path:
+    """Where the project of an image folder goes: ``<folder>_hybridseg`` beside it."""
+    src = Path(src).absolute()
+    return src.with_name(src.name + "_hybridseg")
+
+
+def _notify_warning(message: str) -> None:
+    from napari.utils.notifications import show_warning
+
+    show_warning(message)
+
+
+def _notify_info(message: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(message)
+
+
+def _swatch(color: str):
+    from qtpy.QtGui import QColor, QIcon, QPixmap
+
+    pix = QPixmap(12, 12)
+    pix.fill(QColor(color))
+    return QIcon(pix)
+
+
+class ClassLegend(QLabel):
+    """What each colour on the canvas means: class fills, the prediction outline, the weight scale."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWordWrap(True)
+        self.setTextFormat(Qt.TextFormat.RichText)
+        self.setToolTip("Classes fill the mask and the points; the prediction is an outline in the class colour; "
+                        "box and point outlines show the learned weight (Review tab)")
+        self.set_classes([])
+
+    def set_classes(self, classes: list[tuple[str, str]]) -> None:
+        parts = [f'<span style="color:{c}">&#9632;</span> {html.escape(n)}' for n, c in classes]
+        self.classes = list(classes)
+        self.setText("Colours: " + " &nbsp; ".join(parts) + " &nbsp;·&nbsp; outline of the class colour = prediction"
+                     " &nbsp;·&nbsp; box/point outline = learned weight: "
+                     f'<span style="color:{_hex(WEIGHT_COLORMAP[0][1])}">low</span> – '
+                     f'<span style="color:{_hex(WEIGHT_COLORMAP[-1][1])}">trusted</span>, '
+                     f'<span style="color:{_hex(UNWEIGHTED_RGBA[:3])}">not weighted yet</span>')
+
+
+def _hex(rgb) -> str:
+    return "#" + "".join(f"{int(round(255 * float(v))):02x}" for v in rgb[:3])
 
 
 class DataPanel(QWidget):
@@ -134,44 +196,82 @@ class DataPanel(QWidget):
         nav.addWidget(self.next_btn)
         layout.addLayout(nav)
 
+        self.suggest_btn = QPushButton("Suggest next image to annotate")
+        self.suggest_btn.setToolTip("Go to the image whose labels would help most now (key S): the weak image the "
+                                    "model trusts least, else the unlabeled image it is least sure about")
+        self.suggest_label = QLabel("")
+        self.suggest_label.setWordWrap(True)
+        layout.addWidget(self.suggest_btn)
+        layout.addWidget(self.suggest_label)
+        self.keys_label = QLabel("Keys: Page Down / N next image, Page Up / P previous, S suggested image")
+        self.keys_label.setWordWrap(True)
+        self.keys_label.setStyleSheet("color: #aaaaaa")
+        layout.addWidget(self.keys_label)
+
         # -- annotate ------------------------------------------------------
         ann_box = QGroupBox("Annotate")
         ann = QGridLayout(ann_box)
         ann.addWidget(QLabel("Class"), 0, 0)
         self.class_combo = QComboBox()
         self.class_combo.setToolTip("Class of new boxes, points and mask strokes")
-        ann.addWidget(self.class_combo, 0, 1)
+        self.class_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.class_combo.setMinimumContentsLength(8)
+        ann.addWidget(self.class_combo, 0, 1, 1, 2)
+        self.rename_class_btn = QPushButton("Rename…")
+        self.rename_class_btn.setToolTip("Rename the chosen class (masks keep their label values)")
+        self.color_class_btn = QPushButton("Colour…")
+        self.color_class_btn.setToolTip("Change the chosen class's colour in the mask, prediction and point layers")
+        self.delete_class_btn = QPushButton("Delete")
+        self.delete_class_btn.setToolTip("Delete the chosen class (only when no mask, box or point uses it)")
+        ann.addWidget(self.rename_class_btn, 1, 0)
+        ann.addWidget(self.color_class_btn, 1, 1)
+        ann.addWidget(self.delete_class_btn, 1, 2)
         self.new_class_edit = QLineEdit()
         self.new_class_edit.setPlaceholderText("new class name")
+        self.new_class_edit.setToolTip("Name of a new segmentation class; press Enter or Add class")
         self.add_class_btn = QPushButton("Add class")
-        ann.addWidget(self.new_class_edit, 1, 0)
-        ann.addWidget(self.add_class_btn, 1, 1)
+        self.add_class_btn.setToolTip("Add the class (saved in the project at once)")
+        ann.addWidget(self.new_class_edit, 2, 0, 1, 2)
+        ann.addWidget(self.add_class_btn, 2, 2)
         self.apply_class_btn = QPushButton("Set class of selected boxes/points")
-        ann.addWidget(self.apply_class_btn, 2, 0, 1, 2)
+        self.apply_class_btn.setToolTip("Give the boxes and points selected in napari the chosen class")
+        ann.addWidget(self.apply_class_btn, 3, 0, 1, 3)
         self.background_check = QCheckBox("New points are background clicks")
-        ann.addWidget(self.background_check, 3, 0, 1, 2)
+        self.background_check.setToolTip("Unticked: a click says 'this pixel is the class'; ticked: 'this pixel is "
+                                         "background'")
+        ann.addWidget(self.background_check, 4, 0, 1, 3)
         self.remove_mask_btn = QPushButton("Remove mask")
         self.remove_mask_btn.setToolTip("The image keeps its boxes, points and tags but is no longer strong")
-        self.save_btn = QPushButton("Save")
-        self.save_btn.setToolTip("Write the whole project now (it is also saved on navigation, Train and close)")
-        ann.addWidget(self.remove_mask_btn, 4, 0)
-        ann.addWidget(self.save_btn, 4, 1)
+        self.save_btn = QPushButton("Save all")
+        self.save_btn.setToolTip("Write the whole project now; edits are also saved a second after they settle, "
+                                 "on navigation, Train and close")
+        ann.addWidget(self.remove_mask_btn, 5, 0, 1, 2)
+        ann.addWidget(self.save_btn, 5, 2)
+        self.legend = ClassLegend()
+        ann.addWidget(self.legend, 6, 0, 1, 3)
         layout.addWidget(ann_box)
 
         tag_box = QGroupBox("Tags of this image")
         tags = QVBoxLayout(tag_box)
         self.tag_list = QListWidget()
         self.tag_list.setMaximumHeight(72)
+        self.tag_list.setToolTip("Tick the tags that hold for the image on screen; in brackets what each says "
+                                 "about the mask")
         tags.addWidget(self.tag_list)
         row = QHBoxLayout()
         self.new_tag_edit = QLineEdit()
         self.new_tag_edit.setPlaceholderText("new tag")
+        self.new_tag_edit.setToolTip("Name of a new image tag, e.g. 'lesion present' or 'normal'")
         self.tag_implies = QComboBox()
-        self.tag_implies.addItems([t.value for t in TagImplies])
-        self.tag_implies.setToolTip("What the tag says about the segmentation: nothing, class absent, class present")
+        for text, value in TAG_MEANINGS.items():
+            self.tag_implies.addItem(text, value)
+        self.tag_implies.setToolTip("What the tag tells the network about the segmentation: the class is present "
+                                    "somewhere in the image, absent from it, or nothing (a note for you)")
         self.add_tag_btn = QPushButton("Add tag")
-        row.addWidget(self.new_tag_edit, stretch=1)
-        row.addWidget(self.tag_implies)
+        self.add_tag_btn.setToolTip("Add the tag (saved in the project at once) and tick it on this image")
+        self.add_tag_btn.setEnabled(False)
+        tags.addWidget(self.new_tag_edit)
+        row.addWidget(self.tag_implies, stretch=1)
         row.addWidget(self.add_tag_btn)
         tags.addLayout(row)
         layout.addWidget(tag_box)
@@ -185,6 +285,11 @@ class DataPanel(QWidget):
         self.next_btn.clicked.connect(lambda: self.session.step(1))
         self.class_combo.currentIndexChanged.connect(self._on_class_chosen)
         self.add_class_btn.clicked.connect(self._add_class)
+        self.rename_class_btn.clicked.connect(self._rename_class)
+        self.color_class_btn.clicked.connect(self._recolor_class)
+        self.delete_class_btn.clicked.connect(self._delete_class)
+        self.new_tag_edit.textChanged.connect(self._update_tag_button)
+        self.tag_implies.currentIndexChanged.connect(self._update_tag_button)
         self.apply_class_btn.clicked.connect(self.apply_class_to_selection)
         self.background_check.toggled.connect(self.session.set_background_points)
         self.remove_mask_btn.clicked.connect(self.session.remove_mask)
@@ -198,16 +303,29 @@ class DataPanel(QWidget):
         session.sample_changed.connect(self._on_sample_changed)
         session.annotations_edited.connect(self._on_edited)
         session.weights_changed.connect(self._refresh_weights)
+        session.vocabulary_changed.connect(self._on_vocabulary_changed)
 
     # -- dialogs (thin: the work is in the session) --------------------------
     def _ask_folder(self) -> None:
         src = QFileDialog.getExistingDirectory(self, "Folder of images")
-        if not src:
-            return
-        default = str(Path(src).with_name(Path(src).name + "_hybridseg"))
-        project = QFileDialog.getExistingDirectory(self, "Empty folder for the new project", default)
-        if project:
-            self.session.import_folder(src, project, "images")
+        if src:
+            self.open_images(src)
+
+    def open_images(self, src: str | Path, layout: str = "images") -> Path:
+        """Open a folder of images (one choice): its project is ``<folder>_hybridseg`` beside it.
+
+        An earlier project there is opened again (the work in it is kept); otherwise it is
+        created. Returns the project folder.
+        """
+        from napari_hybridseg.core.store import is_project
+
+        project = default_project_dir(src)
+        if is_project(project):
+            self.session.open_project(project)
+        else:
+            self.session.import_folder(src, project, layout)
+        _notify_info(f"HybridSeg: project {project} (annotations are saved there; the images are not touched)")
+        return project
 
     def _ask_project(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Project folder")
@@ -217,11 +335,8 @@ class DataPanel(QWidget):
     def _ask_import(self) -> None:
         layout = LAYOUTS[self.layout_combo.currentText()]
         src = QFileDialog.getExistingDirectory(self, f"Dataset folder ({self.layout_combo.currentText()})")
-        if not src:
-            return
-        project = QFileDialog.getExistingDirectory(self, "Empty folder for the new project")
-        if project:
-            self.session.import_folder(src, project, layout)
+        if src:
+            self.open_images(src, layout)
 
     # -- table ---------------------------------------------------------------
     def refresh(self) -> None:
@@ -236,15 +351,23 @@ class DataPanel(QWidget):
             self.table.setRowCount(len(coll))
             for row, sample in enumerate(coll):
                 self._fill_row(row, sample)
-            self.project_label.setText(
-                f"{self.session.project_path or 'in memory (not saved)'} — {len(coll)} images, "
-                f"{len(coll.strong)} strong, {len(coll.weak)} weak, {len(coll.unlabeled)} unlabeled"
-            )
+            self._update_summary()
             self._fill_classes()
         finally:
             self.table.setSortingEnabled(True)
             self._filling = False
         self._on_sample_changed(self.session.current_id)
+
+    def _update_summary(self) -> None:
+        coll = self.session.collection
+        if coll is None:
+            self.project_label.setText("No project open")
+            return
+        counts = coll.counts()
+        self.project_label.setText(
+            f"{self.session.project_path or 'in memory (not saved)'} — {counts['samples']} images, "
+            f"{counts['strong']} strong, {counts['weak']} weak, {counts['unlabeled']} unlabeled"
+        )
 
     def _fill_row(self, row: int, sample) -> None:
         coll = self.session.collection
@@ -291,6 +414,7 @@ class DataPanel(QWidget):
         self.table.setSortingEnabled(False)
         self._fill_row(row, sample)
         self.table.setSortingEnabled(sorting)
+        self._update_summary()
 
     def _refresh_weights(self) -> None:
         coll = self.session.collection
@@ -309,12 +433,14 @@ class DataPanel(QWidget):
         self.class_combo.blockSignals(True)
         self.class_combo.clear()
         for c in coll.classes if coll else []:
-            self.class_combo.addItem(f"{c.name} ({c.value})", c.value)
+            self.class_combo.addItem(_swatch(c.color), f"{c.name} ({c.value})", c.value)
             idx = self.class_combo.count() - 1
-            self.class_combo.setItemData(idx, c.color, Qt.ItemDataRole.ToolTipRole)
+            self.class_combo.setItemData(idx, f"label value {c.value}, colour {c.color}", Qt.ItemDataRole.ToolTipRole)
         i = self.class_combo.findData(self.session.current_class)
         self.class_combo.setCurrentIndex(max(0, i))
         self.class_combo.blockSignals(False)
+        self.legend.set_classes([(c.name, c.color) for c in coll.classes] if coll else [])
+        self.delete_class_btn.setEnabled(bool(coll) and len(coll.classes) > 1)
 
     def _on_class_chosen(self, index: int) -> None:
         value = self.class_combo.itemData(index)
@@ -323,20 +449,60 @@ class DataPanel(QWidget):
 
     def _add_class(self) -> None:
         name = self.new_class_edit.text().strip()
-        coll = self.session.collection
-        if not name or coll is None:
+        if not name or self.session.collection is None:
             return
         try:
-            info = coll.add_class(name)
-        except ValueError as exc:
-            from napari.utils.notifications import show_warning
-
-            show_warning(f"{exc}: choose another name")
+            self.session.add_class(name)
+        except (ValueError, OSError) as exc:
+            _notify_warning(f"{exc}: choose another name")
             return
         self.new_class_edit.clear()
+
+    def chosen_class(self) -> int | None:
+        value = self.class_combo.currentData()
+        return None if value is None else int(value)
+
+    def _rename_class(self) -> None:
+        from qtpy.QtWidgets import QInputDialog
+
+        value, coll = self.chosen_class(), self.session.collection
+        if value is None or coll is None:
+            return
+        old = coll.class_by_value(value).name
+        name, ok = QInputDialog.getText(self, "Rename class", f"New name of class {value} ({old}):", text=old)
+        if ok and name.strip() and name.strip() != old:
+            try:
+                self.session.rename_class(value, name)
+            except (ValueError, OSError) as exc:
+                _notify_warning(str(exc))
+
+    def _recolor_class(self) -> None:
+        from qtpy.QtGui import QColor
+        from qtpy.QtWidgets import QColorDialog
+
+        value, coll = self.chosen_class(), self.session.collection
+        if value is None or coll is None:
+            return
+        info = coll.class_by_value(value)
+        color = QColorDialog.getColor(QColor(info.color), self, f"Colour of {info.name}")
+        if color.isValid():
+            try:
+                self.session.recolor_class(value, color.name())
+            except (ValueError, OSError) as exc:
+                _notify_warning(str(exc))
+
+    def _delete_class(self) -> None:
+        value = self.chosen_class()
+        if value is None:
+            return
+        try:
+            self.session.delete_class(value)
+        except (ValueError, OSError) as exc:
+            _notify_warning(str(exc))
+
+    def _on_vocabulary_changed(self) -> None:
         self._fill_classes()
-        self.class_combo.setCurrentIndex(self.class_combo.findData(info.value))
-        self.session.mark_edited()
+        self._fill_tags()
 
     def apply_class_to_selection(self) -> None:
         """Give the selected boxes and points the class chosen in the panel."""
@@ -379,13 +545,24 @@ class DataPanel(QWidget):
     def _on_tag_toggled(self, _item: QListWidgetItem) -> None:
         self.session.set_tags(self.checked_tags())
 
+    def _update_tag_button(self, *_args) -> None:
+        named = bool(self.new_tag_edit.text().strip())
+        self.add_tag_btn.setEnabled(named and self.tag_implies.currentData() is not None)
+
     def _add_tag(self) -> None:
         name = self.new_tag_edit.text().strip()
-        coll = self.session.collection
-        if not name or coll is None:
+        implies = self.tag_implies.currentData()
+        if not name or self.session.collection is None:
             return
-        coll.ensure_tag(name, self.tag_implies.currentText())
+        if implies is None:
+            _notify_warning(f"Choose what the tag {name!r} means for the segmentation (present, absent or nothing), "
+                            "then add it.")
+            return
+        try:
+            self.session.add_tag(name, implies)
+        except (ValueError, OSError) as exc:
+            _notify_warning(str(exc))
+            return
         self.new_tag_edit.clear()
-        if self.session.current is not None:
-            self.session.set_tags([*self.session.current.tags, name])
+        self.tag_implies.setCurrentIndex(0)
         self._fill_tags()

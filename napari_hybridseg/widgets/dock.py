@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: debounce between an edit during training and sending it to the trainer
 UPDATE_DELAY_MS = 400
+#: an edit of the image on screen is written to the project once no new edit came for this long
+AUTOSAVE_DELAY_MS = 1000
 
 
 def _notify(kind: str, message: str) -> None:
@@ -123,6 +125,12 @@ class HybridSegWidget(QWidget):
         self._update_timer.setInterval(UPDATE_DELAY_MS)
         self._update_timer.timeout.connect(self._send_update)
         self._pending_updates: set[str] = set()
+        # durable edits: the image on screen is saved once its edits settle, not only on navigation
+        self._autosave_timer = QTimer(self)
+        self._autosave_timer.setSingleShot(True)
+        self._autosave_timer.setInterval(AUTOSAVE_DELAY_MS)
+        self._autosave_timer.timeout.connect(self.autosave)
+        self.autosaves = 0  # how many autosaves wrote (tests, docs)
 
         self.data_panel.sample_btn.clicked.connect(self.open_sample_data)
         self.train_panel.train_btn.clicked.connect(self.toggle_training)
@@ -315,7 +323,26 @@ class HybridSegWidget(QWidget):
     def _on_finished(self) -> None:
         self.train_panel.set_running(False)
 
+    def autosave(self) -> bool:
+        """Write the sample on screen if it was edited (the settled-edit timer calls this). Returns whether it wrote."""
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QApplication
+
+        if QApplication.mouseButtons() != Qt.MouseButton.NoButton:  # mid-stroke: wait until the drag ends
+            self._autosave_timer.start()
+            return False
+        try:
+            wrote = self.session.save_current()
+        except (OSError, ValueError, RuntimeError) as exc:
+            _notify("error", f"Cannot save {self.session.current_id!r}: {exc}. Check that the project folder "
+                             "is writable; your edits stay in napari and are saved on the next change.")
+            return False
+        self.autosaves += int(wrote)
+        return wrote
+
     def _on_edited(self, sample_id: str) -> None:
+        if self.session.project_path is not None:
+            self._autosave_timer.start()
         if self.runner.running:
             self._pending_updates.add(sample_id)
             self._update_timer.start()

@@ -147,6 +147,8 @@ class Session:
     annotations_edited = Signal(str)
     #: emitted when learned weights change (after a WeightsReport or a load)
     weights_changed = Signal()
+    #: emitted after classes or tag definitions changed (and were saved)
+    vocabulary_changed = Signal()
 
     def __init__(self, viewer: napari.Viewer):
         self.viewer = viewer
@@ -161,6 +163,7 @@ class Session:
         self._layers: dict[str, Layer] = {}
         self._dirty: set[str] = set()
         self._writing_layers = False  # True while we set layer data (not an edit)
+        self._reframe = False
 
     # -- opening ----------------------------------------------------------
     def set_collection(self, collection: Collection, project_path: str | Path | None = None,
@@ -191,6 +194,7 @@ class Session:
         self.weights_changed.emit()
         if len(collection):
             self.show(show if show in collection else collection.ids[0])
+            self.raise_layers()  # over whatever the viewer held before: the canvas shows what the panel names
 
     def open_project(self, path: str | Path) -> Collection:
         """Load a project folder written by :func:`napari_hybridseg.core.store.save_project`."""
@@ -275,15 +279,55 @@ class Session:
             self._show_pixel_weights(sample_id)
         finally:
             self._writing_layers = False
+        if self._reframe:
+            self._reframe = False
+            self.reframe()
         self.sample_changed.emit(sample_id)
+
+    def reframe(self) -> None:
+        """Fit the view to the layers (napari's reset view): called when the image size changes."""
+        image = self.layer("image")
+        if image is None:
+            return
+        try:
+            self.viewer.reset_view()
+        except (AttributeError, ValueError) as exc:  # no canvas (headless viewer)
+            log.info("cannot re-frame the view: %s", exc)
 
     # -- layers -----------------------------------------------------------
     def layer(self, key: str) -> Layer | None:
-        """The session's layer ``key`` (see :data:`LAYER_NAMES`) if it is still in the viewer."""
+        """The session's layer ``key`` (see :data:`LAYER_NAMES`) if it is still in the viewer.
+
+        A layer of that name left in the viewer by an earlier dock of the plugin (closed and
+        added again) is taken over rather than duplicated as ``hybridseg image [1]``.
+        """
         layer = self._layers.get(key)
         if layer is not None and layer in self.viewer.layers:
             return layer
+        found = self._find_left_layer(key)
+        if found is not None:
+            self._layers[key] = found
+            self._connect_edits(key, found)
+        return found
+
+    def _find_left_layer(self, key: str) -> Layer | None:
+        from napari import layers as nl
+
+        kind = {"image": nl.Image, "pixel_weights": nl.Image, "prediction": nl.Labels, "mask": nl.Labels,
+                "boxes": nl.Shapes, "points": nl.Points}[key]
+        mine = set(map(id, self._layers.values()))
+        for lyr in self.viewer.layers:
+            if lyr.name == LAYER_NAMES[key] and isinstance(lyr, kind) and id(lyr) not in mine:
+                return lyr
         return None
+
+    def _connect_edits(self, key: str, layer: Layer) -> None:
+        """Edits of an annotation layer mark the sample on screen as edited (connected once)."""
+        if key == "mask":
+            connect_once(layer.events.paint, self._on_edit)
+            connect_once(layer.events.data, self._on_edit)
+        elif key in ("boxes", "points"):
+            connect_once(layer.events.data, self._on_edit)
 
     def _place(self, layer: Layer) -> None:
         """Give an annotation layer the image layer's scale and translate."""
@@ -300,13 +344,23 @@ class Session:
         if active is not None and active in self.viewer.layers and key in ("prediction", "pixel_weights"):
             self.viewer.layers.selection.active = active
         self._layers[key] = layer
-        # keep the stack readable: overlays above the image, annotations on top
-        order = [self._layers[k] for k in LAYER_NAMES if self.layer(k) is not None]
-        for target, lyr in enumerate(order):
-            idx = self.viewer.layers.index(lyr)
-            if idx != target:
-                self.viewer.layers.move(idx, target)
+        self._connect_edits(key, layer)
+        self.raise_layers()
         return layer
+
+    def raise_layers(self) -> None:
+        """Put the session's layers on top of the stack, in :data:`LAYER_NAMES` order.
+
+        Layers the user opened before (the same images with ``viewer.open``, their own
+        annotations) stay in the viewer, visible, below ours: the canvas shows the image the
+        panel names.
+        """
+        order = [self._layers[k] for k in LAYER_NAMES if self.layer(k) is not None]
+        layers = self.viewer.layers
+        if not order or list(layers)[-len(order):] == order:
+            return
+        for lyr in order:  # each to the top in turn: they end up on top, in order
+            layers.move(layers.index(lyr), len(layers))
 
     def _show_image(self, image: np.ndarray) -> None:
         from napari.layers import Image
@@ -314,10 +368,14 @@ class Session:
         rgb = image.ndim == 3
         layer = self.layer("image")
         if layer is not None and bool(layer.rgb) == rgb:
+            old_shape = tuple(layer.data.shape[:2])
             layer.data = image
             layer.reset_contrast_limits()
             layer.name = LAYER_NAMES["image"]
+            if old_shape != tuple(image.shape[:2]):
+                self._reframe = True  # a 480 x 360 image must not be shown in a 320 x 240 frame
             return
+        self._reframe = True
         if layer is not None:  # grey <-> colour cannot change in place
             scale, translate = layer.scale, layer.translate
             self.viewer.layers.remove(layer)
@@ -346,11 +404,14 @@ class Session:
         if layer is None:
             layer = Labels(data, name=LAYER_NAMES["mask"], opacity=0.5)
             self._adopt("mask", layer)
-            layer.events.paint.connect(self._on_edit)
-            layer.events.data.connect(self._on_edit)
         else:
             layer.data = data
             self._place(layer)
+        # Ctrl+Z must not replay the previous image's strokes onto this one: napari keeps the undo
+        # history when the data is replaced, so it is cleared with every swap
+        reset = getattr(layer, "_reset_history", None)
+        if callable(reset):
+            reset()
         layer.colormap = self._label_colormap()
         layer.selected_label = self.current_class
 
@@ -373,10 +434,12 @@ class Session:
             layer = Shapes(ndim=2, name=LAYER_NAMES["boxes"], shape_type="rectangle", edge_width=2,
                            face_color="transparent", features=features.iloc[:0])
             self._adopt("boxes", layer)
-            layer.events.data.connect(self._on_edit)
             layer.current_face_color = "transparent"
         else:
             self._place(layer)
+        # a selection left from the previous image would index shapes that no longer exist, and the
+        # "current" edge colour and features napari apply to selected shapes would reach the new ones
+        layer.selected_data = set()
         layer.data = []
         if sample.boxes:
             layer.add_rectangles(boxes_to_shapes(sample.boxes))
@@ -402,14 +465,17 @@ class Session:
             layer = Points(ndim=2, name=LAYER_NAMES["points"], size=size, border_width=0.3,
                            features=features.iloc[:0])
             self._adopt("points", layer)
-            layer.events.data.connect(self._on_edit)
         else:
             self._place(layer)
+        # napari selects a point the user just clicked; that selection must not outlive the image:
+        # with it, setting current_size indexed the new (empty) data and raised IndexError, and the
+        # feature defaults of the next click were left at label 0 / background
+        layer.selected_data = set()
         layer.data = points_to_layer(sample.points)
         layer.features = features
+        layer.feature_defaults = {"label": self.current_class, "positive": not self.background_points, "id": ""}
         layer.size = size
         layer.current_size = size
-        layer.feature_defaults = {"label": self.current_class, "positive": not self.background_points, "id": ""}
         self._set_point_defaults(layer)
         self.color_annotations()
 
@@ -604,6 +670,102 @@ class Session:
         coords = self._to_image_data(layer, np.asarray(layer.data)) if n else np.zeros((0, 2))
         return [rc_to_point(rc, int(lbl), bool(pos), i) for rc, lbl, pos, i in zip(coords, labels, positive, ids)]
 
+    # -- vocabulary (saved at once) ----------------------------------------
+    #: colours offered to new classes: none of them is in the weight scale (magenta - grey - teal),
+    #: the "not weighted yet" yellow or the prediction outline's white
+    CLASS_COLORS = ("#ff7f0e", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#d62728", "#7f7f7f", "#bcbd22")
+
+    def save_vocabulary(self) -> None:
+        """Write classes and tag meanings to ``project.json`` now (a crash must not lose a new class)."""
+        if self.collection is not None and self.project_path is not None:
+            _store().save_vocabulary(self.collection, self.project_path)
+        self.vocabulary_changed.emit()
+
+    def add_class(self, name: str, color: str | None = None):
+        """Add a class (a new label value), save the vocabulary, make it the current class."""
+        if self.collection is None:
+            raise RuntimeError("no collection is open")
+        name = name.strip()
+        if not name:
+            raise ValueError("a class needs a name")
+        used = {c.value for c in self.collection.classes}
+        value = max(used, default=0) + 1
+        info = self.collection.add_class(name, value, color or self.CLASS_COLORS[(value - 1) % len(self.CLASS_COLORS)])
+        self.set_current_class(info.value)
+        self.save_vocabulary()
+        self._refresh_colors()
+        return info
+
+    def rename_class(self, value: int, name: str) -> None:
+        """Give class ``value`` a new name (masks keep their label values)."""
+        name = name.strip()
+        coll = self.collection
+        if coll is None or not name:
+            raise ValueError("a class needs a name")
+        if any(c.name == name and c.value != value for c in coll.classes):
+            raise ValueError(f"class {name!r} already exists")
+        coll.class_by_value(value).name = name
+        self.save_vocabulary()
+
+    def recolor_class(self, value: int, color: str) -> None:
+        """Show class ``value`` in ``color`` (``#rrggbb``) in the mask, prediction and point layers."""
+        hex_to_rgba(color)  # validates
+        self.collection.class_by_value(value).color = color.lower()  # type: ignore[union-attr]
+        self.save_vocabulary()
+        self._refresh_colors()
+
+    def class_usage(self, value: int) -> dict[str, int]:
+        """How many masks, boxes and points use class ``value`` (images on disk and on screen)."""
+        self.sync_current()
+        out = {"masks": 0, "boxes": 0, "points": 0}
+        for s in self.collection or []:
+            out["masks"] += int(s.mask is not None and bool((np.asarray(s.mask) == value).any()))
+            out["boxes"] += sum(b.label == value for b in s.boxes)
+            out["points"] += sum(p.label == value for p in s.points)
+        return out
+
+    def delete_class(self, value: int) -> None:
+        """Remove an unused class. A class still drawn somewhere is kept (``ValueError`` says where)."""
+        coll = self.collection
+        if coll is None:
+            return
+        if len(coll.classes) <= 1:
+            raise ValueError("the last class cannot be deleted: a project needs one")
+        used = {k: v for k, v in self.class_usage(value).items() if v}
+        if used:
+            what = ", ".join(f"{v} {k}" for k, v in used.items())
+            raise ValueError(f"class {coll.class_by_value(value).name!r} is used by {what}: give those "
+                             "another class first")
+        coll.classes = [c for c in coll.classes if c.value != value]
+        for t in coll.tag_defs:
+            if t.class_value == value:
+                t.class_value = None
+        if self.current_class == value:
+            self.set_current_class(coll.classes[0].value)
+        self.save_vocabulary()
+        self._refresh_colors()
+
+    def add_tag(self, name: str, implies: str, *, tick: bool = True):
+        """Add a tag to the vocabulary with its meaning (saved at once); tick it on the image on screen."""
+        if self.collection is None:
+            raise RuntimeError("no collection is open")
+        name = name.strip()
+        if not name:
+            raise ValueError("a tag needs a name")
+        tag = self.collection.ensure_tag(name, implies)
+        self.save_vocabulary()
+        if tick and self.current is not None and name not in self.current.tags:
+            self.set_tags([*self.current.tags, name])
+        return tag
+
+    def _refresh_colors(self) -> None:
+        for key in ("mask", "prediction"):
+            layer = self.layer(key)
+            if layer is not None:
+                layer.colormap = self._label_colormap()
+        self.color_annotations()
+        self._refresh_point_defaults()
+
     # -- edits from the panels --------------------------------------------
     def set_tags(self, tags: Iterable[str]) -> None:
         """Replace the current sample's tags (each added to the vocabulary if new)."""
@@ -611,8 +773,11 @@ class Session:
         if sample is None or self.collection is None:
             return
         tags = list(dict.fromkeys(tags))
+        new = [t for t in tags if t not in {d.name for d in self.collection.tag_defs}]
         for t in tags:
             self.collection.ensure_tag(t)
+        if new:
+            self.save_vocabulary()
         sample.tags = tags
         self.mark_edited()
 
