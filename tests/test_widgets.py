@@ -122,10 +122,10 @@ def test_box_round_trips_through_a_napari_rectangle():
     assert back == box
 
 
-def test_weights_map_to_red_low_and_green_high():
+def test_weights_map_to_magenta_low_and_teal_high():
     rgba = weights_to_rgba([0.0, 1.0, None])
-    assert rgba[0, 0] > rgba[0, 1]  # red dominates at 0
-    assert rgba[1, 1] > rgba[1, 0]  # green dominates at 1
+    assert rgba[0, 0] > rgba[0, 1] and rgba[0, 2] > rgba[0, 1]  # magenta at 0
+    assert rgba[1, 1] > rgba[1, 0] and rgba[1, 2] > rgba[1, 0]  # teal at 1
     assert rgba[2].tolist() != rgba[0].tolist()  # unweighted has its own colour
 
 

@@ -152,7 +152,7 @@ def _train(widget, args) -> dict:
         panel.input_size.value = args.size
     if args.batch_size:
         panel.batch_size.value = args.batch_size
-    widget.tabs.setCurrentWidget(panel)
+    widget.show_tab(panel)
     errors: list[str] = []
     widget.runner.failed.connect(lambda msg, exc: errors.append(msg))
     every = max(1, args.train_steps // 10)
@@ -206,7 +206,7 @@ def _show_lowest_weight(widget, sample: str | None = None) -> None:
     from napari_hybridseg.cli import CLIError
 
     review = widget.review_panel
-    widget.tabs.setCurrentWidget(review)
+    widget.show_tab(review)
     review.refresh()
     ids = review.ids_in_order()
     if sample is not None:

@@ -6,6 +6,7 @@ import html
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -76,11 +77,26 @@ def _text_item(text: str) -> QTableWidgetItem:
     return item
 
 
+def describe_labels(sample) -> str:
+    """``"mask"``, ``"2 boxes; 1 pt; normal"``: what an image is labelled with, in a few characters."""
+    parts = ["mask"] if sample.mask is not None and np.asarray(sample.mask).any() else []
+    if sample.boxes:
+        parts.append(f"{len(sample.boxes)} box" + ("es" if len(sample.boxes) != 1 else ""))
+    if sample.points:
+        parts.append(f"{len(sample.points)} pt")
+    if sample.tags:
+        parts.append(", ".join(sample.tags))
+    return "; ".join(parts)
+
+
 def _fit_columns(table: QTableWidget) -> None:
-    """Columns as wide as their content, the last one taking the rest: no sideways scrolling in a narrow dock."""
+    """Columns as wide as their content, the last one taking the rest (its text elided, the whole in its
+    tooltip): every column stays in view in a narrow dock, without sideways scrolling."""
     header = table.horizontalHeader()
     header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-    header.setStretchLastSection(True)
+    header.setSectionResizeMode(table.columnCount() - 1, QHeaderView.ResizeMode.Stretch)
+    header.setMinimumSectionSize(30)
+    table.setTextElideMode(Qt.TextElideMode.ElideRight)
     table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
 
 
@@ -138,7 +154,7 @@ def _hex(rgb) -> str:
 class DataPanel(QWidget):
     """Open data, list the samples, navigate, and edit the vocabulary and the current image's tags."""
 
-    COLUMNS = ("image", "role", "weight", "boxes", "pts", "tags")
+    COLUMNS = ("image", "role", "weight", "labels")
     WEIGHT_COL = 2
 
     def __init__(self, session: Session, parent: QWidget | None = None):
@@ -158,17 +174,26 @@ class DataPanel(QWidget):
         self.sample_btn.setToolTip("Open a copy of the bundled demo project")
         self.layout_combo = QComboBox()
         self.layout_combo.addItems(list(LAYOUTS))
+        self.layout_combo.setToolTip("How the dataset folder is organised (README: Getting your data in)")
         self.import_btn = QPushButton("Import…")
-        self.import_btn.setToolTip("Import a dataset folder in the chosen layout as a new project")
+        self.import_btn.setToolTip("Import a dataset folder in the chosen layout; its project is made beside it "
+                                   "(<folder>_hybridseg)")
+        self.use_layers_btn = QPushButton("Use the selected layers")
+        self.use_layers_btn.setToolTip("Annotate the Image layers selected in napari's layer list, with the Labels "
+                                       "(mask), Shapes (boxes) and Points layers selected with them; your layers are "
+                                       "edited in place, never copied or hidden")
+        self.open_folder_btn.setToolTip("Start (or reopen) the project of a folder of images: it is kept in "
+                                        "<folder>_hybridseg beside it; the images are not touched")
         grid.addWidget(self.open_folder_btn, 0, 0)
         grid.addWidget(self.open_project_btn, 0, 1)
         grid.addWidget(self.sample_btn, 0, 2)
         grid.addWidget(self.layout_combo, 1, 0, 1, 2)
         grid.addWidget(self.import_btn, 1, 2)
+        grid.addWidget(self.use_layers_btn, 2, 0, 1, 3)
         self.project_label = QLabel("No project open")
         self.project_label.setWordWrap(True)
         self.project_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        grid.addWidget(self.project_label, 2, 0, 1, 3)
+        grid.addWidget(self.project_label, 3, 0, 1, 3)
         layout.addWidget(open_box)
 
         # -- samples -------------------------------------------------------
@@ -181,7 +206,9 @@ class DataPanel(QWidget):
         # no sort until the user clicks a header: the table starts in navigation (collection) order
         self.table.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
         self.table.setSortingEnabled(True)
-        self.table.setMinimumHeight(220)
+        self.table.setMinimumHeight(180)
+        self.table.setToolTip("Click a row to show the image; click a header to sort. role: strong = full mask, "
+                              "weak = boxes/points/tags only; weight: learned trust in a weak image's labels")
         layout.addWidget(self.table, stretch=1)
 
         nav = QHBoxLayout()
@@ -191,6 +218,7 @@ class DataPanel(QWidget):
         self.next_btn.setToolTip("Next image (Page Down); edits are saved")
         self.position_label = QLabel("")
         self.position_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.position_label.setWordWrap(True)
         nav.addWidget(self.prev_btn)
         nav.addWidget(self.position_label, stretch=1)
         nav.addWidget(self.next_btn)
@@ -358,6 +386,11 @@ class DataPanel(QWidget):
             self._filling = False
         self._on_sample_changed(self.session.current_id)
 
+    def show_suggestion(self, pick: tuple[str, str] | None) -> None:
+        """Name the image to annotate next (or say that there is none)."""
+        self.suggest_btn.setEnabled(pick is not None)
+        self.suggest_label.setText("Nothing to suggest yet." if pick is None else f"Next: {pick[0]} — {pick[1]}")
+
     def _update_summary(self) -> None:
         coll = self.session.collection
         if coll is None:
@@ -376,9 +409,9 @@ class DataPanel(QWidget):
         self.table.setItem(row, 0, first)
         self.table.setItem(row, 1, _text_item(sample.role.value))
         self.table.setItem(row, self.WEIGHT_COL, NumericItem(coll.weight_of(sample.id) if coll else None))
-        self.table.setItem(row, 3, NumericItem(len(sample.boxes), str(len(sample.boxes))))
-        self.table.setItem(row, 4, NumericItem(len(sample.points), str(len(sample.points))))
-        self.table.setItem(row, 5, _text_item(", ".join(sample.tags)))
+        labels = _text_item(describe_labels(sample))
+        labels.setToolTip(describe_labels(sample) or "no labels yet")
+        self.table.setItem(row, 3, labels)
 
     def _row_of(self, sample_id: str | None) -> int:
         for row in range(self.table.rowCount()):

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QEvent, QObject, QTimer
-from qtpy.QtWidgets import QFileDialog, QMessageBox, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtWidgets import QFileDialog, QFrame, QMessageBox, QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from napari_hybridseg.core.collection import Role
 from napari_hybridseg.core.reports import DoneReport, PreviewReport, RequestPreview, StepReport, UpdateSamples
@@ -35,7 +35,7 @@ from .training import TrainingRunner, avoid_triton_in_gui
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["HybridSegWidget", "copy_sample_project"]
+__all__ = ["HybridSegWidget", "copy_sample_project", "uncertainty"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,21 @@ def _notify(kind: str, message: str) -> None:
     from napari.utils import notifications
 
     getattr(notifications, f"show_{kind}")(message)
+
+
+def uncertainty(probs) -> float | None:
+    """How unsure a prediction is, 0 (certain) .. 1: the mean over pixels of 1 - the top class probability,
+    scaled by the most it can be (1 - 1/classes). ``None`` if ``probs`` is not a probability map."""
+    p = np.asarray(probs, dtype=np.float32)
+    if p.ndim == 2:  # foreground probability of a binary model
+        p = np.stack([1.0 - p, p])
+    if p.ndim != 3 or p.shape[0] < 2 or not np.isfinite(p).all():
+        return None
+    if p.shape[0] > p.shape[-1] and p.shape[-1] <= 16:  # (H, W, C)
+        p = np.moveaxis(p, -1, 0)
+    top = p.max(axis=0)
+    k = p.shape[0]
+    return float(np.clip((1.0 - top).mean() / (1.0 - 1.0 / k), 0.0, 1.0))
 
 
 def copy_sample_project(dest: str | Path | None = None) -> Path:
@@ -103,9 +118,14 @@ class HybridSegWidget(QWidget):
         self.train_panel = TrainPanel()
         self.review_panel = ReviewPanel(self.session)
         self.tabs = QTabWidget()
-        self.tabs.addTab(self.data_panel, "Data")
-        self.tabs.addTab(self.train_panel, "Train")
-        self.tabs.addTab(self.review_panel, "Review")
+        # each panel scrolls vertically rather than squeezing (or cutting off) its controls in a short window
+        for panel, title in ((self.data_panel, "Data"), (self.train_panel, "Train"), (self.review_panel, "Review")):
+            scroll = QScrollArea()
+            scroll.setWidgetResizable(True)
+            scroll.setFrameShape(QFrame.Shape.NoFrame)
+            scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+            scroll.setWidget(panel)
+            self.tabs.addTab(scroll, title)
         QVBoxLayout(self).addWidget(self.tabs)
         self.setMinimumWidth(400)
 
@@ -117,6 +137,8 @@ class HybridSegWidget(QWidget):
         self._predictor_dir: Path | None = None
         self._predicting: set[str] = set()
         self._stale_predictions: set[str] = set()
+        self._uncertainty: dict[str, float] = {}  # sample id -> how unsure the last model is (0..1)
+        self._scoring = None
         self._closing = False
         self.first_overlay_s: float | None = None  # Train pressed -> first prediction shown
         self._train_pressed_at: float | None = None
@@ -140,6 +162,12 @@ class HybridSegWidget(QWidget):
         self.review_panel.export_model_btn.clicked.connect(self._ask_export_model)
         self.session.annotations_edited.connect(self._on_edited)
         self.session.sample_changed.connect(self._on_sample_changed)
+        self.session.collection_changed.connect(self._on_collection_changed)
+        self.data_panel.suggest_btn.clicked.connect(self.go_to_suggestion)
+        self.data_panel.use_layers_btn.clicked.connect(self.use_selected_layers)
+        self._weights_this_run = 0
+        r0 = self.runner
+        r0.weights.connect(self._count_weights)
         r = self.runner
         r.started.connect(self.train_panel.on_start)
         r.stepped.connect(self._on_step)
@@ -189,7 +217,7 @@ class HybridSegWidget(QWidget):
     def open_project(self, path: str | Path) -> None:
         """Open a project folder (saving the current one first)."""
         self.session.open_project(path)
-        self.tabs.setCurrentWidget(self.data_panel)
+        self.show_tab(self.data_panel)
 
     def open_sample_data(self, dest: str | Path | None = None) -> Path:
         """Open a copy of the bundled sample project (in ``dest``, default ``~/napari-hybridseg-sample``)."""
@@ -203,6 +231,50 @@ class HybridSegWidget(QWidget):
         """Show an in-memory collection (e.g. built by a script), optionally saved to ``project_path``."""
         self.session.set_collection(collection, project_path)
 
+    def show_tab(self, panel: QWidget) -> None:
+        """Bring the tab of ``panel`` (data, train or review panel) to the front."""
+        for i in range(self.tabs.count()):
+            page = self.tabs.widget(i)
+            if page is panel or (isinstance(page, QScrollArea) and page.widget() is panel):
+                self.tabs.setCurrentIndex(i)
+                return
+
+    def use_selected_layers(self, project: str | Path | None = None) -> Path | None:
+        """Make a project of the layers selected in napari (the Data tab's *Use the selected layers*).
+
+        Every selected Image layer becomes an image; a selected Labels layer of the same size is
+        its mask, selected Shapes its boxes (each shape's bounding box), selected Points its
+        foreground clicks (annotation layers go with the image when one Image layer is selected,
+        or when they are the same size as exactly one of them). The layers themselves are shown
+        and edited: nothing is copied into a second layer or hidden. The project is written to
+        ``project`` (default: ``<image file>_hybridseg`` beside the image's file, else
+        ``~/napari-hybridseg-projects/<layer name>``; ``HYBRIDSEG_PROJECTS_DIR`` overrides that
+        folder). Returns the project folder, or ``None`` if no Image layer is selected.
+        """
+        from .layers_collection import collection_from_layers, default_layers_project
+
+        selected = list(self.viewer.layers.selection) or (
+            [self.viewer.layers.selection.active] if self.viewer.layers.selection.active else [])
+        try:
+            coll, bound = collection_from_layers(selected, self.session.current_class)
+        except ValueError as exc:
+            _notify("warning", str(exc))
+            return None
+        path = Path(project) if project is not None else default_layers_project(selected)
+        from napari_hybridseg.core.store import is_project, save_project
+
+        if is_project(path):
+            n = 2
+            while is_project(path.with_name(f"{path.name}-{n}")):
+                n += 1
+            path = path.with_name(f"{path.name}-{n}")
+        self.session.save()  # the collection open until now
+        save_project(coll, path)
+        self.session.set_collection(coll, path, bound=bound)
+        self.show_tab(self.data_panel)
+        _notify("info", f"HybridSeg: {len(coll)} image layer(s) as project {path}; your layers are edited in place")
+        return path
+
     # -- keys ----------------------------------------------------------------
     def _bind_keys(self) -> None:
         def nxt(viewer=None):
@@ -211,7 +283,11 @@ class HybridSegWidget(QWidget):
         def prev(viewer=None):
             self.session.step(-1)
 
-        self._keys = {"PageDown": nxt, "PageUp": prev}
+        def suggested(viewer=None):
+            self.go_to_suggestion()
+
+        # N / P / S are free in napari's default keymap for every layer type we create
+        self._keys = {"PageDown": nxt, "PageUp": prev, "n": nxt, "p": prev, "s": suggested}
         for key, fn in self._keys.items():
             try:
                 self.viewer.bind_key(key, fn, overwrite=True)
@@ -259,6 +335,7 @@ class HybridSegWidget(QWidget):
             run_dir = base / f"{stamp}-{n}"
         init_from = self.session.run_dir if (self.train_panel.resume.value and self.session.run_dir) else None
         self._run_dir = run_dir
+        self._weights_this_run = 0
         self.last_step = None
         # the image on screen refreshes at least every 10 steps, whatever the preset's preview interval
         self._preview_every = max(1, min(int(config.preview_every or 10), 10))
@@ -299,6 +376,118 @@ class HybridSegWidget(QWidget):
                 and self._train_pressed_at is not None:
             self.first_overlay_s = time.perf_counter() - self._train_pressed_at
 
+    def _count_weights(self, _report) -> None:
+        self._weights_this_run += 1
+
+    def _on_collection_changed(self) -> None:
+        run_dir = self.session.run_dir
+        step = None
+        if run_dir is not None:
+            try:
+                import json
+
+                step = int(json.loads((run_dir / "run.json").read_text()).get("step"))
+            except (OSError, ValueError, TypeError):
+                step = None
+            self._restore_pixel_weights(run_dir)
+        self.train_panel.show_last_model(run_dir, step)
+        self._uncertainty.clear()
+        self.data_panel.show_suggestion(self.suggest())
+        if run_dir is not None:
+            self.score_unlabeled()
+
+    # -- pixel weights kept with the run ---------------------------------------
+    PIXEL_WEIGHTS_FILE = "review_pixel_weights.npz"
+
+    def _save_pixel_weights(self, run_dir: Path) -> None:
+        """Keep the last heatmaps with the run, so that reopening the project shows them again."""
+        maps = self.session.pixel_weights
+        if not maps or not run_dir.is_dir():
+            return
+        tmp = run_dir / f".{self.PIXEL_WEIGHTS_FILE}.tmp.npz"
+        np.savez_compressed(tmp, **{k: np.asarray(v, np.float16) for k, v in maps.items()})
+        os.replace(tmp, run_dir / self.PIXEL_WEIGHTS_FILE)
+
+    def _restore_pixel_weights(self, run_dir: Path) -> None:
+        path = run_dir / self.PIXEL_WEIGHTS_FILE
+        if not path.is_file():
+            return
+        try:
+            with np.load(path) as data:
+                maps = {k: data[k].astype(np.float32) for k in data.files}
+        except (OSError, ValueError) as exc:
+            log.info("cannot read %s: %s", path, exc)
+            return
+        coll = self.session.collection
+        for sid, w in maps.items():
+            if coll is not None and sid in coll and tuple(w.shape) == tuple(coll[sid].shape):
+                self.session.set_pixel_weights(sid, w)
+        if self.session.current_id in maps:
+            self.review_panel.apply_overlay_visibility()
+
+    # -- guidance ----------------------------------------------------------------
+    #: at most this many unlabeled images are scored by the model's uncertainty after a run
+    MAX_SCORED = 200
+
+    def score_unlabeled(self):
+        """Predict the unlabeled images with the last model (worker thread) and keep its uncertainty on each.
+
+        Feeds :meth:`suggest`; returns the worker, or ``None`` when there is no model or nothing to score.
+        """
+        from napari.qt.threading import create_worker
+
+        coll, run_dir = self.session.collection, self.session.run_dir
+        if coll is None or run_dir is None or self.runner.running:
+            return None
+        todo = [s for s in coll.unlabeled if s.id not in self._uncertainty][: self.MAX_SCORED]
+        if not todo:
+            return None
+
+        def work():
+            predictor = self._load_predictor(run_dir)
+            for s in todo:
+                try:
+                    _labels, probs = predictor.predict(s.load_image())
+                except (OSError, ValueError) as exc:  # an unreadable image is skipped, not fatal
+                    log.info("cannot score %s: %s", s.id, exc)
+                    continue
+                yield s.id, uncertainty(probs)
+
+        def got(item):
+            sid, unsure = item
+            if unsure is not None:
+                self._uncertainty[sid] = unsure
+
+        worker = create_worker(work, _connect={"yielded": got, "errored": self._on_predict_error},
+                               _start_thread=False)
+        try:
+            worker.errored.disconnect(worker._relay_error)
+        except (AttributeError, TypeError, RuntimeError):
+            pass
+        def finished():
+            self._scoring = None
+            if not self._closing:
+                self.data_panel.show_suggestion(self.suggest())
+
+        worker.finished.connect(finished)
+        self._scoring = worker
+        worker.start()
+        return worker
+
+    def suggest(self) -> tuple[str, str] | None:
+        """The image to annotate next and why (see :meth:`Session.suggest_next`)."""
+        return self.session.suggest_next(self._uncertainty)
+
+    def go_to_suggestion(self) -> str | None:
+        """Show the suggested image (button and key S). Returns its id."""
+        pick = self.suggest()
+        self.data_panel.show_suggestion(pick)
+        if pick is None:
+            return None
+        self.session.show(pick[0])
+        self.data_panel.show_suggestion(self.suggest())
+        return pick[0]
+
     def _on_done(self, report: DoneReport) -> None:
         if report.checkpoint:
             self.session.run_dir = self._run_dir
@@ -309,10 +498,23 @@ class HybridSegWidget(QWidget):
             self.session.save_weights()
         except (OSError, ValueError, RuntimeError) as exc:
             _notify("warning", f"Could not save the learned weights into the project: {exc}")
+        if self._run_dir is not None:
+            try:
+                self._save_pixel_weights(self._run_dir)
+            except OSError as exc:
+                log.info("could not keep the pixel weights: %s", exc)
         what = "finished" if report.reason == "finished" else "stopped"
+        if self._weights_this_run and self.session.collection is not None and self.session.collection.weak:
+            after = "Open the Review tab to see which weak labels were down-weighted."
+        elif self.session.collection is not None and self.session.collection.weak:
+            after = ("It stopped before the first weight update, so no weak image has a learned weight yet: "
+                     "train longer to see which labels the network distrusts.")
+        else:
+            after = "There are no weak images to weigh: add boxes, points or tags to more images."
         self.train_panel.on_end(f"Training {what} at step {report.step} after {report.wall_s:.0f} s. "
-                                f"Model: {self.session.run_dir or 'not saved'}. "
-                                "Open the Review tab to see which weak labels were down-weighted.")
+                                f"Model: {self.session.run_dir or 'not saved'}. {after}")
+        self._uncertainty.clear()  # a new model: its own uncertainty
+        self.data_panel.show_suggestion(self.suggest())
         self.review_panel.refresh()
         _notify("info", f"HybridSeg: training {what} at step {report.step}.")
 
@@ -322,6 +524,8 @@ class HybridSegWidget(QWidget):
 
     def _on_finished(self) -> None:
         self.train_panel.set_running(False)
+        if self.runner.last_done is not None and self.runner.last_done.checkpoint and not self._closing:
+            self.score_unlabeled()
 
     def autosave(self) -> bool:
         """Write the sample on screen if it was edited (the settled-edit timer calls this). Returns whether it wrote."""
@@ -384,14 +588,16 @@ class HybridSegWidget(QWidget):
 
         def work():
             predictor = self._load_predictor(run_dir)
-            labels, _probs = predictor.predict(image)
-            return sid, np.asarray(labels)
+            labels, probs = predictor.predict(image)
+            return sid, np.asarray(labels), uncertainty(probs)
 
         def done(result):
             if self._closing:
                 return  # the viewer is going away: nothing to show
-            sample_id, labels = result
+            sample_id, labels, unsure = result
             self._stale_predictions.discard(sample_id)
+            if unsure is not None:
+                self._uncertainty[sample_id] = unsure
             self.session.set_prediction(sample_id, labels)
 
         worker = create_worker(work, _connect={"returned": done, "errored": self._on_predict_error},
@@ -419,14 +625,14 @@ class HybridSegWidget(QWidget):
                            "run folder is complete.")
 
     def wait_for_predictions(self, timeout_s: float = 30.0) -> bool:
-        """Process events until no prediction worker runs (tests and the demo)."""
+        """Process events until no prediction (or uncertainty-scoring) worker runs (tests and the demo)."""
         from qtpy.QtWidgets import QApplication
 
         end = time.perf_counter() + timeout_s
-        while self._predicting and time.perf_counter() < end:
+        while (self._predicting or self._scoring is not None) and time.perf_counter() < end:
             QApplication.processEvents()
             time.sleep(0.005)
-        return not self._predicting
+        return not self._predicting and self._scoring is None
 
     # -- export ----------------------------------------------------------------
     def export_weights_csv(self, path: str | Path) -> Path:

@@ -61,9 +61,11 @@ class ReviewPanel(QWidget):
         overlays = QHBoxLayout()
         self.show_prediction = QCheckBox("prediction")
         self.show_prediction.setChecked(True)
+        self.show_prediction.setToolTip("The last model's prediction as an outline in the class colour")
         self.show_pixel_weights = QCheckBox("pixel weights")
         self.show_pixel_weights.setChecked(True)
-        self.show_pixel_weights.setToolTip("Heatmap of how much each pixel's label is trusted (bright = trusted)")
+        self.show_pixel_weights.setToolTip("Heatmap of how much each pixel's label is trusted, on the weight scale "
+                                           "below (teal = trusted, magenta = distrusted)")
         overlays.addWidget(QLabel("Show:"))
         overlays.addWidget(self.show_prediction)
         overlays.addWidget(self.show_pixel_weights)
@@ -78,6 +80,7 @@ class ReviewPanel(QWidget):
         self.export_pred_btn = QPushButton("Export predictions…")
         self.export_pred_btn.setToolTip("Write every image's predicted mask as PNG")
         self.export_csv_btn = QPushButton("Export weights CSV…")
+        self.export_csv_btn.setToolTip("One row per image: role, learned weight and its history, label counts")
         self.export_model_btn = QPushButton("Export model…")
         self.export_model_btn.setToolTip("Copy the last run folder (model, settings, weights)")
         grid.addWidget(self.predict_btn, 0, 0)
@@ -90,10 +93,31 @@ class ReviewPanel(QWidget):
         self.table.cellClicked.connect(self._on_row_clicked)
         self.accept_btn.clicked.connect(self.session.accept_prediction)
         self.show_prediction.toggled.connect(lambda on: self._set_visible("prediction", on))
-        self.show_pixel_weights.toggled.connect(lambda on: self._set_visible("pixel_weights", on))
+        self.show_pixel_weights.toggled.connect(self._on_pixel_weights_toggled)
         session.collection_changed.connect(self.refresh)
         session.weights_changed.connect(self.refresh)
         session.sample_changed.connect(self._on_sample_changed)
+        # an edit can change an image's role (Prediction -> mask makes it strong): the table follows, debounced
+        from qtpy.QtCore import QTimer
+
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(150)
+        self._refresh_timer.timeout.connect(self.refresh)
+        session.annotations_edited.connect(lambda _sid: self._refresh_timer.start())
+
+    def _on_pixel_weights_toggled(self, on: bool) -> None:
+        self.session.pixel_weights_visible = bool(on)
+        self.apply_overlay_visibility()
+
+    def apply_overlay_visibility(self) -> None:
+        """Show the overlays as the check boxes say (the heatmap only where a map exists)."""
+        self._set_visible("prediction", self.show_prediction.isChecked())
+        sid = self.session.current_id
+        has_map = sid is not None and sid in self.session.pixel_weights
+        self.session.pixel_weights_visible = self.show_pixel_weights.isChecked()
+        self._set_visible("pixel_weights", self.show_pixel_weights.isChecked() and has_map)
+        self.show_pixel_weights.setText("pixel weights" if has_map else "pixel weights (none for this image yet)")
 
     def _set_visible(self, key: str, on: bool) -> None:
         layer = self.session.layer(key)
@@ -134,7 +158,8 @@ class ReviewPanel(QWidget):
         if weighted:
             low = sum(w < 0.25 for w in weighted)
             self.summary.setText(f"{len(rows)} weak images; {low} with weight below 0.25 (check their labels, "
-                                 "or give them a mask). Lowest first.")
+                                 "or give them a mask). Lowest first. Outline colours on the canvas: the scale "
+                                 "below; yellow = not weighted yet.")
         else:
             self.summary.setText(f"{len(rows)} weak images. Train to learn their weights.")
         self._on_sample_changed(self.session.current_id)
@@ -156,6 +181,7 @@ class ReviewPanel(QWidget):
             self.session.show(item.data(Qt.ItemDataRole.UserRole))
 
     def _on_sample_changed(self, sample_id: str | None) -> None:
+        self.apply_overlay_visibility()
         coll = self.session.collection
         state = coll.sample_weights.get(sample_id) if coll is not None and sample_id else None
         self.history.title = f"weight of {sample_id} over training" if sample_id else "weight over training"

@@ -65,6 +65,16 @@ LAYER_NAMES = {
 _BG_POINT_RGBA = (0.1, 0.1, 0.1, 1.0)
 
 
+def weight_colormap():
+    """The learned-weight scale (:data:`~._convert.WEIGHT_COLORMAP`) as a napari colormap, for the heatmap."""
+    from napari.utils.colormaps import Colormap
+
+    from ._convert import WEIGHT_COLORMAP
+
+    return Colormap(colors=[(*c, 1.0) for _, c in WEIGHT_COLORMAP], controls=[s for s, _ in WEIGHT_COLORMAP],
+                    name="hybridseg weights")
+
+
 def copy_sample(sample: Sample) -> Sample:
     """A copy that shares the (read-only) pixels but not the annotations.
 
@@ -161,13 +171,18 @@ class Session:
         self.pixel_weights: dict[str, np.ndarray] = {}
         self.run_dir: Path | None = None
         self._layers: dict[str, Layer] = {}
+        # sample id -> {key: the user's own layer}: collections made from the viewer's layers are shown
+        # and edited in those layers themselves (never copied into ours, never hidden)
+        self._bound: dict[str, dict[str, Layer]] = {}
         self._dirty: set[str] = set()
         self._writing_layers = False  # True while we set layer data (not an edit)
         self._reframe = False
+        #: the Review tab's "pixel weights" check box
+        self.pixel_weights_visible = True
 
     # -- opening ----------------------------------------------------------
     def set_collection(self, collection: Collection, project_path: str | Path | None = None,
-                       *, show: str | None = None) -> None:
+                       *, show: str | None = None, bound: dict[str, dict[str, Layer]] | None = None) -> None:
         """Make ``collection`` the session's collection and show a sample.
 
         Parameters
@@ -178,12 +193,16 @@ class Session:
             Where edits are saved; ``None`` keeps them in memory only.
         show : str, optional
             Sample id to show first; default: the first sample.
+        bound : dict, optional
+            Sample id -> ``{"image": layer, "mask": layer, ...}``: the user's own layers that
+            hold that sample (see :meth:`from_layers`); they are used in place of ours.
         """
         if self.collection is not None:
             self.save_current()
         self.collection = collection
         self.project_path = None if project_path is None else Path(project_path)
         self.current_id = None
+        self._bound = dict(bound or {})
         self.predictions.clear()
         self.pixel_weights.clear()
         self._dirty.clear()
@@ -198,6 +217,8 @@ class Session:
 
     def open_project(self, path: str | Path) -> Collection:
         """Load a project folder written by :func:`napari_hybridseg.core.store.save_project`."""
+        if self.collection is not None:
+            self.save_current()  # before reading: reopening the same project must see the last edit
         collection = _store().load_project(Path(path))
         self.set_collection(collection, path)
         return collection
@@ -268,13 +289,29 @@ class Session:
             show_warning(f"Cannot show {sample_id!r}: {exc}. Fix or replace the image file; the other images "
                          "are unaffected.")
             return
+        previous = self.layer("image")
         self.current_id = sample_id
+        bound = {k: v for k, v in self._bound.get(sample_id, {}).items() if v in self.viewer.layers}
         self._writing_layers = True
         try:
-            self._show_image(image)
-            self._show_mask(sample)
-            self._show_boxes(sample)
-            self._show_points(sample)
+            if "image" in bound:
+                if previous is None or tuple(previous.data.shape[:2]) != tuple(image.shape[:2]):
+                    self._reframe = True
+                ours = self._layers.get("image")
+                if ours is not None and ours in self.viewer.layers:  # our copy would hide the user's layer
+                    self.viewer.layers.remove(ours)
+            else:
+                self._show_image(image)
+            for key in bound:
+                self._connect_edits(key, bound[key])
+            if "mask" not in bound:
+                self._show_mask(sample)
+            else:
+                bound["mask"].colormap = self._label_colormap()
+            if "boxes" not in bound:
+                self._show_boxes(sample)
+            if "points" not in bound:
+                self._show_points(sample)
             self._show_prediction(sample_id)
             self._show_pixel_weights(sample_id)
         finally:
@@ -301,6 +338,9 @@ class Session:
         A layer of that name left in the viewer by an earlier dock of the plugin (closed and
         added again) is taken over rather than duplicated as ``hybridseg image [1]``.
         """
+        user = self._bound.get(self.current_id or "", {}).get(key)
+        if user is not None and user in self.viewer.layers:
+            return user
         layer = self._layers.get(key)
         if layer is not None and layer in self.viewer.layers:
             return layer
@@ -315,7 +355,7 @@ class Session:
 
         kind = {"image": nl.Image, "pixel_weights": nl.Image, "prediction": nl.Labels, "mask": nl.Labels,
                 "boxes": nl.Shapes, "points": nl.Points}[key]
-        mine = set(map(id, self._layers.values()))
+        mine = set(map(id, self._layers.values())) | {id(lyr) for d in self._bound.values() for lyr in d.values()}
         for lyr in self.viewer.layers:
             if lyr.name == LAYER_NAMES[key] and isinstance(lyr, kind) and id(lyr) not in mine:
                 return lyr
@@ -355,7 +395,7 @@ class Session:
         annotations) stay in the viewer, visible, below ours: the canvas shows the image the
         panel names.
         """
-        order = [self._layers[k] for k in LAYER_NAMES if self.layer(k) is not None]
+        order = [lyr for k in LAYER_NAMES if (lyr := self.layer(k)) is not None]
         layers = self.viewer.layers
         if not order or list(layers)[-len(order):] == order:
             return
@@ -533,13 +573,13 @@ class Session:
             return
         layer = self.layer("pixel_weights")
         if layer is None:
-            layer = Image(w, name=LAYER_NAMES["pixel_weights"], colormap="inferno", opacity=0.5,
-                          blending="translucent", contrast_limits=(0.0, 1.0))
+            layer = Image(w, name=LAYER_NAMES["pixel_weights"], colormap=weight_colormap(), opacity=0.5,
+                          blending="translucent", contrast_limits=(0.0, 1.0), visible=self.pixel_weights_visible)
             self._adopt("pixel_weights", layer)
         else:
             layer.data = w
             layer.contrast_limits = (0.0, 1.0)
-            layer.visible = True
+            layer.visible = self.pixel_weights_visible  # as the Review tab's check box says
             self._place(layer)
 
     def color_annotations(self) -> None:
@@ -850,6 +890,40 @@ class Session:
                 target.setdefault(key, WeightState()).record(step, value)
         self.color_annotations()
         self.weights_changed.emit()
+
+    def suggest_next(self, uncertainty: dict[str, float] | None = None) -> tuple[str, str] | None:
+        """The image whose labels would help most now, and why (MONAI Label-style strategies).
+
+        Two kinds of candidates, each scored 0..1: a weak image scores ``1 - weight`` (the network
+        distrusts its labels: fix them or give it a mask); an unlabeled image scores the last
+        model's uncertainty on it (``uncertainty``: sample id -> 0..1). The highest score wins;
+        without any learned weight or prediction, the first unlabeled image is suggested. The image
+        on screen is never suggested. ``None`` when there is nothing to suggest.
+        """
+        coll = self.collection
+        if coll is None:
+            return None
+        uncertainty = uncertainty or {}
+        cands: list[tuple[float, int, str, str]] = []
+        for s in coll:
+            if s.id == self.current_id:
+                continue
+            role = s.role
+            w = coll.weight_of(s.id)
+            if role is Role.WEAK and w is not None:
+                cands.append((1.0 - w, 1, s.id, f"weak image with the lowest learned weight ({w:.2f}): check its "
+                                               "labels or give it a mask"))
+            elif role is Role.UNLABELED and s.id in uncertainty:
+                u = uncertainty[s.id]
+                cands.append((u, 0, s.id, f"unlabeled image the model is least sure about (uncertainty {u:.2f}): "
+                                          "label it"))
+        if cands:
+            score, _kind, sid, why = max(cands, key=lambda c: (c[0], c[1], [-ord(ch) for ch in c[2]]))
+            return sid, why
+        for s in coll:
+            if s.role is Role.UNLABELED and s.id != self.current_id:
+                return s.id, "an unlabeled image (train once to rank them by the model's uncertainty)"
+        return None
 
     def weak_by_weight(self) -> list[tuple[str, float | None]]:
         """Weak samples with their learned weight, lowest first (unweighted last)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QGroupBox, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from napari_hybridseg.core.config import ARCHITECTURES, PRESETS, TrainConfig, preset
@@ -10,7 +11,7 @@ from napari_hybridseg.core.reports import StartReport, StepReport
 
 from .plots import LinePlot
 
-__all__ = ["ENCODERS", "TrainPanel", "format_eta"]
+__all__ = ["ENCODERS", "LOSS_TERMS", "TrainPanel", "format_eta"]
 
 #: Encoders offered in the panel (any segmentation-models-pytorch encoder works
 #: from the CLI; these are the ones that fit the presets). Only the first brings its
@@ -20,6 +21,21 @@ ENCODERS = ("tu-efficientnet_lite0", "resnet18", "resnet34", "resnet50", "effici
             "mobileone_s0")
 WEIGHTS = ("imagenet", "none")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+
+#: what each loss term the trainer reports means (the loss plot's tooltip and legend)
+LOSS_TERMS = {
+    "total": "everything the networks minimise this step (white, always drawn)",
+    "strong": "cross-entropy + Dice on the full masks",
+    "aux": "image-tag head: is each class present in the image",
+    "pce": "weak points: cross-entropy on the clicked pixels",
+    "box": "weak boxes: the projections of the prediction must fill each box",
+    "mil": "weak tags/boxes: a class present must be predicted somewhere, an absent one nowhere",
+    "pair": "weak boxes: neighbouring pixels of similar colour get the same label",
+    "pixel": "MLB-Seg: the weak label and the network's own guess, weighted per pixel",
+    "ple": "MLB-Seg: the prediction must agree with itself on zoomed views",
+    "teacher": "MLB-Seg: agree with the averaged (mean-teacher) network",
+    "cps": "DCR: the two networks teach each other on mixed images",
+}
 
 
 def format_eta(seconds: float) -> str:
@@ -45,16 +61,22 @@ class TrainPanel(QWidget):
         base = preset("cpu-quick")
         self.preset = ComboBox(label="preset", choices=list(PRESETS), value="cpu-quick",
                                tooltip="cpu-quick: minutes on a laptop; gpu: paper-scale on a CUDA GPU")
-        self.arch = ComboBox(label="architecture", choices=list(ARCHITECTURES), value=base.model.arch)
+        self.arch = ComboBox(label="architecture", choices=list(ARCHITECTURES), value=base.model.arch,
+                             tooltip="Decoder of the segmentation network (segmentation-models-pytorch)")
         enc = list(dict.fromkeys([base.model.encoder, *ENCODERS]))
-        self.encoder = ComboBox(label="encoder", choices=enc, value=base.model.encoder)
+        self.encoder = ComboBox(label="encoder", choices=enc, value=base.model.encoder,
+                                tooltip="Backbone of the network; a smaller one trains faster on a CPU")
         self.encoder_weights = ComboBox(
             label="encoder weights", choices=list(WEIGHTS), value=base.model.encoder_weights or "none",
             tooltip="imagenet: start from ImageNet (tu-efficientnet_lite0's weights ship with the plugin; other "
                     "encoders need them in the Hugging Face cache); none: train from scratch")
-        self.input_size = SpinBox(label="input size (px)", min=32, max=1024, step=32, value=base.model.input_size)
-        self.steps = SpinBox(label="steps", min=1, max=1_000_000, value=base.steps)
-        self.batch_size = SpinBox(label="batch size", min=1, max=256, value=base.batch_size)
+        self.input_size = SpinBox(label="input size (px)", min=32, max=1024, step=32, value=base.model.input_size,
+                                  tooltip="Images are resized to this square size for training; predictions are "
+                                          "returned at each image's own size")
+        self.steps = SpinBox(label="steps", min=1, max=1_000_000, value=base.steps,
+                             tooltip="Training steps (one batch each); Stop ends earlier and keeps a checkpoint")
+        self.batch_size = SpinBox(label="batch size", min=1, max=256, value=base.batch_size,
+                                  tooltip="Images per step; lower it if training runs out of memory")
         self.device = ComboBox(label="device", choices=list(DEVICES), value="auto",
                                tooltip="auto: CUDA GPU, else Apple MPS, else CPU")
         self.dii = CheckBox(text="per-image weights (DII)", value=base.dii,
@@ -81,9 +103,16 @@ class TrainPanel(QWidget):
         layout.addWidget(self.train_btn)
         self.status = QLabel("Not trained yet.")
         self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.status)
-        self.plot = LinePlot("loss (log scale)", log_y=True, max_series=5)
+        self.plot = LinePlot("loss per step (log scale); hover for what each term is", log_y=True, max_series=8,
+                             always="total", descriptions=LOSS_TERMS)
+        self.plot.setMinimumHeight(170)
         layout.addWidget(self.plot, stretch=1)
+        self.terms_label = QLabel("")
+        self.terms_label.setWordWrap(True)
+        self.terms_label.setStyleSheet("color: #aaaaaa")
+        layout.addWidget(self.terms_label)
         self._start: StartReport | None = None
 
     def apply_preset(self, name: str | None = None) -> None:
@@ -136,8 +165,12 @@ class TrainPanel(QWidget):
 
     def on_step(self, report: StepReport) -> None:
         # cheap: this runs on the main thread once per training step
+        new = any(name not in self.plot.series for name in report.losses)
         for name, value in report.losses.items():
             self.plot.add_point(name, report.step, value)
+        if new:
+            self.terms_label.setText("; ".join(f"<b>{n}</b>: {LOSS_TERMS[n]}" for n in self.plot.drawn_names()
+                                               if n in LOSS_TERMS))
         state = " (paused)" if report.paused else ""
         self.status.setText(
             f"Step {report.step}/{report.total_steps}{state} on {report.device} — "
@@ -147,3 +180,12 @@ class TrainPanel(QWidget):
 
     def on_end(self, text: str) -> None:
         self.status.setText(text)
+
+    def show_last_model(self, run_dir, step: int | None = None) -> None:
+        """Say which model the review uses (after reopening a project that was trained before)."""
+        if run_dir is None:
+            self.status.setText("Not trained yet.")
+            return
+        at = f" (step {step})" if step is not None else ""
+        self.status.setText(f"Last model: {run_dir}{at}; it predicts the image on screen, and Train continues "
+                            "from it while 'continue from the last model' is ticked.")
