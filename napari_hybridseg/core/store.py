@@ -649,13 +649,14 @@ def save_vocabulary(collection: Collection, path: str | Path) -> None:
     The project must exist (see :func:`save_project`).
     """
     root = Path(path)
-    project = _read_json(root / PROJECT_FILE)
-    _check_header(project, root / PROJECT_FILE)
-    header = _project_header(collection)
-    if all(project.get(k) == v for k, v in header.items()):
-        return
-    project.update(header)
-    _write_json(root / PROJECT_FILE, project)
+    with _save_lock(root):
+        project = _read_json(root / PROJECT_FILE)
+        _check_header(project, root / PROJECT_FILE)
+        header = _project_header(collection)
+        if all(project.get(k) == v for k, v in header.items()):
+            return
+        project.update(header)
+        _write_json(root / PROJECT_FILE, project)
 
 
 def save_weights(collection: Collection, path: str | Path) -> None:

@@ -121,7 +121,7 @@ class ReviewPanel(QWidget):
 
     def _set_visible(self, key: str, on: bool) -> None:
         layer = self.session.layer(key)
-        if layer is not None:
+        if layer is not None and bool(layer.visible) != bool(on):  # setting it costs napari a refresh
             layer.visible = on
 
     def refresh(self) -> None:

@@ -380,12 +380,19 @@ class Session:
         self._place(layer)
         # adding a layer selects it; an overlay appearing mid-stroke must not take the annotator's tool away
         active = self.viewer.layers.selection.active
-        self.viewer.add_layer(layer)
+        # inserted straight where it belongs (overlays above the image, annotations on top): moving layers
+        # afterwards costs a canvas update per move, and an overlay may appear while training streams previews
+        keys = list(LAYER_NAMES)
+        layers = self.viewer.layers
+        present = [(k, lyr) for k in keys if k != key and (lyr := self.layer(k)) is not None]
+        after = [layers.index(lyr) for k, lyr in present if keys.index(k) > keys.index(key)]
+        before = [layers.index(lyr) for k, lyr in present if keys.index(k) < keys.index(key)]
+        index = min(after) if after else (max(before) + 1 if before else len(layers))
+        layers.insert(index, layer)
         if active is not None and active in self.viewer.layers and key in ("prediction", "pixel_weights"):
             self.viewer.layers.selection.active = active
         self._layers[key] = layer
         self._connect_edits(key, layer)
-        self.raise_layers()
         return layer
 
     def raise_layers(self) -> None:
@@ -579,7 +586,8 @@ class Session:
         else:
             layer.data = w
             layer.contrast_limits = (0.0, 1.0)
-            layer.visible = self.pixel_weights_visible  # as the Review tab's check box says
+            if bool(layer.visible) != self.pixel_weights_visible:  # as the Review tab's check box says
+                layer.visible = self.pixel_weights_visible
             self._place(layer)
 
     def color_annotations(self) -> None:
