@@ -62,7 +62,11 @@ def test_huge_images_are_predicted_in_tiles_at_the_training_scale(predictor, mon
     monkeypatch.setattr(predictor, "_probs", spy)
     labels, probs = predictor.predict(np.random.default_rng(3).random((400, 520)))
     assert labels.shape == (400, 520) and probs.shape == (3, 400, 520)
-    assert sum(c[0] for c in calls) > 4 and all(c[-2:] == (32, 32) for c in calls)  # tiles, in batches
+    # at scale 0.25 the image is 100 x 130 training pixels: tiles of at most 512 px fit in 96 x 128
+    assert all(c[-2:] == (96, 128) for c in calls) and sum(c[0] for c in calls) == 4
+    predictor.tile_size, calls[:] = 32, []  # tiles of the training size, in batches
+    assert np.array_equal(predictor.predict(np.random.default_rng(3).random((400, 520)))[0].shape, (400, 520))
+    assert sum(c[0] for c in calls) > 4 and all(c[-2:] == (32, 32) for c in calls)
     assert np.allclose(probs.sum(0), 1, atol=1e-4)
 
 

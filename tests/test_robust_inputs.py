@@ -133,7 +133,7 @@ def test_predict_command_skips_and_says_so(tmp_path, capsys):
 
 
 def test_large_images_are_tiled_in_batches_with_progress(monkeypatch):
-    p = _predictor(train_scale=1.0, tile_pixels=32 * 32 * 8)
+    p = _predictor(train_scale=1.0, tile_size=32, tile_pixels=32 * 32 * 8)
     calls = []
     real = p._probs
     monkeypatch.setattr(p, "_probs", lambda x, tta: calls.append(x.shape[0]) or real(x, tta))
@@ -148,8 +148,8 @@ def test_large_images_are_tiled_in_batches_with_progress(monkeypatch):
 
 def test_tiling_in_batches_gives_the_same_prediction_as_one_tile_at_a_time():
     img = np.random.default_rng(1).random((120, 100, 3)).astype(np.float32)
-    one = _predictor(train_scale=1.0, tile_pixels=32 * 32).predict(img)[1]
-    many = _predictor(train_scale=1.0, tile_pixels=32 * 32 * 64).predict(img)[1]
+    one = _predictor(train_scale=1.0, tile_size=32, tile_pixels=32 * 32).predict(img)[1]
+    many = _predictor(train_scale=1.0, tile_size=32, tile_pixels=32 * 32 * 64).predict(img)[1]
     assert np.allclose(one, many, atol=1e-4)
 
 

@@ -156,7 +156,8 @@ def run_speed(args: argparse.Namespace) -> int:
         cfg = TrainConfig(model=model, steps=args.warmup + n_steps, batch_size=args.batch_size, device=args.device,
                           precision=args.precision, dii_tau=args.warmup + n_steps, dii_scorer=args.scorer,
                           warmup_steps=0,
-                          preview_every=0, checkpoint_every=0, augment=True).replace(**arm.settings)
+                          preview_every=0, checkpoint_every=0, augment=True,
+                          threads=torch.get_num_threads()).replace(**arm.settings)  # fixed: no thread probing
         result = time_arm(collection, cfg)
         timed = result["steps"][args.warmup:]
         import numpy as np
