@@ -205,3 +205,18 @@ def test_the_thread_count_is_left_alone_when_fixed(monkeypatch):
         assert ThreadTuner.for_device(torch.device("cpu"), threads=1) is None and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(old)
+
+
+def test_perf_predict_prints_seconds_per_megapixel(tmp_path, capsys):
+    import json
+
+    from napari_hybridseg.cli import main
+
+    torch.set_num_threads(1)
+    out = tmp_path / "p.json"
+    assert main(["perf", "predict", "--sizes", "200,300", "--train-size", "32", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "200 x 200:" in printed and "s/MP" in printed
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["side"] for r in rows] == [200, 300] and all(r["s_per_megapixel"] > 0 and r["tiles"] >= 1
+                                                           for r in rows)
