@@ -164,6 +164,17 @@ def test_a_target_is_met_only_when_its_paired_interval_clears_the_threshold():
     assert t2["estimate"] > 0 and t2["met"] is False  # mean above the target, interval not: not met
 
 
+def test_the_gap_target_is_not_judged_when_all_strong_does_not_beat_strong_only():
+    rng = np.random.default_rng(8)
+    base = rng.uniform(0.4, 0.8, 50)
+    runs = [_run(0, {"strong-only": base + 0.02, "all-strong": base, "naive": base + 0.05})]
+    t = {x["key"]: x for x in check_targets(runs, n_boot=200)}["gap_half"]
+    assert t["met"] is None and "no gap" in t["text"]
+    runs = [_run(0, {"strong-only": base, "all-strong": base + 0.10, "naive": base + 0.06})]
+    t = {x["key"]: x for x in check_targets(runs, n_boot=200)}["gap_half"]
+    assert t["met"] is True and "`naive`" in t["text"]
+
+
 def test_targets_need_their_arms_and_judge_gamma_against_baselines_and_cost_ratios():
     rng = np.random.default_rng(7)
     weak = [f"w{i}" for i in range(40)]
