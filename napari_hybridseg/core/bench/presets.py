@@ -39,16 +39,16 @@ COST_FACTOR = {"strong-only": 1.0, "naive": 1.15, "fixed": 1.15, "dii": 1.2, "or
 #: preset's steps as they are); ``expensive_seeds``: how many of the seeds the EXPENSIVE_ARMS run
 #: (None: all).
 #:
-#: standard (PROVISIONAL 400 steps, see the module docstring): 8 arms cost sum(COST_FACTOR) ~ 18.3
-#: single-network steps per budget step; the cheap six ~6.8. At ~0.25 s per single-network step
-#: (128 px, batch 8, 2 cores), 3 seeds of the cheap arms and 1 seed of the expensive ones cost
-#: 400 x (3 x 6.8 + 11.5) x 0.25 s ~ 53 min, plus DII re-scoring, evaluation and the convergence
-#: curves: ~65-75 min per dataset and strong fraction, inside BENCHMARK.md's 90.
+#: standard (PROVISIONAL 200 steps, see the module docstring and docs/benchmark.md): in the Kvasir-SEG
+#: smoke suite of 2026-12-01 (Unet / EfficientNet-Lite0, 128 px, batch 8, fp32 on the 2-core CPU, under
+#: load from other jobs) one budget step of the six cheap arms cost ~9.5 s together and of dii+dcr and
+#: full ~14.6 s: 3 seeds of the cheap arms + 1 of the expensive ones ~43 s per budget step, so 200 steps
+#: ~2.4 h under that load; on a quiet machine less (not measured). The plateau measurement decides.
 BENCH_PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"config": ("quick", "cpu-quick"), "budget_min": 18.0, "expensive_seeds": None,
               "train": {"steps": 300, "batch_size": 8, "checkpoint_every": 10**9, "preview_every": 10**9}},
     "standard": {"config": ("standard", "quick", "cpu-quick"), "budget_min": None, "expensive_seeds": 1,
-                 "train": {"steps": 400, "batch_size": 8, "checkpoint_every": 10**9, "preview_every": 10**9}},
+                 "train": {"steps": 200, "batch_size": 8, "checkpoint_every": 10**9, "preview_every": 10**9}},
     "gpu": {"config": ("gpu",), "budget_min": None, "expensive_seeds": None,
             "train": {"steps": 4000, "batch_size": 16, "checkpoint_every": 1000, "preview_every": 10**9}},
 }
