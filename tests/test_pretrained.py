@@ -183,3 +183,33 @@ def test_the_train_panel_starts_from_imagenet_and_offers_from_scratch(qtbot):
     assert (model.encoder, model.encoder_weights) == ("resnet18", None)
     panel.apply_preset("cpu-quick")
     assert panel.config().model.encoder_weights == "imagenet"
+
+
+def test_bench_runs_every_arm_from_scratch_on_request_and_the_report_says_which(tmp_path, monkeypatch):
+    from test_bench import fake_backend
+
+    from napari_hybridseg.cli import main
+    from napari_hybridseg.core.bench import protocol as P
+
+    monkeypatch.setattr(P, "default_backend", lambda device, values: fake_backend())
+    import imageio.v3 as iio
+    from test_bench import _disk_image
+
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(20):
+        img, mask = _disk_image(rng, 40, 48)
+        iio.imwrite(root / "images" / f"case{i:02d}.png", img)
+        iio.imwrite(root / "masks" / f"case{i:02d}.png", mask * 255)
+    for weights, said in (([], "tu-efficientnet_lite0 (encoder weights imagenet)"),
+                          (["--encoder", "resnet18", "--encoder-weights", "none"],
+                           "resnet18 (encoder weights none: from scratch)")):
+        out = tmp_path / f"bench{len(weights)}"
+        argv = ["bench", str(root), "--layout", "folder", "--out", str(out), "--steps", "2",
+                "--strong-fraction", "0.25", "--arms", "strong-only", *weights]
+        assert main(argv) == 0
+        model = json.loads((out / "results.json").read_text())["settings"]["base_config"]["model"]
+        assert model["encoder_weights"] == (None if weights else "imagenet")
+        assert said in (out / "report.md").read_text()

@@ -99,6 +99,10 @@ def register(subparsers) -> None:
                         "(default: 18 for quick, none for standard and gpu)")
     p.add_argument("--batch-size", type=int, metavar="B", help="batch size (default: the preset's)")
     p.add_argument("--size", type=int, metavar="PX", help="training input size (default: the preset's)")
+    p.add_argument("--encoder", metavar="NAME", help="encoder of every arm (default: tu-efficientnet_lite0)")
+    p.add_argument("--encoder-weights", metavar="{imagenet,none}",
+                   help="imagenet (default) or none: every arm from scratch (the reports before 2026-12-01 evening: "
+                        "--encoder resnet18 --encoder-weights none)")
     p.add_argument("--limit", type=int, metavar="N", help="use a seeded subset of N images (quick checks)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_",
                    help="a training setting for every arm (a TrainConfig field, e.g. "
@@ -183,8 +187,15 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict = {}
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
+    model: dict = {}
     if args.size:
-        overrides["model"] = {"input_size": args.size}
+        model["input_size"] = args.size
+    if args.encoder:
+        model["encoder"] = args.encoder
+    if args.encoder_weights:
+        model["encoder_weights"] = None if args.encoder_weights.lower() in ("none", "scratch") else args.encoder_weights
+    if model:
+        overrides["model"] = model
     overrides.update(_settings(args.set_))
     try:
         settings = BenchSettings(
