@@ -84,3 +84,21 @@ def test_bench_command_with_seeds_and_fractions_writes_a_suite(folder_dataset, t
     assert main(["bench", "--out", str(out), "--report-only"]) == 0 and (out / "report.md").is_file()
     assert main(argv[:-2] + ["--seed", "3"]) == 2
     assert "--seeds or --seed" in capsys.readouterr().err
+
+
+def test_simulated_points_on_a_masked_dataset_are_corrupted_recorded_and_scored_by_the_baselines(tmp_path):
+    from test_bench import ThresholdPredictor
+
+    from napari_hybridseg.core.bench.baselines import measure_baselines
+
+    settings = _settings(tmp_path, weak="point", strong_fraction=0.2, noise=0.4)
+    prep = P.prepare_collection(synthetic_collection(40), settings, hybridize=make_hybrid, log=lambda m: None)
+    weak = [prep.collection[i] for i in prep.weak]
+    assert weak and all(s.points and not s.boxes and s.meta.get("simulated_points") for s in weak)
+    assert prep.corrupted and set(prep.corrupted.values()) == {"moved_outside"}
+    train = prep.train
+    rec = measure_baselines(train, prep.weak, prep.corrupted, strong_only_predictor=ThresholdPredictor(),
+                            predict_all=P._predict_all)
+    # a prediction that finds every disk puts each clean click inside it and each moved one outside
+    assert rec["quality"]["agreement"]["auroc"] == pytest.approx(1.0)
+    assert rec["missing"] == ["naive_loss"]
