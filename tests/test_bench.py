@@ -359,7 +359,8 @@ def test_benchmark_writes_every_arm_results_report_and_figures(tmp_path):
 
     report = write_report(out)
     text = report.read_text()
-    for name in ("dice_per_arm.png", "gamma_hist.png", "gamma_history.png", "test_grid.png", "convergence.png"):
+    for name in ("dice_per_arm.png", "gamma_hist.png", "gamma_history.png", "test_grid.png", "convergence.png",
+                 "weights_vs_baselines.png"):
         assert (out / name).stat().st_size > 1000 and name in text
     assert "| `full` |" in text and "not met" in text  # equal Dice everywhere: gains of 0 are not met
     for section in ("### Paired differences", "### Weights vs baselines", "### Targets", "### Cost",
