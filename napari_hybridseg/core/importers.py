@@ -359,7 +359,8 @@ def _import_kvasir(src: Path, imp: _Importer) -> None:
         elif len(labels) > 1:
             imp.note(f"{box_file.name}: box labels {sorted(labels)} all mapped to one class")
         _note_box_mask_disagreement(c, imp)
-    c.classes.append(ClassInfo(class_name, 1, DEFAULT_COLORS[1]))
+    if not c.classes:  # (colour-coded masks asked for: their classes come from the colours)
+        c.classes.append(ClassInfo(class_name, 1, DEFAULT_COLORS[1]))
 
     flag_file = _find_one(src, "*sessile*.csv")
     if flag_file is not None:
