@@ -33,6 +33,9 @@ def register(subparsers) -> None:
     p.add_argument("--project", type=Path, help="a project folder to open instead of the sample data")
     p.add_argument("--train-steps", type=int, default=0, metavar="N", help="press Train for N steps (default: 0)")
     p.add_argument("--screenshot", type=Path, metavar="FILE", help="save a full-window screenshot (PNG) at the end")
+    p.add_argument("--panel-screenshots", type=Path, metavar="DIR",
+                   help="also save each tab of the dock (panel-data.png, panel-train.png, panel-review.png) into DIR "
+                        "at the end")
     p.add_argument("--quit", action="store_true", help="exit after training and the screenshot")
     p.add_argument("--show", metavar="SAMPLE", help="after training, review this sample instead of the "
                    "lowest-weight weak one")
@@ -62,7 +65,7 @@ def run_demo(args) -> int:
 
     if args.train_steps < 0:
         raise CLIError("--train-steps must be 0 or more")
-    if args.quit and not args.train_steps and not args.screenshot:
+    if args.quit and not args.train_steps and not args.screenshot and not args.panel_screenshots:
         raise CLIError("--quit without --train-steps or --screenshot would open and close napari: add one of them")
     if args.project is not None and not (args.project / "project.json").is_file():
         raise CLIError(f"{args.project}: not a project folder (no project.json); create one with `hybridseg import`")
@@ -103,6 +106,8 @@ def run_demo(args) -> int:
         viewer.screenshot(str(args.screenshot), canvas_only=False)
         print(f"hybridseg demo: screenshot {args.screenshot}", flush=True)
         results["screenshot"] = str(args.screenshot)
+    if args.panel_screenshots is not None:
+        results["panel_screenshots"] = _panel_screenshots(widget, args.panel_screenshots)
     if args.measure_responsiveness or args.json:
         text = json.dumps(results, indent=2)
         print(text, flush=True)
@@ -116,6 +121,26 @@ def run_demo(args) -> int:
         return 1 if failed else 0
     napari.run()
     return 0
+
+
+def _panel_screenshots(widget, folder: Path) -> list[str]:
+    """Grab each tab of the dock as it is now (after the run): the pictures in docs/plugin.md."""
+    folder.mkdir(parents=True, exist_ok=True)
+    current = widget.tabs.currentIndex()
+    out = []
+    for i, name in enumerate(("data", "train", "review")):
+        widget.tabs.setCurrentIndex(i)
+        _settle(0.3)
+        path = folder / f"panel-{name}.png"
+        page = widget.tabs.widget(i)
+        panel = page.widget() if hasattr(page, "widget") else page  # the whole panel, not the scrolled view
+        if not panel.grab().save(str(path)):
+            raise OSError(f"could not write {path}")
+        out.append(str(path))
+        print(f"hybridseg demo: panel screenshot {path}", flush=True)
+    widget.tabs.setCurrentIndex(current)
+    _settle(0.1)
+    return out
 
 
 def _close_notifications(qt_window) -> None:

@@ -139,6 +139,9 @@ class HybridSegWidget(QWidget):
         self._stale_predictions: set[str] = set()
         self._uncertainty: dict[str, float] = {}  # sample id -> how unsure the last model is (0..1)
         self._scoring = None
+        # the predictor (torch) is used by one worker at a time: the review, the scoring, the export; two
+        # threads loading torch at once can deadlock in its C extensions
+        self._predictor_lock = threading.RLock()
         self._closing = False
         self.first_overlay_s: float | None = None  # Train pressed -> first prediction shown
         self._train_pressed_at: float | None = None
@@ -444,10 +447,13 @@ class HybridSegWidget(QWidget):
             return None
 
         def work():
-            predictor = self._load_predictor(run_dir)
             for s in todo:
+                if self._closing:
+                    return
                 try:
-                    _labels, probs = predictor.predict(s.load_image())
+                    with self._predictor_lock:  # one prediction at a time, the review's own first
+                        predictor = self._load_predictor(run_dir)
+                        _labels, probs = predictor.predict(s.load_image())
                 except (OSError, ValueError) as exc:  # an unreadable image is skipped, not fatal
                     log.info("cannot score %s: %s", s.id, exc)
                     continue
@@ -587,8 +593,9 @@ class HybridSegWidget(QWidget):
         self._predicting.add(sid)
 
         def work():
-            predictor = self._load_predictor(run_dir)
-            labels, probs = predictor.predict(image)
+            with self._predictor_lock:
+                predictor = self._load_predictor(run_dir)
+                labels, probs = predictor.predict(image)
             return sid, np.asarray(labels), uncertainty(probs)
 
         def done(result):
@@ -679,10 +686,11 @@ class HybridSegWidget(QWidget):
         def work():
             import imageio.v3 as iio
 
-            predictor = self._load_predictor(run_dir)
             written = []
             for i, s in enumerate(samples):
-                labels, _ = predictor.predict(s.load_image())
+                with self._predictor_lock:
+                    predictor = self._load_predictor(run_dir)
+                    labels, _ = predictor.predict(s.load_image())
                 out = dest / f"{s.id}.png"
                 tmp = dest / f".{s.id}.png.tmp"
                 labels = np.asarray(labels)
@@ -739,6 +747,8 @@ class HybridSegWidget(QWidget):
             self.runner.stop()
             self.runner.wait(60)
         self._closing = True
+        if self._scoring is not None:  # stops before its next image
+            self.wait_for_predictions(60)
         try:
             self.session.save()
         except (OSError, ValueError, RuntimeError) as exc:
