@@ -396,8 +396,6 @@ class HybridSegWidget(QWidget):
         self.train_panel.show_last_model(run_dir, step)
         self._uncertainty.clear()
         self.data_panel.show_suggestion(self.suggest())
-        if run_dir is not None:
-            self.score_unlabeled()
 
     # -- pixel weights kept with the run ---------------------------------------
     PIXEL_WEIGHTS_FILE = "review_pixel_weights.npz"
@@ -488,6 +486,10 @@ class HybridSegWidget(QWidget):
         """Show the suggested image (button and key S). Returns its id."""
         pick = self.suggest()
         self.data_panel.show_suggestion(pick)
+        if self._scoring is None:
+            # on demand, not after every run: the unlabeled images are predicted in the background and the
+            # suggestion line updates when they are ranked
+            self.score_unlabeled()
         if pick is None:
             return None
         self.session.show(pick[0])
@@ -530,8 +532,6 @@ class HybridSegWidget(QWidget):
 
     def _on_finished(self) -> None:
         self.train_panel.set_running(False)
-        if self.runner.last_done is not None and self.runner.last_done.checkpoint and not self._closing:
-            self.score_unlabeled()
 
     def autosave(self) -> bool:
         """Write the sample on screen if it was edited (the settled-edit timer calls this). Returns whether it wrote."""
