@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .collection import Collection, WeightState
+from .store import _fsync_dir as _fsync  # one fsync helper for files and folders
 
 __all__ = ["CheckpointError", "RunError", "gamma_record", "guarded_write", "read_run", "recover_run", "sync_tree",
            "versions", "write_json", "write_run"]
@@ -39,19 +40,6 @@ class RunError(ValueError):
 
 class CheckpointError(OSError):
     """A checkpoint that could not be written; the message names the folder and what to do."""
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # a folder on Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def sync_tree(folder: str | Path) -> Path:
