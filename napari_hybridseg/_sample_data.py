@@ -19,8 +19,8 @@ __all__ = ["asoct_sample", "colonoscopy_sample"]
 
 
 def _load(modality: str):
-    from napari_hybridseg.core.sample_data import sample_project_path
-    from napari_hybridseg.core.store import load_project
+    from napari_hybridseg.core.data.sample_data import sample_project_path
+    from napari_hybridseg.core.data.store import load_project
 
     collection = load_project(sample_project_path())
     samples = [s for s in collection if s.meta.get("modality") == modality]

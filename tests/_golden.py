@@ -8,7 +8,7 @@ and every arm's scores and weights of a bench run.
 Record (before a change) and compare (after it)::
 
     python tests/_golden.py record            # the test-sized runs -> tests/golden/*.json
-    python tests/_golden.py full DATASET      # the issue's full-size runs, printed as JSON
+    python tests/_golden.py full KVASIR OUT.json   # the issue's full-size runs -> OUT.json
 
 ``tests/test_behaviour_identity.py`` reruns the test-sized ones and compares.
 """
@@ -88,7 +88,8 @@ def synthetic_dataset(root: Path, n: int = 24, seed: int = 1) -> Path:
 
 def _scores(value):
     """The numbers of a results.json arm, without timings and paths."""
-    skip = ("config", "versions", "mem", "sec", "wall", "time", "_s", "path", "run_dir", "eta", "threads", "command", "minutes", "dir")
+    skip = ("config", "versions", "mem", "sec", "wall", "time", "_s", "path", "run_dir", "eta", "threads",
+            "command", "minutes", "dir")
     if isinstance(value, dict):
         return {k: _scores(v) for k, v in sorted(value.items())
                 if not any(s in k for s in skip)}
@@ -143,12 +144,13 @@ def main(argv: list[str]) -> int:
                 (GOLDEN / f"{name}.json").write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
                 print(f"wrote {GOLDEN / f'{name}.json'}")
         return 0
-    if argv[:1] == ["full"] and len(argv) == 2:
+    if argv[:1] == ["full"] and len(argv) == 3:
         with tempfile.TemporaryDirectory() as tmp:
             rec = {"fingerprint": fingerprint(),
                    "train": record_train(Path(tmp) / "train", steps=20),
                    "bench": record_bench(Path(argv[1]), "kvasir", Path(tmp) / "bench", steps=20, limit=60)}
-        print(json.dumps(rec, indent=1, sort_keys=True))
+        Path(argv[2]).write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {argv[2]}")
         return 0
     print(__doc__, file=sys.stderr)
     return 2

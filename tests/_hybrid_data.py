@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_hybridseg.core.collection import Box, Collection, Point, Sample, TagImplies
+from napari_hybridseg.core.data.collection import Box, Collection, Point, Sample, TagImplies
 
 
 def disk_image(rng: np.random.Generator, size: int = 48) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_hybridseg.core.collection import Box, Collection, Point, Sample
+from napari_hybridseg.core.data.collection import Box, Collection, Point, Sample
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -18,8 +18,9 @@ from napari_hybridseg.core.bench.split import (
     split_ids,
     thumbnail,
 )
-from napari_hybridseg.core.collection import Box, Collection, Role, Sample
-from napari_hybridseg.core.reports import (
+from napari_hybridseg.core.data.collection import Box, Collection, Role, Sample
+from napari_hybridseg.core.supervision.targets import IGNORE, make_targets
+from napari_hybridseg.core.training.reports import (
     CheckpointReport,
     DoneReport,
     PreviewReport,
@@ -28,7 +29,6 @@ from napari_hybridseg.core.reports import (
     StepReport,
     WeightsReport,
 )
-from napari_hybridseg.core.targets import IGNORE, make_targets
 
 
 # -- synthetic data ---------------------------------------------------------
@@ -416,7 +416,7 @@ def test_pre_resized_training_sample_gives_the_same_targets_as_the_original():
 
 
 def test_real_hybridiser_records_and_applies_corruption_only_inside_train(tmp_path):
-    hybridize = pytest.importorskip("napari_hybridseg.core.hybridize")
+    hybridize = pytest.importorskip("napari_hybridseg.core.data.hybridize")
     settings = _settings(tmp_path, noise=0.5)
     prep = P.prepare_collection(synthetic_collection(30), settings, hybridize=hybridize.make_hybrid,
                                 log=lambda m: None)

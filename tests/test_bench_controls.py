@@ -9,9 +9,9 @@ import torch
 from _hybrid_data import make_collection
 
 from napari_hybridseg.core.bench import protocol as P
-from napari_hybridseg.core.config import ModelConfig, TrainConfig
-from napari_hybridseg.core.reports import DoneReport, StepReport, WeightsReport
-from napari_hybridseg.core.trainer import train
+from napari_hybridseg.core.training.config import ModelConfig, TrainConfig
+from napari_hybridseg.core.training.reports import DoneReport, StepReport, WeightsReport
+from napari_hybridseg.core.training.trainer import train
 
 
 @pytest.fixture(autouse=True)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from napari_hybridseg.core.bench.baselines import agreement, signal_quality, weak_size
+from napari_hybridseg.core.bench.metrics import auroc
 from napari_hybridseg.core.bench.paired import _auroc_weighted, auroc_bootstrap, paired_bootstrap
 from napari_hybridseg.core.bench.targets import check_targets
-from napari_hybridseg.core.collection import Box, ClassInfo, Collection, Point, Sample, TagImplies
-from napari_hybridseg.core.metrics import auroc
+from napari_hybridseg.core.data.collection import Box, ClassInfo, Collection, Point, Sample, TagImplies
 
 
 # -- paired bootstrap -------------------------------------------------------------

@@ -13,7 +13,7 @@ from napari_hybridseg.cli import main
 from napari_hybridseg.core.bench import protocol as P
 from napari_hybridseg.core.bench import suite as S
 from napari_hybridseg.core.bench.report import write_report
-from napari_hybridseg.core.hybridize import make_hybrid
+from napari_hybridseg.core.data.hybridize import make_hybrid
 
 
 def test_the_seed_changes_split_label_budget_and_corruption_and_the_same_seed_repeats_them(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from napari_hybridseg.cli import main
-from napari_hybridseg.core.store import load_project
+from napari_hybridseg.core.data.store import load_project
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -65,7 +65,7 @@ def test_copy_images_makes_a_self_contained_project(folder_dataset, tmp_path):
 
 
 def test_info_prints_a_readable_summary(capsys):
-    from napari_hybridseg.core.sample_data import sample_project_path
+    from napari_hybridseg.core.data.sample_data import sample_project_path
 
     assert main(["info", str(sample_project_path())]) == 0
     out = capsys.readouterr().out

@@ -16,8 +16,8 @@ import torch
 from _hybrid_data import make_collection
 
 from napari_hybridseg.cli import main
-from napari_hybridseg.core.locks import FolderLock
-from napari_hybridseg.core.store import save_project
+from napari_hybridseg.core.data.locks import FolderLock
+from napari_hybridseg.core.data.store import save_project
 
 TINY = ["--steps", "2", "--size", "32", "--batch-size", "2", "--no-dcr", "--dii-tau", "1", "--quiet"]
 POSIX = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -97,10 +97,10 @@ def test_kill_9_during_training_leaves_a_run_that_predict_and_resume_accept(proj
 
 
 def test_a_new_run_is_a_valid_run_before_its_first_periodic_checkpoint(project, tmp_path):
-    from napari_hybridseg.core.config import preset
-    from napari_hybridseg.core.reports import StepReport
-    from napari_hybridseg.core.store import load_project
-    from napari_hybridseg.core.trainer import train
+    from napari_hybridseg.core.data.store import load_project
+    from napari_hybridseg.core.training.config import preset
+    from napari_hybridseg.core.training.reports import StepReport
+    from napari_hybridseg.core.training.trainer import train
 
     cfg = preset("cpu-quick").replace(steps=50, batch_size=2, dcr=False, dii=False, checkpoint_every=100,
                                       checkpoint_minutes=0)
@@ -113,10 +113,10 @@ def test_a_new_run_is_a_valid_run_before_its_first_periodic_checkpoint(project, 
 
 
 def test_checkpoints_come_by_wall_time_too(project, tmp_path):
-    from napari_hybridseg.core.config import preset
-    from napari_hybridseg.core.reports import CheckpointReport
-    from napari_hybridseg.core.store import load_project
-    from napari_hybridseg.core.trainer import run as run_training
+    from napari_hybridseg.core.data.store import load_project
+    from napari_hybridseg.core.training.config import preset
+    from napari_hybridseg.core.training.reports import CheckpointReport
+    from napari_hybridseg.core.training.trainer import run as run_training
 
     cfg = preset("cpu-quick").replace(steps=3, batch_size=2, dcr=False, dii=False, checkpoint_every=0,
                                       checkpoint_minutes=1e-6)

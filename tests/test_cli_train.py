@@ -17,7 +17,7 @@ import torch
 from _hybrid_data import make_collection
 
 from napari_hybridseg.cli import main
-from napari_hybridseg.core.store import load_project, save_project
+from napari_hybridseg.core.data.store import load_project, save_project
 
 TINY = ["--steps", "2", "--size", "32", "--batch-size", "2", "--no-dcr", "--dii-tau", "1", "--quiet"]
 

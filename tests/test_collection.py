@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_hybridseg.core.collection import (
+from napari_hybridseg.core.data.collection import (
     Box,
     ClassInfo,
     Collection,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_hybridseg.core.dcr import cps_loss, cutmix, cutmix_boxes, rampup
+from napari_hybridseg.core.methods.dcr import cps_loss, cutmix, cutmix_boxes, rampup
 
 
 def test_cutmix_masks_are_one_rectangle_per_image_within_the_area_range():

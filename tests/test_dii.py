@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_hybridseg.core.config import ModelConfig
-from napari_hybridseg.core.dii import GammaBank, default_tau, jvp_scores, last_layer_scores
-from napari_hybridseg.core.losses import strong_loss, weak_losses
-from napari_hybridseg.core.models import build_model, decoder_features, forward, last_layer
-from napari_hybridseg.core.targets import IGNORE
+from napari_hybridseg.core.methods.dii import GammaBank, default_tau, jvp_scores, last_layer_scores
+from napari_hybridseg.core.network.models import build_model, decoder_features, forward, last_layer
+from napari_hybridseg.core.supervision.losses import strong_loss, weak_losses
+from napari_hybridseg.core.supervision.targets import IGNORE
+from napari_hybridseg.core.training.config import ModelConfig
 
 
 @pytest.fixture(autouse=True)
@@ -139,7 +139,7 @@ def test_scores_do_not_depend_on_the_batching():
 
 
 def test_score_normalisation_keeps_sign_and_ratios_but_not_scale():
-    from napari_hybridseg.core.dii import normalise_scores
+    from napari_hybridseg.core.methods.dii import normalise_scores
 
     big = torch.tensor([3000.0, -1000.0, 500.0])
     out = normalise_scores(big)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_hybridseg.core.collection import Box, Collection, Point, Role, Sample, TagImplies
-from napari_hybridseg.core.hybridize import (
+from napari_hybridseg.core.data.collection import Box, Collection, Point, Role, Sample, TagImplies
+from napari_hybridseg.core.data.hybridize import (
     boxes_from_mask,
     components,
     corrupt_boxes,

@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_hybridseg.core.images import (
+from napari_hybridseg.core.data.images import (
     ImageError,
     as_image2d,
     read_image,

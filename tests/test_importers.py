@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_hybridseg.core.collection import Role, TagImplies
-from napari_hybridseg.core.importers import DatasetError, import_dataset
-from napari_hybridseg.core.store import load_project, save_project
+from napari_hybridseg.core.data.collection import Role, TagImplies
+from napari_hybridseg.core.data.importers import DatasetError, import_dataset
+from napari_hybridseg.core.data.store import load_project, save_project
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

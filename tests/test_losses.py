@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_hybridseg.core.losses import (
+from napari_hybridseg.core.supervision.losses import (
     aux_tag_loss,
     box_tightness,
     dice_loss,
@@ -16,7 +16,7 @@ from napari_hybridseg.core.losses import (
     strong_loss,
     weak_losses,
 )
-from napari_hybridseg.core.targets import IGNORE
+from napari_hybridseg.core.supervision.targets import IGNORE
 
 
 def confident(labels: torch.Tensor, k: int = 2, scale: float = 20.0) -> torch.Tensor:
@@ -131,7 +131,7 @@ def test_weak_losses_sum_is_the_per_instance_loss_and_penalises_a_wrong_box():
 
 
 def test_absent_tag_of_one_class_pushes_that_class_down_everywhere():
-    from napari_hybridseg.core.losses import absent_loss
+    from napari_hybridseg.core.supervision.losses import absent_loss
 
     labels = torch.zeros(1, 6, 6, dtype=torch.long)
     labels[0, :3] = 1  # class 1 predicted on half the image
@@ -149,7 +149,7 @@ def test_absent_tag_of_one_class_pushes_that_class_down_everywhere():
 
 
 def test_colour_affinity_is_one_between_equal_colours_and_small_across_an_edge():
-    from napari_hybridseg.core.losses import colour_affinity
+    from napari_hybridseg.core.supervision.losses import colour_affinity
 
     rgb = torch.zeros(1, 3, 8, 8)
     rgb[..., 4:] = 1.0  # black left half, white right half
@@ -162,7 +162,7 @@ def test_colour_affinity_is_one_between_equal_colours_and_small_across_an_edge()
 
 
 def test_box_pairwise_wants_similar_neighbours_inside_a_box_to_agree():
-    from napari_hybridseg.core.losses import box_pairwise, colour_affinity
+    from napari_hybridseg.core.supervision.losses import box_pairwise, colour_affinity
 
     rgb = torch.full((1, 3, 12, 12), 0.5)  # one flat colour: every neighbour pair is similar
     aff = colour_affinity(rgb)

@@ -8,8 +8,15 @@ import time
 import pytest
 import torch
 
-from napari_hybridseg.core.config import ARCHITECTURES, ModelConfig
-from napari_hybridseg.core.models import build_model, check_encoder_weights, forward, last_layer, load_model, save_model
+from napari_hybridseg.core.network.models import (
+    build_model,
+    check_encoder_weights,
+    forward,
+    last_layer,
+    load_model,
+    save_model,
+)
+from napari_hybridseg.core.training.config import ARCHITECTURES, ModelConfig
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +46,7 @@ def test_aux_head_predicts_one_logit_per_foreground_class():
 def test_the_default_encoder_is_efficientnet_lite0_from_imagenet():
     cfg = ModelConfig()
     assert (cfg.encoder, cfg.encoder_weights) == ("tu-efficientnet_lite0", "imagenet")
-    from napari_hybridseg.core.config import preset
+    from napari_hybridseg.core.training.config import preset
 
     for name in ("cpu-quick", "gpu"):
         m = preset(name).model

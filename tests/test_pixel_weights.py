@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_hybridseg.core.pixel_weights import (
+from napari_hybridseg.core.methods.pixel_weights import (
     exact_pixel_weights,
     fill_ignored,
     mlb_terms,
@@ -107,8 +107,8 @@ def test_exact_weights_match_unrolled_reference_on_smp_unet_in_float32():
 
 def test_exact_weights_match_unrolled_reference_on_the_pretrained_efficientnet_lite0_unet():
     """The default encoder: ReLU6, depthwise convolutions, BatchNorm (train mode), ImageNet weights."""
-    from napari_hybridseg.core.config import ModelConfig
-    from napari_hybridseg.core.models import build_model
+    from napari_hybridseg.core.network.models import build_model
+    from napari_hybridseg.core.training.config import ModelConfig
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(input_size=32), seed=0).train()
@@ -465,7 +465,7 @@ def test_mlb_terms_weights_only_non_strong_rows_and_equal_the_reference():
 
 
 def test_mlb_terms_with_teacher_and_consistency_give_trainable_terms():
-    from napari_hybridseg.core.teacher import MeanTeacher
+    from napari_hybridseg.core.methods.teacher import MeanTeacher
 
     torch.manual_seed(0)
     model = tiny_bn_net().double().train()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_hybridseg.core.ple import (
+from napari_hybridseg.core.methods.ple import (
     N_VIEWS,
     PLEViews,
     consistency_loss,

@@ -10,9 +10,9 @@ import pytest
 import torch
 from _hybrid_data import make_collection
 
-from napari_hybridseg.core.config import ModelConfig
-from napari_hybridseg.core.models import build_model, save_model
-from napari_hybridseg.core.predict import Predictor, predict_collection, predict_folder
+from napari_hybridseg.core.network.models import build_model, save_model
+from napari_hybridseg.core.prediction.predict import Predictor, predict_collection, predict_folder
+from napari_hybridseg.core.training.config import ModelConfig
 
 
 @pytest.fixture(autouse=True)

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_hybridseg.core.config import ModelConfig
-from napari_hybridseg.core.models import (
+from napari_hybridseg.core.network.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     build_model,
@@ -22,6 +21,7 @@ from napari_hybridseg.core.models import (
     map_lite0_state_dict,
     weights_record,
 )
+from napari_hybridseg.core.training.config import ModelConfig
 
 timm = pytest.importorskip("timm")
 
@@ -146,7 +146,7 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.mark.slow
 def test_a_run_works_without_network_and_with_an_empty_hugging_face_cache(tmp_path, tiny_collection):
-    from napari_hybridseg.core.store import save_project
+    from napari_hybridseg.core.data.store import save_project
 
     save_project(tiny_collection, tmp_path / "project")
     hf = tmp_path / "hf"

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from napari_hybridseg.core.device import ThreadTuner
-from napari_hybridseg.core.images import truncation
-from napari_hybridseg.core.importers import import_dataset
+from napari_hybridseg.core.data.images import truncation
+from napari_hybridseg.core.data.importers import import_dataset
+from napari_hybridseg.core.network.device import ThreadTuner
 
 
 def _save(path: Path, arr: np.ndarray, **kw) -> Path:
@@ -71,8 +71,8 @@ def test_a_truncated_image_is_found_at_import_with_a_note(tmp_path):
 
 def test_a_truncated_image_is_found_when_a_project_opens(tmp_path, capsys):
     from napari_hybridseg.cli import main
-    from napari_hybridseg.core.collection import Collection, Sample
-    from napari_hybridseg.core.store import load_project, save_project
+    from napari_hybridseg.core.data.collection import Collection, Sample
+    from napari_hybridseg.core.data.store import load_project, save_project
 
     img = _save(tmp_path / "data" / "x.png", _rgb(64, 64))
     c = Collection()
@@ -93,9 +93,9 @@ def test_a_truncated_image_is_found_when_a_project_opens(tmp_path, capsys):
 # prediction: unreadable files skipped, tiles batched with progress
 # ------------------------------------------------------------------------------------------------
 def _predictor(**kw):
-    from napari_hybridseg.core.config import ModelConfig
-    from napari_hybridseg.core.models import build_model
-    from napari_hybridseg.core.predict import Predictor
+    from napari_hybridseg.core.network.models import build_model
+    from napari_hybridseg.core.prediction.predict import Predictor
+    from napari_hybridseg.core.training.config import ModelConfig
 
     torch.set_num_threads(1)
     model = build_model(ModelConfig(input_size=32, encoder_weights=None), seed=0)
@@ -103,7 +103,7 @@ def _predictor(**kw):
 
 
 def test_an_unreadable_file_in_a_predict_folder_is_skipped_with_a_message(tmp_path):
-    from napari_hybridseg.core.predict import predict_folder
+    from napari_hybridseg.core.prediction.predict import predict_folder
 
     folder = tmp_path / "imgs"
     _save(folder / "good.png", _rgb(40, 40))
@@ -118,8 +118,8 @@ def test_an_unreadable_file_in_a_predict_folder_is_skipped_with_a_message(tmp_pa
 
 def test_predict_command_skips_and_says_so(tmp_path, capsys):
     from napari_hybridseg.cli import main
-    from napari_hybridseg.core.config import ModelConfig
-    from napari_hybridseg.core.models import build_model, save_model
+    from napari_hybridseg.core.network.models import build_model, save_model
+    from napari_hybridseg.core.training.config import ModelConfig
 
     run = tmp_path / "run"
     save_model(build_model(ModelConfig(input_size=32, encoder_weights=None), seed=0), run / "model",

@@ -9,9 +9,9 @@ import pytest
 from scipy.ndimage import uniform_filter
 
 from napari_hybridseg import _sample_data
-from napari_hybridseg.core import sample_data as sd
-from napari_hybridseg.core.collection import Role
-from napari_hybridseg.core.store import load_project
+from napari_hybridseg.core.data import sample_data as sd
+from napari_hybridseg.core.data.collection import Role
+from napari_hybridseg.core.data.store import load_project
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from napari_hybridseg.core.collection import Box, ClassInfo, Collection, Point, Sample, TagDef, WeightState
-from napari_hybridseg.core.store import (
+from napari_hybridseg.core.data.collection import Box, ClassInfo, Collection, Point, Sample, TagDef, WeightState
+from napari_hybridseg.core.data.store import (
     StoreError,
     export_coco,
     is_project,
@@ -238,7 +238,7 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path, monkeypat
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("napari_hybridseg.core.store._dumps", boom)
+    monkeypatch.setattr("napari_hybridseg.core.data.store._dumps", boom)
     with pytest.raises(OSError, match="disk full"):
         save_sample(c, root, "b")
     assert (root / "annotations" / "b.json").read_bytes() == before

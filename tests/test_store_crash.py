@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_hybridseg.core.collection import Box, Collection, Sample
-from napari_hybridseg.core.store import TRASH_DIR, load_project, recover, save_project, save_sample
+from napari_hybridseg.core.data.collection import Box, Collection, Sample
+from napari_hybridseg.core.data.store import TRASH_DIR, load_project, recover, save_project, save_sample
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 
@@ -26,7 +26,7 @@ NEW_B = (IMG % 3 == 0).astype(np.uint8)
 CHILD = """
 import sys
 import numpy as np
-from napari_hybridseg.core.store import load_project, save_sample
+from napari_hybridseg.core.data.store import load_project, save_sample
 root, case = sys.argv[1], sys.argv[2]
 img = np.arange(48, dtype=np.uint8).reshape(6, 8)
 c = load_project(root)
@@ -124,7 +124,7 @@ def test_stale_temporary_files_are_cleaned_on_open(tmp_path):
 
 
 def test_saves_are_fsynced(tmp_path, monkeypatch):
-    import napari_hybridseg.core.store as store
+    import napari_hybridseg.core.data.store as store
 
     synced: list[str] = []
     real = os.fsync

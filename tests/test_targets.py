@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_hybridseg.core.collection import Box, ClassInfo, Collection, Point, Role, Sample
-from napari_hybridseg.core.images import resize_labels
-from napari_hybridseg.core.targets import IGNORE, KNOWN_BG, KNOWN_FG, UNKNOWN, make_targets, mask_to_index
+from napari_hybridseg.core.data.collection import Box, ClassInfo, Collection, Point, Role, Sample
+from napari_hybridseg.core.data.images import resize_labels
+from napari_hybridseg.core.supervision.targets import IGNORE, KNOWN_BG, KNOWN_FG, UNKNOWN, make_targets, mask_to_index
 
 I = IGNORE  # a one-letter name keeps the hand-written arrays readable
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from napari_hybridseg.core.teacher import MeanTeacher
+from napari_hybridseg.core.methods.teacher import MeanTeacher
 
 
 def net() -> nn.Module:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from _hybrid_data import make_collection
 
-from napari_hybridseg.core.collection import Box, Sample
-from napari_hybridseg.core.config import ModelConfig, TrainConfig
-from napari_hybridseg.core.reports import (
+from napari_hybridseg.core.data.collection import Box, Sample
+from napari_hybridseg.core.training.config import ModelConfig, TrainConfig
+from napari_hybridseg.core.training.reports import (
     CheckpointReport,
     DoneReport,
     Pause,
@@ -24,7 +24,7 @@ from napari_hybridseg.core.reports import (
     UpdateSamples,
     WeightsReport,
 )
-from napari_hybridseg.core.trainer import run, train
+from napari_hybridseg.core.training.trainer import run, train
 
 
 @pytest.fixture(autouse=True)
@@ -186,7 +186,7 @@ def test_run_returns_the_done_report_and_a_callback_can_stop_it():
 
 
 def test_preview_matches_the_saved_model_exactly(tmp_path):
-    from napari_hybridseg.core.predict import Predictor
+    from napari_hybridseg.core.prediction.predict import Predictor
 
     coll = make_collection(n_strong=2, n_weak=2, size=40)
     reports = drive(train(coll, tiny(steps=3, dii=False, preview_every=3), tmp_path / "run", preview_ids=("w0",)))
@@ -210,15 +210,15 @@ def test_weights_of_deliberately_wrong_boxes_end_below_the_clean_ones(seed):
 
 @pytest.mark.slow
 def test_training_on_the_sample_data_beats_the_untrained_model():
-    from napari_hybridseg.core.metrics import mean_dice
-    from napari_hybridseg.core.predict import Predictor
-    from napari_hybridseg.core.sample_data import make_sample_collection
+    from napari_hybridseg.core.bench.metrics import mean_dice
+    from napari_hybridseg.core.data.sample_data import make_sample_collection
+    from napari_hybridseg.core.prediction.predict import Predictor
 
     coll = make_sample_collection(size=64)
     strong = [s for s in coll if s.mask is not None]
     config = tiny(model=ModelConfig(input_size=64), steps=40, batch_size=4, lr=3e-3, warmup_steps=2, dii_tau=10)
     # the untrained network: DoneReport of a zero-update run is not possible, so build one directly
-    from napari_hybridseg.core.models import build_model
+    from napari_hybridseg.core.network.models import build_model
 
     untrained = Predictor(build_model(ModelConfig(classes=3, input_size=64), seed=0), 64, [1, 2], device="cpu")
     before = mean_dice([untrained.predict(s.image)[0] for s in strong], [s.mask for s in strong], labels=[1, 2])
@@ -280,8 +280,8 @@ def test_previews_carry_pixel_weight_maps_at_original_size_when_pixel_weights_ar
 
 
 def test_without_dii_weak_images_count_fully_and_with_dii_they_start_at_the_initial_weight():
-    from napari_hybridseg.core.collection import Role
-    from napari_hybridseg.core.trainer import _Session
+    from napari_hybridseg.core.data.collection import Role
+    from napari_hybridseg.core.training.trainer import _Session
 
     coll = make_collection(n_strong=2, n_weak=2)
     roles = [Role.STRONG, Role.WEAK, Role.WEAK]
@@ -292,7 +292,7 @@ def test_without_dii_weak_images_count_fully_and_with_dii_they_start_at_the_init
 
 
 def test_batches_are_half_strong_by_default_and_walk_every_pool_before_repeating():
-    from napari_hybridseg.core.data import BatchSampler
+    from napari_hybridseg.core.training.batches import BatchSampler
 
     sampler = BatchSampler(8, None, np.random.default_rng(0))
     strong, weak = [f"s{i}" for i in range(3)], [f"w{i}" for i in range(20)]
@@ -315,7 +315,7 @@ def test_boxes_add_the_pairwise_term_and_dcr_leaves_known_pixels_out_of_cps():
 def test_ple_views_do_not_move_the_batchnorm_running_statistics():
     # PLE's zoomed/padded/flipped views are pseudo-label inputs, not data: each step's train-mode
     # forwards of the batch update BN, the views must not (network 1 predicts with those statistics)
-    from napari_hybridseg.core.trainer import _Session
+    from napari_hybridseg.core.training.trainer import _Session
 
     coll = make_collection(n_strong=2, n_weak=3)
     counts = {}
@@ -331,7 +331,7 @@ def test_ple_views_do_not_move_the_batchnorm_running_statistics():
 
 
 def test_stats_kept_forward_leaves_running_statistics_and_passes_gradients():
-    from napari_hybridseg.core.pixel_weights import stats_kept_forward
+    from napari_hybridseg.core.methods.pixel_weights import stats_kept_forward
 
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)).train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -348,8 +348,8 @@ def test_stats_kept_forward_leaves_running_statistics_and_passes_gradients():
 
 def test_self_generated_terms_ramp_up_like_cps():
     # the pixel-weight and teacher terms enter the loss at the CPS ramp-up factor; the logs keep them unscaled
-    from napari_hybridseg.core.dcr import rampup
-    from napari_hybridseg.core.trainer import _Session
+    from napari_hybridseg.core.methods.dcr import rampup
+    from napari_hybridseg.core.training.trainer import _Session
 
     coll = make_collection(n_strong=2, n_weak=3)
     losses = {}

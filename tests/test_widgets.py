@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_hybridseg.core.collection import Box, Role
-from napari_hybridseg.core.reports import (
+from napari_hybridseg.core.data.collection import Box, Role
+from napari_hybridseg.core.training.reports import (
     CheckpointReport,
     DoneReport,
     PreviewReport,
@@ -94,7 +94,7 @@ class ThresholdPredictor:
 
 @pytest.fixture
 def widget(make_napari_viewer, tiny_collection, tmp_path):
-    from napari_hybridseg.core.store import save_project
+    from napari_hybridseg.core.data.store import save_project
     from napari_hybridseg.widgets import HybridSegWidget
 
     viewer = make_napari_viewer()
@@ -130,7 +130,7 @@ def test_weights_map_to_magenta_low_and_teal_high():
 
 
 def test_merge_commands_keeps_every_update_and_stop_wins():
-    from napari_hybridseg.core.collection import Sample
+    from napari_hybridseg.core.data.collection import Sample
 
     a1, a2, b = Sample("a", tags=["x"]), Sample("a", tags=["y"]), Sample("b")
     now, rest = merge_commands([UpdateSamples((a1,)), RequestPreview(("a",)), UpdateSamples((a2, b)),
@@ -174,7 +174,7 @@ def test_navigation_updates_layers_in_place_and_shows_boxes(widget):
 
 
 def test_drawn_box_and_point_are_saved_on_navigation_with_the_panel_class(widget, tmp_path):
-    from napari_hybridseg.core.store import load_project
+    from napari_hybridseg.core.data.store import load_project
 
     s = widget.session
     s.collection.add_class("tumour")
@@ -205,7 +205,7 @@ def test_layer_scale_and_translate_are_respected(widget):
 
 
 def test_tags_and_mask_painting_change_the_role_and_survive_reload(widget, tmp_path):
-    from napari_hybridseg.core.store import load_project
+    from napari_hybridseg.core.data.store import load_project
 
     s = widget.session
     s.show("img5")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from napari_hybridseg.core.collection import Role, Sample
+from napari_hybridseg.core.data.collection import Role, Sample
 
 pytestmark = pytest.mark.gui
 
@@ -61,7 +61,7 @@ def stroke(viewer, layer, positions):
 
 @pytest.fixture
 def project(tiny_collection, tmp_path):
-    from napari_hybridseg.core.store import save_project
+    from napari_hybridseg.core.data.store import save_project
 
     save_project(tiny_collection, tmp_path / "proj")
     return tmp_path / "proj"
@@ -78,7 +78,7 @@ def dock(make_napari_viewer, project, monkeypatch):
 
 
 def _reload(project):
-    from napari_hybridseg.core.store import load_project
+    from napari_hybridseg.core.data.store import load_project
 
     return load_project(project)
 
@@ -127,7 +127,7 @@ def test_undo_after_navigation_leaves_the_other_images_mask_unchanged(dock):
 
 # -- finding 3 and deliverable 3: durable edits ----------------------------------------------------
 def test_new_class_and_tag_meaning_are_saved_at_once(dock):
-    from napari_hybridseg.core.collection import TagImplies
+    from napari_hybridseg.core.data.collection import TagImplies
 
     w, viewer, project = dock
     panel = w.data_panel
@@ -205,7 +205,7 @@ def test_re_docking_reuses_the_layers_instead_of_duplicating_them(dock, qtbot):
 
 # -- finding 5: re-frame the view for a larger image ---------------------------------------------------
 def test_the_view_is_reframed_when_the_next_image_is_larger(make_napari_viewer, tmp_path, monkeypatch):
-    from napari_hybridseg.core.collection import Collection
+    from napari_hybridseg.core.data.collection import Collection
     from napari_hybridseg.widgets import HybridSegWidget
 
     monkeypatch.setenv("HYBRIDSEG_NO_WARMUP", "1")
@@ -388,7 +388,7 @@ def test_stopping_before_the_first_weight_update_does_not_send_to_the_review(doc
 
 # -- finding 8: the loss plot ----------------------------------------------------------------------------
 def test_the_loss_plot_always_draws_the_total_explains_the_terms_and_fits_its_labels(qtbot):
-    from napari_hybridseg.core.reports import StepReport
+    from napari_hybridseg.core.training.reports import StepReport
     from napari_hybridseg.widgets.train_panel import TrainPanel
 
     panel = TrainPanel()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_hybridseg.core.collection import Role
+from napari_hybridseg.core.data.collection import Role
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
@@ -37,7 +37,7 @@ def journey(make_napari_viewer, tmp_path, one_thread):
 
 
 def test_open_annotate_train_review_stop_and_reload(journey, qtbot, make_napari_viewer):
-    from napari_hybridseg.core.store import load_project
+    from napari_hybridseg.core.data.store import load_project
 
     w, viewer, tmp_path = journey
     project = w.open_sample_data(tmp_path / "sample")
@@ -114,7 +114,7 @@ def test_open_annotate_train_review_stop_and_reload(journey, qtbot, make_napari_
 
 
 def test_sample_data_copy_leaves_the_shipped_folder_untouched(tmp_path):
-    from napari_hybridseg.core import sample_data
+    from napari_hybridseg.core.data import sample_data
     from napari_hybridseg.widgets import copy_sample_project
 
     src = sample_data.sample_project_path()

@@ -118,7 +118,7 @@ def _settings(items: list[str]) -> dict:
     import json
 
     from napari_hybridseg.cli import CLIError
-    from napari_hybridseg.core.config import TrainConfig
+    from napari_hybridseg.core.training.config import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"model"}
     out: dict = {}
@@ -139,7 +139,7 @@ def _progress():
     """A tqdm bar per arm, fed by the trainer's reports."""
     from tqdm.auto import tqdm
 
-    from napari_hybridseg.core.reports import DoneReport, StartReport, StepReport
+    from napari_hybridseg.core.training.reports import DoneReport, StartReport, StepReport
 
     bars: dict[str, tqdm] = {}
 

@@ -77,8 +77,8 @@ def register(subparsers) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from napari_hybridseg.core.importers import DatasetError, import_dataset
-    from napari_hybridseg.core.store import StoreError, is_project, save_project
+    from napari_hybridseg.core.data.importers import DatasetError, import_dataset
+    from napari_hybridseg.core.data.store import StoreError, is_project, save_project
 
     if not args.src.is_dir():
         raise CLIError(f"{args.src}: no such dataset folder")
@@ -108,7 +108,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from napari_hybridseg.core.store import StoreError, load_project
+    from napari_hybridseg.core.data.store import StoreError, load_project
 
     try:
         collection = load_project(args.project)
@@ -132,7 +132,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_sample_data(args: argparse.Namespace) -> int:
-    from napari_hybridseg.core.sample_data import cached_sample_dir, shipped_sample_dir, write_sample_project
+    from napari_hybridseg.core.data.sample_data import cached_sample_dir, shipped_sample_dir, write_sample_project
 
     shipped = shipped_sample_dir()
     # a source checkout regenerates its shipped folder; an installed package its cached copy

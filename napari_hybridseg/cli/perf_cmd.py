@@ -4,7 +4,7 @@
 (a network trained at a small size, tiled at the training scale).
 ``hybridseg perf threads``: seconds per training step with and without a
 competing CPU job, with torch's thread count fixed at all cores and chosen by
-:class:`~napari_hybridseg.core.device.ThreadTuner`.
+:class:`~napari_hybridseg.core.network.device.ThreadTuner`.
 
 torch is imported inside the handlers so that ``hybridseg --help`` stays fast.
 """
@@ -43,7 +43,7 @@ def register(subparsers) -> None:
 
 
 def _model_config(encoder: str | None, size: int):
-    from napari_hybridseg.core.config import ModelConfig
+    from napari_hybridseg.core.training.config import ModelConfig
 
     cfg = ModelConfig(input_size=size, encoder_weights=None)
     return cfg.replace(encoder=encoder) if encoder else cfg
@@ -53,8 +53,8 @@ def run_perf_predict(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from napari_hybridseg.core.models import build_model
-    from napari_hybridseg.core.predict import Predictor
+    from napari_hybridseg.core.network.models import build_model
+    from napari_hybridseg.core.prediction.predict import Predictor
 
     cfg = _model_config(args.encoder, args.train_size)
     model = build_model(cfg, seed=0)
@@ -91,8 +91,8 @@ def run_perf_threads(args: argparse.Namespace) -> int:
 
     from napari_hybridseg.cli import CLIError
     from napari_hybridseg.cli.speed_cmd import synthetic_collection, time_arm
-    from napari_hybridseg.core.config import TrainConfig
-    from napari_hybridseg.core.device import available_cpus
+    from napari_hybridseg.core.network.device import available_cpus
+    from napari_hybridseg.core.training.config import TrainConfig
 
     if os.environ.get("OMP_NUM_THREADS"):
         raise CLIError("unset OMP_NUM_THREADS for this measurement (it fixes the thread count)")

@@ -77,7 +77,7 @@ def synthetic_collection(n_strong: int, n_weak: int, size: int, seed: int = 0):
     """Disks on noise: ``n_strong`` with masks, ``n_weak`` with boxes."""
     import numpy as np
 
-    from napari_hybridseg.core.collection import Box, Collection, Sample
+    from napari_hybridseg.core.data.collection import Box, Collection, Sample
 
     rng = np.random.default_rng(seed)
     coll = Collection()
@@ -100,8 +100,8 @@ def time_arm(collection, config) -> dict:
     """Run the trainer for ``config`` and time its steps and DII updates."""
     import numpy as np
 
-    from napari_hybridseg.core.reports import DoneReport, StartReport, StepReport, WeightsReport
-    from napari_hybridseg.core.trainer import train
+    from napari_hybridseg.core.training.reports import DoneReport, StartReport, StepReport, WeightsReport
+    from napari_hybridseg.core.training.trainer import train
 
     steps, updates = [], []
     device = ""
@@ -129,8 +129,8 @@ def run_speed(args: argparse.Namespace) -> int:
     import torch
 
     from napari_hybridseg.cli import CLIError
-    from napari_hybridseg.core.config import ModelConfig, TrainConfig
-    from napari_hybridseg.core.dii import default_tau
+    from napari_hybridseg.core.methods.dii import default_tau
+    from napari_hybridseg.core.training.config import ModelConfig, TrainConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)

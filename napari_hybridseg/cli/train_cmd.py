@@ -110,7 +110,7 @@ def register(subparsers) -> None:
 
 def build_config(args: argparse.Namespace):
     """The TrainConfig of a parsed ``train`` command line."""
-    from napari_hybridseg.core.config import preset
+    from napari_hybridseg.core.training.config import preset
 
     cfg = preset(args.preset)
     model = cfg.model
@@ -139,7 +139,7 @@ def build_config(args: argparse.Namespace):
 
 
 def _load(project: Path):
-    from napari_hybridseg.core.store import load_project
+    from napari_hybridseg.core.data.store import load_project
 
     if not (project / "project.json").is_file():
         raise CLIError(f"{project}: not a project folder (no project.json); create one with `hybridseg import`")
@@ -158,7 +158,7 @@ def _check_images(collection) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train with the run folder and the project locked: a second `hybridseg train` on either is told who runs."""
-    from napari_hybridseg.core.locks import FolderLock, LockedError
+    from napari_hybridseg.core.data.locks import FolderLock, LockedError
 
     if not (args.project / "project.json").is_file():
         _load(args.project)
@@ -184,8 +184,8 @@ def run_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from napari_hybridseg.core import reports as R
-    from napari_hybridseg.core.trainer import run
+    from napari_hybridseg.core.training import reports as R
+    from napari_hybridseg.core.training.trainer import run
 
     config = build_config(args)
     collection = _load(args.project)
@@ -240,7 +240,7 @@ def _train(args: argparse.Namespace) -> int:
             flag = "  [marked corrupted]" if collection.samples[sid].corrupted else ""
             print(f"  {sid}: {state.value:.3f}{flag}")
         if not args.no_save_weights:
-            from napari_hybridseg.core.store import save_weights
+            from napari_hybridseg.core.data.store import save_weights
 
             save_weights(collection, args.project)
     return 130 if done.reason == "stopped" else 0
@@ -249,8 +249,8 @@ def _train(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from napari_hybridseg.core.predict import Predictor, predict_collection, predict_folder
-    from napari_hybridseg.core.store import is_project
+    from napari_hybridseg.core.data.store import is_project
+    from napari_hybridseg.core.prediction.predict import Predictor, predict_collection, predict_folder
 
     predictor = Predictor.load(args.run, device=args.device, threads=args.threads)
 

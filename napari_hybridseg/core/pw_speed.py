@@ -36,7 +36,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .pixel_weights import exact_pixel_weights, pixel_costs, unrolled_pixel_weights
+from napari_hybridseg.core.methods.pixel_weights import exact_pixel_weights, pixel_costs, unrolled_pixel_weights
 
 __all__ = ["MODES", "main", "measure"]
 
@@ -259,8 +259,8 @@ def quality_run(*, weights: str = "exact", fix_certain: bool = True, teacher: st
     (fraction with a positive weight), ``map_step_corr`` (correlation of
     consecutive steps' y~ maps: stability).
     """
-    from .ple import enhance
-    from .teacher import MeanTeacher
+    from napari_hybridseg.core.methods.ple import enhance
+    from napari_hybridseg.core.methods.teacher import MeanTeacher
 
     if weights not in ("exact", "uniform"):
         raise ValueError(f"weights must be 'exact' or 'uniform', not {weights!r}")

@@ -4,7 +4,7 @@ Pure numpy (no Qt, no napari, no torch) so it is cheap to import and easy to
 test.
 
 The data model places pixel ``(row, col)`` on the continuous square
-``[col, col + 1) x [row, row + 1)`` (see :mod:`napari_hybridseg.core.collection`),
+``[col, col + 1) x [row, row + 1)`` (see :mod:`napari_hybridseg.core.data.collection`),
 whereas napari puts the *centre* of pixel ``(row, col)`` at the data
 coordinate ``(row, col)``. A model coordinate is therefore the napari data
 coordinate plus one half, with the axes swapped (napari is ``(y, x)``).
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from napari_hybridseg.core.collection import Box, Point
+from napari_hybridseg.core.data.collection import Box, Point
 
 __all__ = [
     "WEIGHT_COLORMAP",

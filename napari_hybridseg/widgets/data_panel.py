@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_hybridseg.core.collection import TagImplies
+from napari_hybridseg.core.data.collection import TagImplies
 
 from ._convert import UNWEIGHTED_RGBA, WEIGHT_COLORMAP
 
@@ -345,7 +345,7 @@ class DataPanel(QWidget):
         An earlier project there is opened again (the work in it is kept); otherwise it is
         created. Returns the project folder.
         """
-        from napari_hybridseg.core.store import is_project
+        from napari_hybridseg.core.data.store import is_project
 
         project = default_project_dir(src)
         if is_project(project):

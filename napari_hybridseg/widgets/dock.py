@@ -23,8 +23,8 @@ import numpy as np
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import QFileDialog, QFrame, QMessageBox, QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
-from napari_hybridseg.core.collection import Role
-from napari_hybridseg.core.reports import DoneReport, PreviewReport, RequestPreview, StepReport, UpdateSamples
+from napari_hybridseg.core.data.collection import Role
+from napari_hybridseg.core.training.reports import DoneReport, PreviewReport, RequestPreview, StepReport, UpdateSamples
 
 from .data_panel import DataPanel
 from .review_panel import ReviewPanel
@@ -72,7 +72,7 @@ def copy_sample_project(dest: str | Path | None = None) -> Path:
     The shipped ``sample_data/`` folder is never modified: the plugin and the
     demo always work on a copy.
     """
-    from napari_hybridseg.core import sample_data
+    from napari_hybridseg.core.data import sample_data
 
     src = Path(sample_data.sample_project_path())
     if dest is None:
@@ -207,8 +207,8 @@ class HybridSegWidget(QWidget):
                     # 170 ms each in the worker's first 2 s (docs/responsiveness.md)
                     import segmentation_models_pytorch  # noqa: F401
 
-                    import napari_hybridseg.core.predict  # noqa: F401
-                    import napari_hybridseg.core.trainer  # noqa: F401
+                    import napari_hybridseg.core.prediction.predict  # noqa: F401
+                    import napari_hybridseg.core.training.trainer  # noqa: F401
             except Exception as exc:  # training will report it with what to do
                 log.info("warm-up import failed: %s", exc)
             finally:
@@ -264,7 +264,7 @@ class HybridSegWidget(QWidget):
             _notify("warning", str(exc))
             return None
         path = Path(project) if project is not None else default_layers_project(selected)
-        from napari_hybridseg.core.store import is_project, save_project
+        from napari_hybridseg.core.data.store import is_project, save_project
 
         if is_project(path):
             n = 2
@@ -621,7 +621,7 @@ class HybridSegWidget(QWidget):
         # runs in a worker thread: torch is imported here, never on the main thread
         if self._predictor is None or self._predictor_dir != run_dir:
             avoid_triton_in_gui()
-            from napari_hybridseg.core.predict import Predictor
+            from napari_hybridseg.core.prediction.predict import Predictor
 
             self._predictor = Predictor.load(run_dir)
             self._predictor_dir = run_dir

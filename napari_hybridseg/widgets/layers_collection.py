@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_hybridseg.core.collection import Collection, Sample
+from napari_hybridseg.core.data.collection import Collection, Sample
 
 from ._convert import rc_to_point, rectangle_to_box
 

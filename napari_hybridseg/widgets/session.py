@@ -1,7 +1,7 @@
 """The annotation session: one collection, its project folder, the sample on screen and its layers.
 
 A :class:`Session` is owned by the dock widget (no global state): tests make
-as many as they like. It maps the current :class:`~napari_hybridseg.core.collection.Sample`
+as many as they like. It maps the current :class:`~napari_hybridseg.core.data.collection.Sample`
 to napari layers and back, updating the layers *in place* so that a user's
 layer settings (opacity, scale, visibility) survive navigation:
 
@@ -21,7 +21,7 @@ changes one of them, coordinates are translated through world space, so the
 model always stores original-image pixels.
 
 The session imports neither Qt nor torch; storage goes through
-:mod:`napari_hybridseg.core.store` (imported when first needed).
+:mod:`napari_hybridseg.core.data.store` (imported when first needed).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from psygnal import Signal
 
-from napari_hybridseg.core.collection import Box, Collection, Point, Role, Sample
+from napari_hybridseg.core.data.collection import Box, Collection, Point, Role, Sample
 
 from ._convert import (
     UNWEIGHTED_RGBA,
@@ -113,10 +113,10 @@ def snapshot_collection(collection: Collection) -> Collection:
 
 def _store():
     try:
-        from napari_hybridseg.core import store
+        from napari_hybridseg.core.data import store
     except ImportError as exc:  # the storage module is part of the foundation
         raise RuntimeError(
-            "napari_hybridseg.core.store is not available: reinstall napari-hybridseg "
+            "napari_hybridseg.core.data.store is not available: reinstall napari-hybridseg "
             f"(pip install -e .) ({exc})"
         ) from exc
     return store
@@ -216,7 +216,7 @@ class Session:
             self.raise_layers()  # over whatever the viewer held before: the canvas shows what the panel names
 
     def open_project(self, path: str | Path) -> Collection:
-        """Load a project folder written by :func:`napari_hybridseg.core.store.save_project`."""
+        """Load a project folder written by :func:`napari_hybridseg.core.data.store.save_project`."""
         if self.collection is not None:
             self.save_current()  # before reading: reopening the same project must see the last edit
         collection = _store().load_project(Path(path))
@@ -235,7 +235,7 @@ class Session:
         layout : str
             ``"images"``, ``"folder"`` (images/ + masks/), ``"kvasir"`` or ``"busi"``.
         """
-        from napari_hybridseg.core.importers import import_dataset
+        from napari_hybridseg.core.data.importers import import_dataset
 
         store = _store()
         project = Path(project)
@@ -684,7 +684,7 @@ class Session:
     @staticmethod
     def _fresh_ids(layer: Layer, ids: list[str]) -> list[str]:
         """Give new (or duplicated, e.g. copy-pasted) annotations a new id, and write it back."""
-        from napari_hybridseg.core.collection import new_annotation_id
+        from napari_hybridseg.core.data.collection import new_annotation_id
 
         seen: set[str] = set()
         out = []
@@ -888,7 +888,7 @@ class Session:
     def record_weights(self, step: int, sample_weights: dict[str, float],
                        annotation_weights: dict[str, float] | None = None) -> None:
         """Add a WeightsReport's values to the collection's weight history."""
-        from napari_hybridseg.core.collection import WeightState
+        from napari_hybridseg.core.data.collection import WeightState
 
         if self.collection is None:
             return

@@ -6,8 +6,8 @@ from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QGroupBox, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from napari_hybridseg.core.config import ARCHITECTURES, PRESETS, TrainConfig, preset
-from napari_hybridseg.core.reports import StartReport, StepReport
+from napari_hybridseg.core.training.config import ARCHITECTURES, PRESETS, TrainConfig, preset
+from napari_hybridseg.core.training.reports import StartReport, StepReport
 
 from .plots import LinePlot
 

@@ -1,6 +1,6 @@
 """Background training: the core trainer generator in a napari thread worker.
 
-The trainer (:func:`napari_hybridseg.core.trainer.train`) runs in a worker
+The trainer (:func:`napari_hybridseg.core.training.trainer.train`) runs in a worker
 thread; every report it yields is delivered to the main thread through a Qt
 signal. Commands (Stop, UpdateSamples, RequestPreview) go the other way
 through a thread-safe queue that :func:`drive` drains between steps, so
@@ -22,7 +22,7 @@ from typing import Any
 
 from qtpy.QtCore import QObject, Signal
 
-from napari_hybridseg.core.reports import (
+from napari_hybridseg.core.training.reports import (
     DoneReport,
     PreviewReport,
     RequestPreview,
@@ -67,7 +67,7 @@ def avoid_triton_in_gui() -> None:
 
 def default_train_fn() -> TrainFn:
     """The real trainer, imported when training starts (it imports torch)."""
-    from napari_hybridseg.core.trainer import train
+    from napari_hybridseg.core.training.trainer import train
 
     return train
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from ..collection import Collection, Sample, TagImplies
-from ..metrics import auroc
+from napari_hybridseg.core.bench.metrics import auroc
+from napari_hybridseg.core.data.collection import Collection, Sample, TagImplies
 
 __all__ = ["ORIENTATION", "SIGNALS", "agreement", "signal_quality", "weak_sample_losses", "weak_size"]
 
@@ -160,10 +160,10 @@ def weak_sample_losses(run_dir: str | Path, collection: Collection, ids: Iterabl
     """
     import torch
 
-    from ..data import prepare_sample
-    from ..device import resolve_device
-    from ..losses import LossWeights, weak_losses
-    from ..models import forward, load_model
+    from napari_hybridseg.core.network.device import resolve_device
+    from napari_hybridseg.core.network.models import forward, load_model
+    from napari_hybridseg.core.supervision.losses import LossWeights, weak_losses
+    from napari_hybridseg.core.training.batches import prepare_sample
 
     run_dir = Path(run_dir)
     model, mcfg = load_model(run_dir / "model" if (run_dir / "model").is_dir() else run_dir)

@@ -5,7 +5,7 @@ done once (:class:`InputCache`, shared by all arms); each arm's network 1 then
 predicts them in batches at the training size, and its class probabilities
 are resized bilinearly back to each image's original size before the argmax,
 so Dice is computed at the original resolution. The preprocessing is the
-trainer's own (:func:`~napari_hybridseg.core.data.prepare_sample`: float RGB,
+trainer's own (:func:`~napari_hybridseg.core.training.batches.prepare_sample`: float RGB,
 anti-aliased square resize, ImageNet normalisation).
 """
 
@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..collection import Sample
-from ..data import normalise
-from ..device import resolve_device
-from ..images import resize_image, to_float_rgb
-from ..models import forward, load_model
+from napari_hybridseg.core.data.collection import Sample
+from napari_hybridseg.core.data.images import resize_image, to_float_rgb
+from napari_hybridseg.core.network.device import resolve_device
+from napari_hybridseg.core.network.models import forward, load_model
+from napari_hybridseg.core.training.batches import normalise
 
 __all__ = ["BatchedPredictor", "InputCache"]
 

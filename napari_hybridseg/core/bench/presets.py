@@ -1,6 +1,6 @@
 """The benchmark's presets (``quick``, ``standard``, ``gpu``) and the arms' rough costs.
 
-A bench preset names a training preset of :mod:`napari_hybridseg.core.config`
+A bench preset names a training preset of :mod:`napari_hybridseg.core.training.config`
 (network, input size; helper-independent: the first of its candidates that
 exists is used) and adds the benchmark's own settings on top: steps, batch,
 wall-clock budget and how many seeds the expensive arms run.

@@ -41,11 +41,12 @@ from typing import Any
 
 import numpy as np
 
-from ..collection import Collection, Role, Sample
-from ..config import PRESETS, TrainConfig
-from ..config import preset as make_preset
-from ..metrics import auroc, bootstrap_ci, dice, iou
-from ..reports import (
+from napari_hybridseg.core.bench.metrics import auroc, bootstrap_ci, dice, iou
+from napari_hybridseg.core.data.collection import Collection, Role, Sample
+from napari_hybridseg.core.supervision.targets import IGNORE, UNKNOWN, make_targets, mask_to_index
+from napari_hybridseg.core.training.config import PRESETS, TrainConfig
+from napari_hybridseg.core.training.config import preset as make_preset
+from napari_hybridseg.core.training.reports import (
     CheckpointReport,
     DoneReport,
     PreviewReport,
@@ -54,7 +55,7 @@ from ..reports import (
     StepReport,
     WeightsReport,
 )
-from ..targets import IGNORE, UNKNOWN, make_targets, mask_to_index
+
 from .presets import BENCH_PRESETS as _PRESETS
 from .presets import COST_FACTOR, canonical, config_preset_name
 from .split import Split, merge_groups, near_duplicate_groups, read_groups_csv, split_ids, thumbnail
@@ -315,9 +316,9 @@ class Backend:
     """How the protocol trains and predicts (swap it for a fake in tests).
 
     ``train(collection, config, run_dir)`` is the trainer generator
-    (:func:`napari_hybridseg.core.trainer.train`); ``load_predictor(run_dir)``
+    (:func:`napari_hybridseg.core.training.trainer.train`); ``load_predictor(run_dir)``
     returns an object whose ``predict(image)`` gives ``(labels, probs)`` at the
-    image's original size (:class:`napari_hybridseg.core.predict.Predictor`).
+    image's original size (:class:`napari_hybridseg.core.prediction.predict.Predictor`).
     """
 
     train: Callable[..., Generator]
@@ -330,7 +331,8 @@ class Backend:
 
 def default_backend(device: str = "auto", label_values: list[int] | None = None) -> Backend:
     """The project's trainer, and a batched predictor whose resized test inputs all arms share (imports torch)."""
-    from ..trainer import train
+    from napari_hybridseg.core.training.trainer import train
+
     from .inference import BatchedPredictor, InputCache
 
     cache = InputCache()
@@ -380,12 +382,12 @@ def resized_sample(sample: Sample, size: int) -> Sample:
     """A copy of ``sample`` at ``size x size`` px: image, masks, boxes and points scaled together.
 
     The image goes through the same conversion the trainer applies
-    (:func:`~napari_hybridseg.core.images.to_float_rgb`, then an anti-aliased
+    (:func:`~napari_hybridseg.core.data.images.to_float_rgb`, then an anti-aliased
     resize) and is stored as 8-bit RGB; label images use the nearest-neighbour
-    rule :func:`~napari_hybridseg.core.targets.make_targets` uses, so targets
+    rule :func:`~napari_hybridseg.core.supervision.targets.make_targets` uses, so targets
     built from the copy equal those built from the original.
     """
-    from ..images import resize_image, resize_labels, to_float_rgb
+    from napari_hybridseg.core.data.images import resize_image, resize_labels, to_float_rgb
 
     img = sample.load_image()
     h, w = int(img.shape[0]), int(img.shape[1])
@@ -434,7 +436,7 @@ def prepare_collection(
     settings : BenchSettings
     hybridize : callable, optional
         ``make_hybrid(collection, *, strong_fraction, weak, noise, seed, ids)``;
-        default :func:`napari_hybridseg.core.hybridize.make_hybrid`.
+        default :func:`napari_hybridseg.core.data.hybridize.make_hybrid`.
     log : callable
         Receives one-line progress messages.
     """
@@ -495,7 +497,7 @@ def prepare_collection(
     split = split_ids(ids, seed=settings.seed, groups=groups, strata=strata)
 
     if hybridize is None:
-        from ..hybridize import make_hybrid as hybridize
+        from napari_hybridseg.core.data.hybridize import make_hybrid as hybridize
     result = hybridize(collection, strong_fraction=settings.strong_fraction, weak=settings.weak,
                        noise=settings.noise, seed=settings.seed, ids=list(split.train))
     if isinstance(result, Collection):
@@ -520,7 +522,7 @@ def prepare_collection(
 
 def prepare(settings: BenchSettings, *, log: Callable[[str], None] = print) -> Prepared:
     """Import ``settings.dataset`` and :func:`prepare_collection` it."""
-    from ..importers import import_dataset
+    from napari_hybridseg.core.data.importers import import_dataset
 
     src = Path(settings.dataset)
     if not src.exists():
@@ -752,7 +754,7 @@ def _pixel_weight_inputs(train: Collection, preview: PreviewReport, fix_certain:
         t = make_targets(s, train, shape, original_shape=shape)
         w = np.asarray(pair[0], float)
         if w.shape[:2] != shape:  # maps at another resolution than the sample: compare pixel for pixel anyway
-            from ..images import resize_labels
+            from napari_hybridseg.core.data.images import resize_labels
 
             w = resize_labels(w, shape)
         weights[sid] = w
@@ -1032,7 +1034,7 @@ def _versions() -> dict[str, str]:
 
 def _save_grid(out: Path, prepared: Prepared, grid_ids: list[str]) -> None:
     """Thumbnails of the grid's test images and truths, so the report can be redrawn from ``out`` alone."""
-    from ..images import to_float_rgb
+    from napari_hybridseg.core.data.images import to_float_rgb
 
     gdir = out / "grid"
     gdir.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .collection import Collection, WeightState
-from .store import _fsync_dir as _fsync  # one fsync helper for files and folders
+from napari_hybridseg.core.data.collection import Collection, WeightState
+from napari_hybridseg.core.data.store import _fsync_dir as _fsync  # one fsync helper for files and folders
 
 __all__ = ["CheckpointError", "RunError", "gamma_record", "guarded_write", "read_run", "recover_run", "sync_tree",
            "versions", "write_json", "write_run"]
@@ -198,7 +198,7 @@ def read_run(run_dir: str | Path) -> dict:
 def load_run_model(folder: str | Path, *, what_to_do: str = "restore it or train again"):
     """:func:`.models.load_model` with one-line errors (:class:`RunError`) for a missing, empty, truncated or
     otherwise unreadable model, naming the file."""
-    from .models import load_model
+    from napari_hybridseg.core.network.models import load_model
 
     folder = Path(folder)
     weights = folder / "model.safetensors"

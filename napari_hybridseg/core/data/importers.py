@@ -1,4 +1,4 @@
-"""Importers: real dataset layouts -> :class:`~napari_hybridseg.core.collection.Collection`.
+"""Importers: real dataset layouts -> :class:`~napari_hybridseg.core.data.collection.Collection`.
 
 Layouts (see ``hybridseg import --help`` and the README):
 
@@ -43,8 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .collection import DEFAULT_COLORS, Box, ClassInfo, Collection, Sample, TagImplies
-from .images import (
+from napari_hybridseg.core.data.collection import DEFAULT_COLORS, Box, ClassInfo, Collection, Sample, TagImplies
+from napari_hybridseg.core.data.images import (
     IMAGE_SUFFIXES,
     MASK_MODES,
     ImageError,
@@ -54,7 +54,7 @@ from .images import (
     resize_labels,
     truncation,
 )
-from .store import header_shape
+from napari_hybridseg.core.data.store import header_shape
 
 __all__ = ["LAYOUTS", "DatasetError", "import_dataset"]
 
@@ -201,7 +201,7 @@ class _Importer:
 
     def finish(self, default_class: str) -> Collection:
         c = self.collection
-        from .hybridize import label_values
+        from napari_hybridseg.core.data.hybridize import label_values
 
         values = sorted({v for s in c if s.mask is not None for v in label_values(s.mask)}
                         | {b.label for s in c for b in s.boxes})
@@ -381,7 +381,7 @@ def _import_kvasir(src: Path, imp: _Importer) -> None:
 
 def _note_box_mask_disagreement(c: Collection, imp: _Importer) -> None:
     """Record how far each dataset box set lies from the box derived from its (speck-free) mask."""
-    from .hybridize import boxes_from_mask
+    from napari_hybridseg.core.data.hybridize import boxes_from_mask
 
     far = 0
     for s in c:
@@ -562,7 +562,7 @@ def import_dataset(
         _import_images(src, imp)
     collection = imp.finish(class_name or "lesion")
     if strong_fraction is not None:
-        from .hybridize import make_hybrid
+        from napari_hybridseg.core.data.hybridize import make_hybrid
 
         collection = make_hybrid(collection, strong_fraction=strong_fraction, weak=weak, noise=noise, seed=seed)
     return collection

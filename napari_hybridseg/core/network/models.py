@@ -2,7 +2,7 @@
 
 One factory for segmentation-models-pytorch's ``Unet``, ``UnetPlusPlus`` and
 ``DeepLabV3Plus`` with any installed encoder, driven by a
-:class:`~napari_hybridseg.core.config.ModelConfig`. Checkpoints use
+:class:`~napari_hybridseg.core.training.config.ModelConfig`. Checkpoints use
 segmentation-models-pytorch's own ``save_pretrained`` format
 (``config.json`` + ``model.safetensors``), so a saved model also opens with
 ``segmentation_models_pytorch.from_pretrained``.
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import ARCHITECTURES, ModelConfig
+from napari_hybridseg.core.training.config import ARCHITECTURES, ModelConfig
 
 __all__ = [
     "BUNDLED_WEIGHTS",

@@ -120,7 +120,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .ple import enhance
+from napari_hybridseg.core.methods.ple import enhance
 
 __all__ = [
     "MLBTerms",
@@ -531,7 +531,7 @@ def exact_pixel_weights(
         meta loss over the strong batch. True: each strong image's gradient at
         theta' is taken on its own, scaled to unit norm, and ``v`` is their mean,
         so no single strong image decides the direction (the same change as
-        DII's ``equalise``, see :func:`napari_hybridseg.core.dii.last_layer_scores`).
+        DII's ``equalise``, see :func:`napari_hybridseg.core.methods.dii.last_layer_scores`).
         The weights are then exact for that ``v``.
 
     Returns

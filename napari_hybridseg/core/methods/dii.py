@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
-from .models import decoder_features, forward
+from napari_hybridseg.core.network.models import decoder_features, forward
 
 __all__ = [
     "GammaBank",

@@ -1,6 +1,6 @@
 """Typed reports the trainer yields and commands it accepts through ``send()``.
 
-The trainer (:func:`napari_hybridseg.core.trainer.train`) is a generator::
+The trainer (:func:`napari_hybridseg.core.training.trainer.train`) is a generator::
 
     gen = train(collection, config, run_dir)
     report = next(gen)
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .collection import Sample
+from napari_hybridseg.core.data.collection import Sample
 
 __all__ = [
     "CheckpointReport",

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .collection import Box, Collection, Point, Sample, TagImplies, WeightState
+from napari_hybridseg.core.data.collection import Box, Collection, Point, Sample, TagImplies, WeightState
 
 __all__ = [
     "BOX_CORRUPTIONS",

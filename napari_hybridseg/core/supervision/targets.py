@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .collection import Collection, Role, Sample, TagImplies
-from .images import resize_labels
+from napari_hybridseg.core.data.collection import Collection, Role, Sample, TagImplies
+from napari_hybridseg.core.data.images import resize_labels
 
 __all__ = [
     "IGNORE",

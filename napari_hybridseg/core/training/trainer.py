@@ -30,15 +30,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import dcr as dcr_mod
-from . import dii as dii_mod
-from .collection import Collection, Role, Sample, WeightState
-from .config import TrainConfig
-from .data import BatchSampler, Prepared, augment, collate, denormalise, prepare_sample
-from .device import DeviceInfo, ThreadTuner, release, resolve_device
-from .losses import LossWeights, aux_tag_loss, box_pairwise, colour_affinity, strong_loss, weak_losses
-from .models import build_model, forward, save_model, weights_record
-from .reports import (
+from napari_hybridseg.core.data.collection import Collection, Role, Sample, WeightState
+from napari_hybridseg.core.methods import dcr as dcr_mod
+from napari_hybridseg.core.methods import dii as dii_mod
+from napari_hybridseg.core.network.device import DeviceInfo, ThreadTuner, release, resolve_device
+from napari_hybridseg.core.network.models import build_model, forward, save_model, weights_record
+from napari_hybridseg.core.supervision.losses import (
+    LossWeights,
+    aux_tag_loss,
+    box_pairwise,
+    colour_affinity,
+    strong_loss,
+    weak_losses,
+)
+from napari_hybridseg.core.supervision.targets import IGNORE
+from napari_hybridseg.core.training.batches import BatchSampler, Prepared, augment, collate, denormalise, prepare_sample
+from napari_hybridseg.core.training.config import TrainConfig
+from napari_hybridseg.core.training.reports import (
     CheckpointReport,
     DoneReport,
     Pause,
@@ -52,7 +60,6 @@ from .reports import (
     UpdateSamples,
     WeightsReport,
 )
-from .targets import IGNORE
 
 __all__ = ["run", "train"]
 
@@ -69,7 +76,7 @@ class _MLBStep:
         self.scale = scale  # ramp-up factor of every term (the logged values are unscaled, as CPS's)
 
     def loss_for(self, n: int, logits: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        from .pixel_weights import pixel_costs
+        from napari_hybridseg.core.methods.pixel_weights import pixel_costs
 
         # each network's costs on its own forward of the batch (the one its supervised terms use)
         c_init, c_own = pixel_costs(logits[self.other].float(), self.y_init, self.y_own)
@@ -248,7 +255,7 @@ class _Session:
         initial_gamma: dict[str, float] = {}
         prev: dict = {}
         if self.init_from is not None:
-            from .checkpoint import read_run
+            from napari_hybridseg.core.training.checkpoint import read_run
 
             prev = read_run(self.init_from)
             self._prev_weights = prev.get("encoder_weights")
@@ -273,7 +280,7 @@ class _Session:
         self.sampler = BatchSampler(cfg.batch_size, cfg.strong_per_batch, self.rng, use_unlabeled=cfg.dcr or pixel)
         self.teacher = None
         if pixel and cfg.teacher:
-            from .teacher import MeanTeacher
+            from napari_hybridseg.core.methods.teacher import MeanTeacher
 
             self.teacher = MeanTeacher(self.nets[0], decay=cfg.teacher_decay)
         self.refresh_net: torch.nn.Module | None = None  # initial labels of unlabeled images (pixel weights)
@@ -293,7 +300,7 @@ class _Session:
     def _make_net(self, index: int, prev: dict) -> torch.nn.Module:
         folder = None if self.init_from is None else self.init_from / ("model" if index == 0 else "model_b")
         if folder is not None and folder.exists():
-            from .checkpoint import load_run_model
+            from napari_hybridseg.core.training.checkpoint import load_run_model
 
             net, saved = load_run_model(folder, what_to_do="start a new run (--force) or restore the file")
             if saved.classes != self.model_config.classes:
@@ -488,9 +495,9 @@ class _Session:
           to network 1's probabilities on the non-strong rows, weight 1, in the
           real loss.
         """
-        from . import pixel_weights as pwm
-        from . import ple as ple_mod
-        from .targets import UNKNOWN
+        from napari_hybridseg.core.methods import pixel_weights as pwm
+        from napari_hybridseg.core.methods import ple as ple_mod
+        from napari_hybridseg.core.supervision.targets import UNKNOWN
 
         cfg = self.config
         strong = torch.tensor([r is Role.STRONG for r in batch.roles], device=logits.device)
@@ -665,8 +672,8 @@ class _Session:
         images, with network 1 in eval mode and y^ the plain argmax (no PLE, to keep
         previews cheap); normalised over the previewed images together.
         """
-        from . import pixel_weights as pwm
-        from .targets import UNKNOWN
+        from napari_hybridseg.core.methods import pixel_weights as pwm
+        from napari_hybridseg.core.supervision.targets import UNKNOWN
 
         net = self.nets[0]
         dev = self.dev.device
@@ -720,9 +727,9 @@ class _Session:
                 maps = self.preview_pixel_weights(chosen)
         finally:
             net.train(was)
-        from .checkpoint import write_json
-        from .images import read_image
-        from .pw_export import write_weight_overview
+        from napari_hybridseg.core.data.images import read_image
+        from napari_hybridseg.core.methods.pixel_weight_maps import write_weight_overview
+        from napari_hybridseg.core.training.checkpoint import write_json
 
         out = self.run_dir / "pixel_weights"
         out.mkdir(parents=True, exist_ok=True)
@@ -747,7 +754,7 @@ class _Session:
     def checkpoint(self, step: int) -> CheckpointReport | None:
         if self.run_dir is None:
             return None
-        from .checkpoint import guarded_write, sync_tree, write_run
+        from napari_hybridseg.core.training.checkpoint import guarded_write, sync_tree, write_run
 
         self.last_checkpoint_t = time.perf_counter()
         with guarded_write(self.run_dir, step):  # a full disk: one clear error, the last checkpoint kept

@@ -24,11 +24,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .collection import Collection
-from .data import normalise
-from .device import ThreadTuner, resolve_device
-from .images import IMAGE_SUFFIXES, ImageError, read_image, resize_image, to_float_rgb, truncation
-from .models import forward
+from napari_hybridseg.core.data.collection import Collection
+from napari_hybridseg.core.data.images import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    read_image,
+    resize_image,
+    to_float_rgb,
+    truncation,
+)
+from napari_hybridseg.core.network.device import ThreadTuner, resolve_device
+from napari_hybridseg.core.network.models import forward
+from napari_hybridseg.core.training.batches import normalise
 
 __all__ = ["Predictor", "predict_collection", "predict_folder", "write_mask"]
 
@@ -98,7 +105,7 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", **kwargs) -> Predictor:
         """Load from a run folder (``RUN/``) or its model folder (``RUN/model``)."""
-        from .checkpoint import RunError, load_run_model, read_run, recover_run
+        from napari_hybridseg.core.training.checkpoint import RunError, load_run_model, read_run, recover_run
 
         path = Path(path)
         recover_run(path)

@@ -7,7 +7,7 @@ terms are built from per-pixel cost maps (:func:`pixel_ce`) so that MLB-Seg
 pixel weights (``core/pixel_weights.py``) can multiply them.
 
 Channel 0 is background; ``K = n_classes + 1`` softmax channels; targets hold
-channel indices with :data:`~napari_hybridseg.core.targets.IGNORE` (-1) where
+channel indices with :data:`~napari_hybridseg.core.supervision.targets.IGNORE` (-1) where
 the label says nothing. Losses are computed in float32 whatever the autocast
 dtype, because log-probabilities of near-certain pixels underflow in bf16.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .targets import IGNORE
+from napari_hybridseg.core.supervision.targets import IGNORE
 
 __all__ = [
     "LossWeights",

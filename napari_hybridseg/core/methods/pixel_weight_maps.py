@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import to_float_rgb
+from napari_hybridseg.core.data.images import to_float_rgb
 
 __all__ = ["colourise", "write_weight_overview"]
 

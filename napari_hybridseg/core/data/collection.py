@@ -240,7 +240,7 @@ class Sample:
         if self.image is None:
             if self.image_path is None:
                 raise ValueError(f"sample {self.id!r} has neither pixels nor an image path")
-            from .images import read_image
+            from napari_hybridseg.core.data.images import read_image
 
             self.image = read_image(self.image_path)
         return self.image

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .collection import Collection, Role, Sample
-from .images import ImageError, resize_image, to_float_rgb
-from .models import IMAGENET_MEAN, IMAGENET_STD
-from .targets import make_targets
+from napari_hybridseg.core.data.collection import Collection, Role, Sample
+from napari_hybridseg.core.data.images import ImageError, resize_image, to_float_rgb
+from napari_hybridseg.core.network.models import IMAGENET_MEAN, IMAGENET_STD
+from napari_hybridseg.core.supervision.targets import make_targets
 
 __all__ = ["Batch", "BatchSampler", "Prepared", "augment", "collate", "denormalise", "normalise", "prepare_sample"]
 

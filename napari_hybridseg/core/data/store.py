@@ -42,7 +42,16 @@ from typing import Any
 
 import numpy as np
 
-from .collection import Box, ClassInfo, Collection, Point, Sample, TagDef, TagImplies, WeightState
+from napari_hybridseg.core.data.collection import (
+    Box,
+    ClassInfo,
+    Collection,
+    Point,
+    Sample,
+    TagDef,
+    TagImplies,
+    WeightState,
+)
 
 __all__ = [
     "FORMAT",
@@ -211,7 +220,7 @@ def recover(path: str | Path) -> list[str]:
     before every save; a no-op on a folder that cannot be written or is being
     saved by another process right now.
     """
-    from .locks import FolderLock, LockedError
+    from napari_hybridseg.core.data.locks import FolderLock, LockedError
 
     root = Path(path)
     if not root.is_dir():
@@ -527,12 +536,12 @@ class _save_lock:
     undo an interrupted earlier save first."""
 
     def __init__(self, root: Path):
-        from .locks import FolderLock
+        from napari_hybridseg.core.data.locks import FolderLock
 
         self.lock = FolderLock(root, SAVE_LOCK, "project")
 
     def __enter__(self):
-        from .locks import LockedError
+        from napari_hybridseg.core.data.locks import LockedError
 
         try:
             self.lock.acquire(timeout=30.0)
@@ -854,7 +863,7 @@ def load_project(path: str | Path) -> Collection:
 
 def image_problems(collection: Collection) -> dict[str, str]:
     """Sample id -> what is wrong with its image file (missing, empty, cut off), found without decoding."""
-    from .images import truncation
+    from napari_hybridseg.core.data.images import truncation
 
     out = {}
     for s in collection:

@@ -1,0 +1,1 @@
+"""Weak labels -> training targets (:mod:`.targets`) and the losses on them (:mod:`.losses`)."""
