@@ -43,6 +43,7 @@ import numpy as np
 
 from napari_hybridseg.core.bench.metrics import auroc, bootstrap_ci, dice, iou
 from napari_hybridseg.core.data.collection import Collection, Role, Sample
+from napari_hybridseg.core.fsio import atomic_write_json, atomic_write_text
 from napari_hybridseg.core.supervision.targets import IGNORE, UNKNOWN, make_targets, mask_to_index
 from napari_hybridseg.core.training.config import PRESETS, TrainConfig
 from napari_hybridseg.core.training.config import preset as make_preset
@@ -707,26 +708,9 @@ class ArmData:
     grid_ids: list[str] = field(default_factory=list)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temporary file, then rename): a crash never leaves half a file."""
-    _atomic_write_text(Path(path), json.dumps(data, indent=1, default=_json_default, allow_nan=True) + "\n")
+    atomic_write_json(path, data)
 
 
 def _predict_all(predictor: Any, samples: Mapping[str, Sample]) -> dict[str, np.ndarray]:
@@ -1217,7 +1201,7 @@ def run_benchmark(
                                    on_report=on_report, n_boot=settings.n_boot, seed=settings.seed, curve=curve)
         except (ValueError, RuntimeError) as exc:
             # one arm the engine cannot run yet must not cost the others; rerunning retries it
-            _atomic_write_text(out / "arms" / f"{arm.replace('+', '_')}.error.txt", f"{exc}\n")
+            atomic_write_text(out / "arms" / f"{arm.replace('+', '_')}.error.txt", f"{exc}\n")
             log(f"{arm}: FAILED: {exc}")
             continue
         (out / "arms" / f"{arm.replace('+', '_')}.error.txt").unlink(missing_ok=True)

@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .protocol import ARMS, CURVE_ARMS, DII_ARMS, _atomic_write_text, arm_file
+from napari_hybridseg.core.fsio import atomic_write_text
+
+from .protocol import ARMS, CURVE_ARMS, DII_ARMS, arm_file
 
 __all__ = ["write_report"]
 
@@ -489,5 +491,5 @@ def write_report(out: str | Path, results: Mapping[str, Any] | None = None) -> P
     if notes:
         lines += ["## Notices from the runs", ""] + [f"- `{a}`: {n}" for a, n in notes] + [""]
     path = out / "report.md"
-    _atomic_write_text(path, "\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path

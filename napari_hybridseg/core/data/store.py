@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +51,7 @@ from napari_hybridseg.core.data.collection import (
     TagImplies,
     WeightState,
 )
+from napari_hybridseg.core.fsio import UMASK, atomic_write, crash_point, fsync_dir, fsync_file
 
 __all__ = [
     "FORMAT",
@@ -77,15 +77,6 @@ WEIGHTS_FILE = "weights.json"
 _RUNTIME_META = ("project_dir", "recovered", "image_problems")
 
 
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
 class StoreError(ValueError):
     """A project file that cannot be read or written; the message names the file and what to do."""
 
@@ -99,79 +90,18 @@ SAVE_LOCK = ".hybridseg.lock"
 _STAGED = ".staged"
 
 
-def _crash_point() -> None:
-    """Tests only: ``HYBRIDSEG_CRASH_AT=N`` kills this process (SIGKILL) at the N-th step of a save;
-    ``HYBRIDSEG_CRASH_COUNT=FILE`` writes how many steps a save took."""
-    at = os.environ.get("HYBRIDSEG_CRASH_AT")
-    count = os.environ.get("HYBRIDSEG_CRASH_COUNT")
-    if not at and not count:
-        return
-    global _crash_steps
-    _crash_steps += 1
-    if count:
-        Path(count).write_text(str(_crash_steps))
-    if at and int(at) == _crash_steps:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-_crash_steps = 0
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in ``path`` durable (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a project is meant to be shared and read
-        write(tmp)
-        _fsync_file(tmp)
-        _crash_point()
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        _crash_point()
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _stage(path: Path, write: Callable[[Path], None], txn: str) -> Path:
     """Write ``write(tmp)`` durably to a staged file beside ``path``; the journal later renames it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staged = path.with_name(f".{path.name}.{txn}{_STAGED}")
     try:
         write(staged)
-        os.chmod(staged, 0o666 & ~_UMASK)
-        _fsync_file(staged)
+        os.chmod(staged, 0o666 & ~UMASK)
+        fsync_file(staged)
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
-    _crash_point()
+    crash_point()
     return staged
 
 
@@ -186,9 +116,9 @@ def _trash(root: Path, path: Path, txn: str) -> None:
     dst = root / TRASH_DIR / txn / rel
     dst.parent.mkdir(parents=True, exist_ok=True)
     os.replace(path, dst)
-    _fsync_dir(dst.parent)
-    _fsync_dir(path.parent)
-    _crash_point()
+    fsync_dir(dst.parent)
+    fsync_dir(path.parent)
+    crash_point()
 
 
 def _apply_journal(root: Path, journal: dict) -> None:
@@ -204,9 +134,9 @@ def _apply_journal(root: Path, journal: dict) -> None:
         if staged.exists():
             os.replace(staged, final)
             dirs.add(final.parent)
-            _crash_point()
+            crash_point()
     for d in dirs:
-        _fsync_dir(d)
+        fsync_dir(d)
     for rel in journal.get("trash", []):
         _trash(root, root / rel, txn)
 
@@ -253,7 +183,7 @@ def _recover_locked(root: Path) -> list[str]:
                              f"move it away to open the project as it was before that save") from exc
         _apply_journal(root, journal)
         journal_path.unlink()
-        _fsync_dir(root)
+        fsync_dir(root)
         done.append(f"finished a save that was interrupted ({len(journal.get('renames', []))} file(s))")
     stale = [p for d in (root, root / "masks", root / "reference_masks", root / "annotations", root / "images")
              if d.is_dir() for p in d.iterdir()
@@ -282,7 +212,7 @@ def _dumps(data: Any) -> str:
 
 def _write_json(path: Path, data: Any) -> None:
     text = _dumps(data)
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _png_writer(arr: np.ndarray) -> Callable[[Path], None]:
@@ -437,7 +367,7 @@ class _Plan:
             for final, write in writes:
                 staged.append((_stage(final, write, txn), final))
             for d in {f.parent for _, f in staged}:
-                _fsync_dir(d)
+                fsync_dir(d)
             journal = {"format": "napari-hybridseg-journal", "txn": txn,
                        "renames": [[_relpath(a, root), _relpath(b, root)] for a, b in staged],
                        "trash": [_relpath(p, root) for p in self.remove if p.exists()]}
@@ -448,8 +378,8 @@ class _Plan:
             raise
         _apply_journal(root, journal)
         (root / JOURNAL_FILE).unlink()
-        _fsync_dir(root)
-        _crash_point()
+        fsync_dir(root)
+        crash_point()
 
 
 def _plan_sample(sample: Sample, root: Path, plan: _Plan, *, copy_images: bool) -> dict:

@@ -25,10 +25,10 @@ import os
 import platform
 import shutil
 from pathlib import Path
-from typing import Any
 
 from napari_hybridseg.core.data.collection import Collection, WeightState
-from napari_hybridseg.core.data.store import _fsync_dir as _fsync  # one fsync helper for files and folders
+from napari_hybridseg.core.fsio import atomic_write_json
+from napari_hybridseg.core.fsio import fsync_dir as _fsync
 
 __all__ = ["CheckpointError", "RunError", "gamma_record", "guarded_write", "read_run", "recover_run", "sync_tree",
            "versions", "write_json", "write_run"]
@@ -53,19 +53,7 @@ def sync_tree(folder: str | Path) -> Path:
     return folder
 
 
-def write_json(path: Path, data: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(data, indent=1))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync(path.parent)
+write_json = atomic_write_json  # the run folder's JSON files: one atomic writer for the package
 
 
 @contextlib.contextmanager
