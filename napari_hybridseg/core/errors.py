@@ -1,0 +1,31 @@
+"""The package's exception types: callers (CLI, widget) choose a message by type, never by text.
+
+Every error the user can cause derives from :class:`HybridsegError`; its
+message says what is wrong and what to do. Types that describe bad input also
+derive from :class:`ValueError`, so ``except ValueError`` in older callers keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConfigError", "HybridsegError"]
+
+
+class HybridsegError(Exception):
+    """Base of the errors a user can cause and fix; the message says how."""
+
+
+class ConfigError(HybridsegError, ValueError):
+    """A setting that is unknown or out of range.
+
+    Attributes
+    ----------
+    field : str
+        The setting's (dotted) name, e.g. ``"dii.lr"``.
+    allowed : str
+        What would be accepted, in words (``"'off' or 'exact'"``, ``"> 0"``).
+    """
+
+    def __init__(self, field: str, message: str, allowed: str = ""):
+        self.field = field
+        self.allowed = allowed
+        super().__init__(f"{field}: {message}" + (f" (allowed: {allowed})" if allowed else ""))
