@@ -220,7 +220,7 @@ def make_sample_collection(seed: int = 0, size: int = SIZE) -> Collection:
 
 def shipped_sample_dir() -> Path:
     """Where the shipped demo project lives: ``sample_data/`` at the repository root."""
-    return Path(__file__).resolve().parents[2] / "sample_data"
+    return Path(__file__).resolve().parents[3] / "sample_data"
 
 
 def cached_sample_dir() -> Path:
