@@ -13,7 +13,6 @@ from torch import nn
 from napari_hybridseg.core.methods.pixel_weights import (
     exact_pixel_weights,
     fill_ignored,
-    mlb_terms,
     normalise_weights,
     pixel_costs,
     unrolled_pixel_weights,
@@ -422,11 +421,15 @@ def test_quality_experiment_reports_weight_mass_on_corrupted_box_pixels():
     assert base["w_mass_on_wrong"] == pytest.approx(base["wrong_share"], rel=1e-5)
 
 
-# -- the one-call helper for the trainer ----------------------------------------------------------
+# -- the trainer's one pixel-weight path: the step's term, alone ----------------------------------
 def _mixed_batch():
+    from types import SimpleNamespace
+
+    from napari_hybridseg.core.data.collection import Role
+
     g = torch.Generator().manual_seed(3)
     x = torch.randn(5, 1, 16, 16, generator=g, dtype=torch.float64)
-    strong = torch.tensor([True, False, True, False, False])
+    roles = [Role.STRONG, Role.WEAK, Role.STRONG, Role.WEAK, Role.UNLABELED]
     truth = torch.randint(0, 2, (5, 16, 16), generator=g)
     init = torch.full((5, 16, 16), -1)
     init[1, 4:12, 4:12] = 1  # a box interior
@@ -435,48 +438,75 @@ def _mixed_batch():
     certainty = torch.zeros(5, 16, 16, dtype=torch.uint8)
     certainty[1][init[1] == 0] = 1
     certainty[3, 8, 8] = 2
-    return x, strong, truth[strong], init, certainty, torch.tensor([1.0, 0.4, 1.0, 0.9, 1.0])
+    batch = SimpleNamespace(ids=[f"i{k}" for k in range(5)], roles=roles, x=x, target=truth, init_label=init,
+                            certainty=certainty)
+    return batch, torch.tensor([1.0, 0.4, 1.0, 0.9, 1.0])
 
 
-def test_mlb_terms_weights_only_non_strong_rows_and_equal_the_reference():
+def _term(model, teacher=None, **settings):
+    from types import SimpleNamespace
+
+    from napari_hybridseg.core.network.device import resolve_device
+    from napari_hybridseg.core.training.config import TrainConfig
+    from napari_hybridseg.core.training.pixel_term import PixelWeightTerm
+
+    config = TrainConfig(pixel_weights="exact", **settings)
+    state = SimpleNamespace(config=config, nets=[model], dev=resolve_device("cpu", "fp32"), teacher=teacher,
+                            rampup=1, start_step=0)
+    return PixelWeightTerm(state)
+
+
+def test_pixel_term_weights_only_non_strong_rows_and_equals_the_unrolled_reference():
+    from napari_hybridseg.core.supervision.losses import strong_loss
+
     torch.manual_seed(0)
     model = tiny_bn_net().double().train()
     twin = copy.deepcopy(model)
-    x, strong, ys, init, certainty, gamma = _mixed_batch()
-    terms = mlb_terms(model, x, strong, ys, init, certainty, gamma, strong_loss_for(2), 0.1,
-                      generator=torch.Generator().manual_seed(0))
-    pw = terms.weights
-    assert (pw.w_init[strong] == 0).all() and (pw.w_own[strong] == 0).all()
-    assert (pw.w_init[1][certainty[1] != 0] == 0).all()  # held fixed outside the box
+    batch, gamma = _mixed_batch()
+    term = _term(model, ple=True)
+    logits = model(batch.x)
+    pw = term.compute(1, batch, logits, gamma, 0.1)
+    strong = ~pw.other
+    assert strong.tolist() == [True, False, True, False, False]
+    assert (pw.w_init[0][batch.certainty[1] != 0] == 0).all()  # held fixed outside the box
     assert float(pw.w_init.sum() + pw.w_own.sum()) == pytest.approx(1.0, abs=1e-5)
-    assert (terms.y_init[1][init[1] >= 0] == init[1][init[1] >= 0]).all()  # the weak label where it speaks
-    valid = (~strong)[:, None, None].expand_as(terms.y_init)
-    ref = unrolled_pixel_weights(twin, x, terms.y_init, terms.y_own, valid, valid, x[strong], ys,
-                                 strong_loss_for(2), 0.1, sample_gamma=gamma, fixed_init=certainty != 0,
-                                 return_details=True)
-    assert rel_err(pw.raw_init, ref.raw_init) < 1e-4 and rel_err(pw.raw_own, ref.raw_own) < 1e-4
-    # PLE ran through copied buffers: BatchNorm moved exactly as for one ordinary forward of the batch
-    twin(x)
-    for (name, b), q in zip(model.named_buffers(), twin.buffers()):
+    known = batch.init_label[1] >= 0
+    assert (pw.y_init[0][known] == batch.init_label[1][known]).all()  # the weak label where it speaks
+    ref = unrolled_pixel_weights(twin, batch.x[pw.other], pw.y_init, pw.y_own, None, None, batch.x[strong],
+                                 batch.target[strong], lambda z, y: strong_loss(z.float(), y).mean(), 0.1,
+                                 sample_gamma=gamma[pw.other], fixed_init=batch.certainty[pw.other] != 0)
+    assert rel_err(pw.w_init, ref[0].float()) < 1e-4 and rel_err(pw.w_own, ref[1].float()) < 1e-4
+    # PLE's views, the refreshed snapshot and the JVP ran through copied buffers: BatchNorm moved only by
+    # the ordinary forward of the batch above
+    once = copy.deepcopy(twin)
+    once(batch.x)
+    for (name, b), q in zip(model.named_buffers(), once.buffers()):
         torch.testing.assert_close(b, q, msg=name)
-    assert pw.output.shape == (5, 2, 16, 16)
-    terms.total.backward()
-    assert model[0].weight.grad is not None
+    assert set(term.summary) == {"i1", "i3", "i4"}
+    loss, terms = pw.loss_for(0, logits)
+    loss.backward()
+    assert model[0].weight.grad is not None and set(terms) == {"pixel"}
 
 
-def test_mlb_terms_with_teacher_and_consistency_give_trainable_terms():
+def test_pixel_term_with_teacher_and_consistency_gives_trainable_terms_for_network_one_only():
     from napari_hybridseg.core.methods.teacher import MeanTeacher
 
     torch.manual_seed(0)
     model = tiny_bn_net().double().train()
-    x, strong, ys, init, certainty, gamma = _mixed_batch()
-    terms = mlb_terms(model, x, strong, ys, init, certainty, gamma, strong_loss_for(2), 0.1,
-                      teacher=MeanTeacher(model), consistency=True, fix_certain=False)
-    assert float(terms.teacher_mse.detach()) >= 0 and float(terms.consistency.detach()) > 0
-    assert float(terms.weights.w_init.sum() + terms.weights.w_own.sum()) == pytest.approx(1.0, abs=1e-5)
-    terms.total.backward()
-    with pytest.raises(ValueError, match="strong rows"):
-        mlb_terms(model, x, torch.zeros(5, dtype=torch.bool), ys, init, certainty, gamma, strong_loss_for(2), 0.1)
+    batch, gamma = _mixed_batch()
+    term = _term(model, teacher=MeanTeacher(model), ple=True, ple_consistency=True,
+                 pixel_weights_fix_certain=False)
+    logits = model(batch.x)
+    pw = term.compute(1, batch, logits, gamma, 0.1)
+    assert float(pw.extra["teacher"].detach()) >= 0 and float(pw.extra["ple"].detach()) > 0
+    assert float(pw.w_init.sum() + pw.w_own.sum()) == pytest.approx(1.0, abs=1e-5)
+    loss, terms = pw.loss_for(0, logits)
+    assert set(terms) == {"pixel", "ple", "teacher"}
+    assert set(pw.loss_for(1, logits)[1]) == {"pixel"}  # the second network takes the pixel term only
+    loss.backward()
+    term.after_update()
+    batch.roles = [batch.roles[1]] * 5  # no strong row: no meta batch, no term
+    assert term.compute(2, batch, logits.detach(), gamma, 0.1) is None
 
 
 def test_equalised_meta_gradient_is_the_mean_of_unit_norm_per_image_gradients():

@@ -281,14 +281,14 @@ def test_previews_carry_pixel_weight_maps_at_original_size_when_pixel_weights_ar
 
 def test_without_dii_weak_images_count_fully_and_with_dii_they_start_at_the_initial_weight():
     from napari_hybridseg.core.data.collection import Role
-    from napari_hybridseg.core.training.trainer import _Session
+    from napari_hybridseg.core.training.trainer import Session
 
     coll = make_collection(n_strong=2, n_weak=2)
     roles = [Role.STRONG, Role.WEAK, Role.WEAK]
     for dii, expected in ((False, [1.0, 1.0, 1.0]), (True, [1.0, 0.5, 0.5])):
-        session = _Session(coll, tiny(dii=dii), None, None, ())
+        session = Session(coll, tiny(dii=dii), None, None, ())
         session.setup()
-        assert session.gamma_of(["s0", "w0", "w1"], roles).tolist() == expected
+        assert session.state.gamma_of(["s0", "w0", "w1"], roles).tolist() == expected
 
 
 def test_batches_are_half_strong_by_default_and_walk_every_pool_before_repeating():
@@ -315,17 +315,17 @@ def test_boxes_add_the_pairwise_term_and_dcr_leaves_known_pixels_out_of_cps():
 def test_ple_views_do_not_move_the_batchnorm_running_statistics():
     # PLE's zoomed/padded/flipped views are pseudo-label inputs, not data: each step's train-mode
     # forwards of the batch update BN, the views must not (network 1 predicts with those statistics)
-    from napari_hybridseg.core.training.trainer import _Session
+    from napari_hybridseg.core.training.trainer import Session
 
     coll = make_collection(n_strong=2, n_weak=3)
     counts = {}
     for ple in (False, True):
         config = tiny(model=ModelConfig(input_size=64), batch_size=4, pixel_weights="exact", dii=False, dcr=False,
                       ple=ple, teacher=False)
-        session = _Session(coll, config, None, None, ())
+        session = Session(coll, config, None, None, ())
         session.setup()
-        session.step(0)
-        bn = [m for m in session.nets[0].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        session.train_step(0)
+        bn = [m for m in session.state.nets[0].modules() if isinstance(m, torch.nn.BatchNorm2d)]
         counts[ple] = {int(m.num_batches_tracked) for m in bn}
     assert counts[True] == counts[False] == {1}
 
@@ -349,16 +349,16 @@ def test_stats_kept_forward_leaves_running_statistics_and_passes_gradients():
 def test_self_generated_terms_ramp_up_like_cps():
     # the pixel-weight and teacher terms enter the loss at the CPS ramp-up factor; the logs keep them unscaled
     from napari_hybridseg.core.methods.dcr import rampup
-    from napari_hybridseg.core.training.trainer import _Session
+    from napari_hybridseg.core.training.trainer import Session
 
     coll = make_collection(n_strong=2, n_weak=3)
     losses = {}
     for ramp in (False, True):
         config = tiny(model=ModelConfig(input_size=64), batch_size=4, steps=10, pixel_weights="exact", dii=False,
                       dcr=False, pixel_weights_rampup=ramp)
-        session = _Session(coll, config, None, None, ())
+        session = Session(coll, config, None, None, ())
         session.setup()
-        losses[ramp] = session.step(1)
+        losses[ramp] = session.train_step(1)
     off, on = losses[False], losses[True]
     assert on["pixel"] == pytest.approx(off["pixel"], rel=1e-5)
     scale = rampup(1, 2)  # 10 steps: ramp over 20% = 2 steps

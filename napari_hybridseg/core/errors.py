@@ -7,7 +7,7 @@ derive from :class:`ValueError`, so ``except ValueError`` in older callers keeps
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "HybridsegError"]
+__all__ = ["ConfigError", "HybridsegError", "NoStrongMaskError", "TrainingDataError"]
 
 
 class HybridsegError(Exception):
@@ -29,3 +29,11 @@ class ConfigError(HybridsegError, ValueError):
         self.field = field
         self.allowed = allowed
         super().__init__(f"{field}: {message}" + (f" (allowed: {allowed})" if allowed else ""))
+
+
+class TrainingDataError(HybridsegError, ValueError):
+    """The collection cannot be trained on: an image or label that cannot be used, a run that does not fit it."""
+
+
+class NoStrongMaskError(TrainingDataError):
+    """No image has a strong (full) mask: training needs at least one."""

@@ -2,6 +2,11 @@
 
 Interface for the trainer
 -------------------------
+Per-pixel costs, their gradients and the normalisation live in
+:mod:`.pixel_costs`; the functional and dual forwards in :mod:`.dual_forward`;
+this module computes the weights (:func:`exact_pixel_weights`, and the
+unrolled reference :func:`unrolled_pixel_weights`) and re-exports the rest.
+
 For the non-strong samples of a batch (weak and unlabeled; strong samples may
 sit in the same batch with ``valid_* = False``) the trainer has two per-pixel
 targets:
@@ -12,20 +17,11 @@ targets:
   every ``config.unlabeled_refresh`` steps);
 * ``targets_own`` = y^: the model's own enhanced prediction (:mod:`.ple`).
 
-The shortest integration is :func:`mlb_terms`: one call per batch for network 1, on
-the whole batch (strong rows are the meta batch), returning the weights, the
-whole batch's model output from the dual forward (use it for the supervised
-terms instead of ``forward(net, batch.x)``) and the terms to add::
-
-    terms = mlb_terms(net, batch.x, strong_rows, batch.target[strong_rows], batch.init_label,
-                      batch.certainty, gamma, lambda z, y: strong_loss(z, y).mean(),
-                      alpha=config.meta_lr or lr, fix_certain=config.pixel_weights_fix_certain,
-                      ple=config.ple, teacher=teacher if config.teacher else None)
-    logits, aux = terms.weights.output          # network 1's forward, on the graph
-    total = supervised(logits, aux, ...) + terms.total + ...
-    ...; optimizer.step(); teacher.update(net)
-
-Underneath, per step it calls::
+The trainer's one pixel-weight path is
+:class:`napari_hybridseg.core.training.pixel_term.PixelWeightTerm` (y~, y^ with
+PLE, the mean teacher, the ramp-up). Underneath, per step it calls (a general
+form; the trainer passes ``keep_graph=False`` and takes each network's costs on
+its own forward)::
 
     pw = exact_pixel_weights(model, x, y_init, y_own, v_init, v_own, xs, ys, strong_loss,
                              alpha=config.meta_lr or lr, sample_gamma=gamma,
@@ -51,7 +47,7 @@ Underneath, per step it calls::
   instead of a second forward ("sharing the dual forward"). With
   ``update_buffers=True`` the BatchNorm running statistics are updated exactly
   as an ordinary train-mode forward would.
-* **cost per step** (measured by :mod:`.pw_speed`): one backward of the
+* **cost per step** (measured by ``core/pw_speed.py``): one backward of the
   unweighted terms (only with ``virtual_loss_fn``), one forward + backward of
   the meta loss on the strong batch at theta', and one dual (JVP) forward of
   the weak batch, which replaces the real step's forward.
@@ -114,20 +110,33 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from napari_hybridseg.core.methods.ple import enhance
+from napari_hybridseg.core.methods.dual_forward import (
+    Forward,
+    _buffer_copies,  # noqa: F401  (tests reach the helpers through this module)
+    _double_backward_logits,
+    _first,
+    _jvp_logits,
+    _params_of,
+    _write_back,
+    stats_kept_forward,
+)
+from napari_hybridseg.core.methods.pixel_costs import (
+    _valid,
+    fill_ignored,
+    normalise_weights,
+    pixel_cost_grads,
+    pixel_costs,
+    weight_maps_at,
+    weight_summary,
+)
 
 __all__ = [
-    "MLBTerms",
     "PixelWeights",
     "exact_pixel_weights",
     "fill_ignored",
-    "mlb_terms",
     "normalise_weights",
     "pixel_costs",
     "pixel_cost_grads",
@@ -137,7 +146,6 @@ __all__ = [
     "weight_summary",
 ]
 
-Forward = Callable[[Tensor], Tensor]
 StrongLoss = Callable[[Tensor, Tensor], Tensor]
 VirtualLoss = Callable[[Forward], Tensor]
 
@@ -187,149 +195,6 @@ class PixelWeights:
     output: Any = None
 
 
-# -- per-pixel costs -----------------------------------------------------------
-def _as_targets(y: Tensor, logits: Tensor) -> Tensor:
-    """Targets as class indices (K >= 2, long) or {0, 1} floats (K == 1), invalid values made harmless."""
-    if logits.shape[1] == 1:
-        return y.to(logits.dtype).clamp(0, 1)
-    return y.long().clamp(0, logits.shape[1] - 1)
-
-
-def _valid(valid: Tensor | None, like: Tensor) -> Tensor:
-    if valid is None:
-        return torch.ones(like.shape, dtype=torch.bool, device=like.device)
-    return valid.to(device=like.device, dtype=torch.bool)
-
-
-def pixel_costs(
-    logits: Tensor,
-    targets_init: Tensor,
-    targets_own: Tensor,
-    valid_init: Tensor | None = None,
-    valid_own: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Per-pixel costs ``c = [CE(z, y~), CE(z, y^)]``, 0 where a target is not valid.
-
-    Parameters
-    ----------
-    logits : Tensor
-        (B, K, H, W). ``K >= 2``: softmax cross-entropy against class indices;
-        ``K == 1``: binary cross-entropy with logits against {0, 1}.
-    targets_init, targets_own : Tensor
-        (B, H, W) class indices (values outside [0, K) only where not valid).
-    valid_init, valid_own : Tensor, optional
-        (B, H, W) bool; None = every pixel.
-
-    Returns
-    -------
-    (c_init, c_own) : tuple of Tensor
-        (B, H, W) each, differentiable in ``logits``.
-    """
-    out = []
-    for y, valid in ((targets_init, valid_init), (targets_own, valid_own)):
-        yt = _as_targets(y, logits)
-        if logits.shape[1] == 1:
-            c = F.binary_cross_entropy_with_logits(logits[:, 0], yt, reduction="none")
-        else:
-            c = F.cross_entropy(logits, yt, reduction="none")
-        out.append(c * _valid(valid, yt))
-    return out[0], out[1]
-
-
-def pixel_cost_grads(logits: Tensor, targets: Tensor) -> Tensor:
-    """``dc_p / dz_p`` of the per-pixel cost, (B, K, H, W): ``softmax(z) - onehot(y)`` or ``sigmoid(z) - y``."""
-    y = _as_targets(targets, logits)
-    if logits.shape[1] == 1:
-        return (torch.sigmoid(logits[:, 0]) - y).unsqueeze(1)
-    onehot = F.one_hot(y, logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
-    return torch.softmax(logits, dim=1) - onehot
-
-
-def fill_ignored(init_label: Tensor, logits: Tensor, ignore: int = -1) -> tuple[Tensor, Tensor]:
-    """Initial label y~: the weak label where it says something, the model's prediction elsewhere.
-
-    Parameters
-    ----------
-    init_label : Tensor
-        (B, H, W) int, :attr:`Targets.init_label` (``ignore`` where unknown).
-    logits : Tensor
-        (B, K, H, W) current predictions (detached internally).
-    ignore : int
-        The "says nothing" value. Default -1 (:data:`targets.IGNORE`).
-
-    Returns
-    -------
-    (y_init, from_label) : tuple of Tensor
-        The filled targets (long) and a bool mask of the pixels the label gave.
-    """
-    with torch.no_grad():
-        pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
-    known = init_label != ignore
-    return torch.where(known, init_label.long(), pred), known
-
-
-# -- normalisation -------------------------------------------------------------
-def normalise_weights(
-    raw_init: Tensor, raw_own: Tensor, take_part: tuple[Tensor, Tensor] | None = None
-) -> tuple[Tensor, Tensor]:
-    """``w = max(w~, 0) / sum max(w~, 0)`` over both maps and the whole batch; all 0 if nothing is positive.
-
-    ``take_part`` (two bool masks) zeroes pixels that do not take part before
-    the sum. Returns float32 tensors, detached.
-    """
-    a = raw_init.detach().float().clamp_min(0)
-    b = raw_own.detach().float().clamp_min(0)
-    if take_part is not None:
-        a = a * take_part[0]
-        b = b * take_part[1]
-    total = a.sum() + b.sum()
-    # 0-safe: a batch where following any pixel would hurt the strong batch gets no pixel loss at all
-    if not torch.isfinite(total) or total <= 0:
-        return torch.zeros_like(a), torch.zeros_like(b)
-    return a / total, b / total
-
-
-# -- helpers for the functional calls -------------------------------------------
-def _first(out):
-    # smp models with aux_params return (mask, label): the mask logits are what is weighted
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _params_of(model: nn.Module, params: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
-    if params is not None:
-        return dict(params)
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _buffer_copies(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor | None]]:
-    """(float buffers, cloned; other buffers, with BN's ``num_batches_tracked`` hidden as None)."""
-    floats, others = {}, {}
-    for name, buf in model.named_buffers():
-        if name.endswith("num_batches_tracked"):
-            others[name] = None  # BN then uses `momentum` and never touches the counter
-        elif buf.is_floating_point():
-            floats[name] = buf.detach().clone()
-        else:
-            others[name] = buf
-    return floats, others
-
-
-def stats_kept_forward(model: nn.Module, params: Mapping[str, Tensor]) -> Forward:
-    """``x -> logits`` of ``model`` at ``params`` on copies of its buffers.
-
-    Train-mode BatchNorm still normalises with batch statistics, but what it
-    writes goes to the copies: the module's running statistics stay as they
-    are. For forwards that are not training data (the virtual and meta steps,
-    PLE's zoomed, padded and flipped views).
-    """
-    floats, others = _buffer_copies(model)
-
-    def forward(x: Tensor) -> Tensor:
-        return _first(functional_call(model, {**params, **floats, **others}, (x,), strict=False))
-
-    return forward
-
-
 def _virtual_params(
     model: nn.Module, params: dict[str, Tensor], alpha: float, virtual_loss_fn: VirtualLoss | None
 ) -> dict[str, Tensor]:
@@ -370,55 +235,6 @@ def _meta_grad(
             acc.add_(g / (norm * n))
         total += float(loss.detach()) / n
     return v, total
-
-
-def _jvp_logits(
-    model: nn.Module, params: dict[str, Tensor], v: list[Tensor], x: Tensor
-) -> tuple[Any, Tensor, dict[str, Tensor]]:
-    """(full model output, J_z v of its logits, updated float buffers) with one dual forward."""
-    floats, others = _buffer_copies(model)
-    # a module in eval mode only reads its running stats, and batch_norm refuses dual
-    # (forward-grad) running stats: those stay plain constants; train-mode ones are
-    # primals with zero tangent so BN may update its (copied) statistics in place
-    frozen = {name for name, mod in model.named_modules() if not mod.training}
-    for name in [b for b in floats if b.rpartition(".")[0] in frozen]:
-        others[name] = floats.pop(name)
-    pnames, bnames = list(params), list(floats)
-
-    def f(*primals: Tensor):
-        p = dict(zip(pnames, primals[: len(pnames)]))
-        b = dict(zip(bnames, primals[len(pnames) :]))
-        out = functional_call(model, {**p, **b, **others}, (x,), strict=False)
-        return tuple(out) if isinstance(out, (tuple, list)) else out
-
-    primals = tuple(params.values()) + tuple(floats.values())
-    tangents = tuple(v) + tuple(torch.zeros_like(b) for b in floats.values())
-    out, t = torch.func.jvp(f, primals, tangents)
-    return out, _first(t), floats
-
-
-def _double_backward_logits(
-    model: nn.Module, params: dict[str, Tensor], v: list[Tensor], x: Tensor
-) -> tuple[Any, Tensor, dict[str, Tensor]]:
-    """(full model output, J_z v of its logits, updated float buffers) by reverse mode twice: J v = d/du <J^T u, v>."""
-    floats, others = _buffer_copies(model)
-    leaves = {n: (p if p.requires_grad else p.detach().requires_grad_(True)) for n, p in params.items()}
-    out = functional_call(model, {**leaves, **floats, **others}, (x,), strict=False)
-    z = _first(out)
-    u = torch.zeros_like(z, requires_grad=True)
-    jtu = torch.autograd.grad(z, list(leaves.values()), grad_outputs=u, create_graph=True, allow_unused=True)
-    pairs = [(g, vi) for g, vi in zip(jtu, v) if g is not None]
-    (t,) = torch.autograd.grad([g for g, _ in pairs], u, grad_outputs=[vi for _, vi in pairs])
-    return out, t.detach(), floats
-
-
-def _write_back(model: nn.Module, floats: dict[str, Tensor]) -> None:
-    with torch.no_grad():
-        for name, buf in model.named_buffers():
-            if name in floats:
-                buf.copy_(floats[name])
-            elif name.endswith("num_batches_tracked"):
-                buf.add_(1)
 
 
 def _gamma_map(sample_gamma: Tensor | None, like: Tensor) -> Tensor:
@@ -647,158 +463,3 @@ def unrolled_pixel_weights(
     if not return_details:
         return w_init, w_own
     return PixelWeights(w_init, w_own, raw_init, raw_own, None, "unrolled", float(meta.detach()))
-
-
-# -- for reports and the run record ----------------------------------------------
-def weight_summary(w_init: Tensor, w_own: Tensor) -> list[tuple[float, float]]:
-    """Per sample: (mean weight on its initial label, mean weight on its own prediction), times H*W.
-
-    Scaled by the pixel count so that 1.0 means "as much as a uniform weight
-    over one target of one image would give"; comparable across sizes.
-    """
-    hw = w_init.shape[-1] * w_init.shape[-2]
-    a = (w_init.detach().float().flatten(1).mean(1) * hw).tolist()
-    b = (w_own.detach().float().flatten(1).mean(1) * hw).tolist()
-    return list(zip(a, b))
-
-
-def weight_maps_at(w: Tensor, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
-    """Weight maps (B, H, W) resized (bilinear) to each sample's own (rows, cols), as float32 numpy.
-
-    Values are rescaled so the image's maximum is 1 (a heatmap a person can
-    read; the absolute scale is batch-dependent). An all-zero map stays 0.
-    """
-    out = []
-    for i, shape in enumerate(shapes):
-        m = F.interpolate(w[i : i + 1, None].detach().float(), size=tuple(shape), mode="bilinear",
-                          align_corners=False)[0, 0]
-        top = m.max()
-        out.append((m / top if top > 0 else m).cpu().numpy().astype(np.float32))
-    return out
-
-
-# -- one call for the trainer ------------------------------------------------------------------
-@dataclass
-class MLBTerms:
-    """What :func:`mlb_terms` returns for one batch.
-
-    Attributes
-    ----------
-    weights : PixelWeights
-        The weights; ``weights.output`` is the whole batch's model output
-        (mask logits, or (mask, aux) logits), on the autograd graph: use it for
-        the batch's other terms instead of a second forward of this network.
-    loss_pw : Tensor
-        ``sum(w_init * c_init + w_own * c_own)`` (gamma already inside w).
-    teacher_mse : Tensor
-        The mean-teacher term on the non-strong rows (0 without a teacher).
-    consistency : Tensor
-        The PLE pairwise consistency term (0 unless ``consistency=True``).
-    y_init, y_own : Tensor
-        The two targets (B, H, W); rows of strong samples are 0 and take no part.
-    """
-
-    weights: PixelWeights
-    loss_pw: Tensor
-    teacher_mse: Tensor
-    consistency: Tensor
-    y_init: Tensor
-    y_own: Tensor
-
-    @property
-    def total(self) -> Tensor:
-        """The pixel-weight terms of the real loss, each at weight 1 (MLB-Seg)."""
-        return self.loss_pw + self.teacher_mse + self.consistency
-
-
-def mlb_terms(
-    model: nn.Module,
-    x: Tensor,
-    strong: Tensor,
-    y_strong: Tensor,
-    init_label: Tensor,
-    certainty: Tensor | None,
-    gamma: Tensor,
-    strong_loss_fn: StrongLoss,
-    alpha: float,
-    *,
-    fix_certain: bool = True,
-    ple: bool = True,
-    teacher=None,
-    consistency: bool = False,
-    generator: torch.Generator | None = None,
-) -> MLBTerms:
-    """All MLB-Seg terms of one batch with one dual forward of ``model`` on the whole batch.
-
-    Parameters
-    ----------
-    model : nn.Module
-        The network (network 1 under DCR), in train mode.
-    x : Tensor
-        (B, C, H, W) the whole batch (strong and non-strong rows).
-    strong : Tensor
-        (B,) bool, the strong rows; they are the meta batch (with ``y_strong``)
-        and take no part in the weights.
-    y_strong : Tensor
-        What ``strong_loss_fn`` compares ``model(x[strong])`` with.
-    init_label : Tensor
-        (B, H, W) :attr:`Targets.init_label` (IGNORE = -1 where the weak label
-        says nothing; all -1 for an unlabeled sample, or the stored prediction
-        of the model trained so far): filled from the current prediction.
-    certainty : Tensor or None
-        (B, H, W) :attr:`Targets.certainty`; with ``fix_certain`` the pixels
-        that are not UNKNOWN are held fixed (see :func:`exact_pixel_weights`).
-    gamma : Tensor
-        (B,) DII weights (1 for strong and unlabeled rows).
-    strong_loss_fn, alpha
-        As in :func:`exact_pixel_weights`.
-    fix_certain : bool
-        ``config.pixel_weights_fix_certain``. Default True.
-    ple : bool
-        y^ from the 5-view ensemble (:func:`.ple.enhance`, no gradient);
-        otherwise the plain prediction. Default True.
-    teacher : MeanTeacher, optional
-        Adds its MSE term to the virtual step and returns it for the real loss.
-    consistency : bool
-        Also compute the PLE consistency term with gradient (one more 5x
-        forward + backward of the non-strong rows: costly on a CPU). Default False.
-    generator : torch.Generator, optional
-        For the PLE view geometry.
-
-    Returns
-    -------
-    MLBTerms
-    """
-    strong = strong.to(device=x.device, dtype=torch.bool)
-    ns = ~strong
-    if not strong.any() or not ns.any():
-        raise ValueError("mlb_terms needs strong rows (the meta batch) and non-strong rows in the batch")
-    xn = x[ns]
-    # pseudo-labels through copied buffers: the 5x view batch (zoomed, padded) must not shift BatchNorm's
-    # running statistics; the dual forward below updates them once, like the ordinary forward it replaces
-    frozen = stats_kept_forward(model, dict(model.named_parameters()))
-    with torch.no_grad():
-        if ple:
-            res = enhance(frozen, xn, generator=generator, with_consistency=False)
-            own_n, first = res.y_hat, res.view_logits[: xn.shape[0]]
-        else:
-            first = frozen(xn)
-            own_n = (first[:, 0] > 0).long() if first.shape[1] == 1 else first.argmax(1)
-    init_n, _ = fill_ignored(init_label[ns].to(x.device), first)
-    y_init = torch.zeros(x.shape[0], *x.shape[2:], dtype=torch.long, device=x.device)
-    y_own = torch.zeros_like(y_init)
-    y_init[ns], y_own[ns] = init_n, own_n
-    valid = ns[:, None, None].expand_as(y_init)
-    fixed = None
-    if fix_certain and certainty is not None:
-        fixed = certainty.to(x.device) != 0  # UNKNOWN = 0 (targets.UNKNOWN)
-    virtual = (lambda fwd: teacher.mse(fwd(xn), xn)) if teacher is not None else None
-    pw = exact_pixel_weights(model, x, y_init, y_own, valid, valid, x[strong], y_strong, strong_loss_fn, alpha,
-                             sample_gamma=gamma, fixed_init=fixed, virtual_loss_fn=virtual, return_details=True,
-                             update_buffers=True)
-    c_init, c_own = pixel_costs(pw.logits, y_init, y_own, valid, valid)
-    loss_pw = (pw.w_init.to(c_init.dtype) * c_init + pw.w_own.to(c_own.dtype) * c_own).sum()
-    zero = loss_pw.new_zeros(())
-    t_mse = teacher.mse(pw.logits[ns], xn) if teacher is not None else zero
-    cons = enhance(frozen, xn, generator=generator).consistency if consistency else zero
-    return MLBTerms(pw, loss_pw, t_mse, cons, y_init, y_own)

@@ -1,0 +1,42 @@
+"""The DCR term of a step: cross pseudo supervision of the two networks on a CutMix of the batch."""
+
+from __future__ import annotations
+
+import torch
+
+from napari_hybridseg.core.methods import dcr as dcr_mod
+from napari_hybridseg.core.network.models import forward
+from napari_hybridseg.core.supervision.targets import IGNORE
+
+__all__ = ["DCRTerm"]
+
+
+class DCRTerm:
+    """``lambda(step) * CPS`` between network 1 and 2 on CutMix pairs of the batch, pairs weighed by gamma.
+
+    Parameters
+    ----------
+    state : RunState
+        Reads ``nets`` (two), ``rng`` (the permutation and the boxes), ``dev``,
+        ``config.cps_lambda``, ``rampup`` and ``start_step``.
+    """
+
+    def __init__(self, state):
+        self.state = state
+
+    def loss(self, step: int, batch, gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lambda * cps, cps)`` for this step's batch (the second, unscaled, is what the log shows)."""
+        st = self.state
+        bsz, _, h, w = batch.x.shape
+        perm = torch.as_tensor(st.rng.permutation(bsz), device=st.dev.device)
+        mask = dcr_mod.cutmix_boxes(bsz, h, w, st.rng)
+        xm = dcr_mod.cutmix(batch.x, perm, mask)
+        with st.dev.autocast():
+            la, _ = forward(st.nets[0], xm)
+            lb, _ = forward(st.nets[1], xm)
+        pair_gamma = 0.5 * (gamma + gamma[perm])
+        lam = st.config.cps_lambda * dcr_mod.rampup(step - st.start_step, st.rampup)
+        known = batch.target != IGNORE
+        known_mixed = torch.where(mask[:, 0].to(known.device) > 0, known[perm], known)
+        cps = dcr_mod.cps_loss(la, lb, pair_gamma, known=known_mixed)
+        return lam * cps, cps

@@ -1,0 +1,160 @@
+"""One optimisation step: a batch, the supervised terms of each network, the method terms, the update.
+
+:class:`SupervisedLoss` is the hybrid supervision of one network's output
+(strong CE + Dice at weight 1, every weak term times its gamma_k).
+:class:`TrainStep` composes it with the method terms it is given, each an
+object testable alone: the pixel-weight term
+(:class:`~.pixel_term.PixelWeightTerm`) and the DCR term
+(:class:`~.dcr_term.DCRTerm`). The order of the sums is fixed (float addition
+is not associative): per network, supervised then pixel terms; then DCR.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from napari_hybridseg.core.data.collection import Role
+from napari_hybridseg.core.network.models import forward
+from napari_hybridseg.core.supervision.losses import (
+    LossWeights,
+    aux_tag_loss,
+    box_pairwise,
+    colour_affinity,
+    strong_loss,
+    weak_losses,
+)
+from napari_hybridseg.core.training.batches import augment, collate, denormalise
+from napari_hybridseg.core.training.schedule import LRSchedule
+
+__all__ = ["SupervisedLoss", "TrainStep"]
+
+
+class SupervisedLoss:
+    """Strong terms at weight 1 plus every weak term times gamma, averaged over the batch."""
+
+    def __init__(self, loss_weights: LossWeights):
+        self.loss_weights = loss_weights
+
+    def affinity(self, batch) -> torch.Tensor | None:
+        """Colour affinities of the weak rows (for the pairwise term in boxes), or None without boxes."""
+        if not self.loss_weights.pairwise:
+            return None
+        if not any(r is Role.WEAK and len(bx) for r, bx in zip(batch.roles, batch.boxes)):
+            return None
+        weak = [i for i, r in enumerate(batch.roles) if r is Role.WEAK]
+        with torch.no_grad():
+            return colour_affinity(denormalise(batch.x[weak].float()))
+
+    def __call__(self, logits, aux, batch, gamma, affinity=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(total, terms)`` of one network's output on ``batch``.
+
+        ``affinity`` (from :meth:`affinity`) adds BoxInst's pairwise term on the
+        weak rows with boxes, also times gamma (every term of a weak image is).
+        """
+        lw = self.loss_weights
+        b = logits.shape[0]
+        strong = torch.tensor([r is Role.STRONG for r in batch.roles], device=logits.device)
+        weak = torch.tensor([r is Role.WEAK for r in batch.roles], device=logits.device)
+        terms: dict[str, torch.Tensor] = {}
+        total = logits.new_zeros((), dtype=torch.float32)
+        if strong.any():
+            ls = strong_loss(logits[strong], batch.target[strong])
+            la = lw.aux * aux_tag_loss(None if aux is None else aux[strong], batch.tag_target[strong])
+            terms["strong"] = ls.sum() / b
+            terms["aux"] = la.sum() / b
+            total = total + terms["strong"] + terms["aux"]
+        if weak.any():
+            idx = weak.nonzero().flatten().tolist()
+            wl = weak_losses(logits[weak], None if aux is None else aux[weak], batch.target[weak],
+                             [batch.boxes[i] for i in idx], batch.present[weak], batch.tag_target[weak],
+                             lw, absent=batch.absent[weak])
+            g = gamma[weak]
+            for name in ("pce", "box", "mil", "aux"):
+                val = (g * wl[name]).sum() / b
+                terms[name] = terms.get(name, 0.0) + val
+            total = total + (g * wl["sum"]).sum() / b
+            if affinity is not None:
+                probs = logits[weak].float().softmax(1)
+                pair = box_pairwise(probs, affinity, [batch.boxes[i] for i in idx])
+                terms["pair"] = lw.pairwise * (g * pair).sum() / b
+                total = total + terms["pair"]
+        return total, terms
+
+
+class TrainStep:
+    """Draw a batch, sum the terms, update the network(s); returns the logged losses.
+
+    Parameters
+    ----------
+    state : RunState
+        The run (networks, optimiser, sampler, prepared samples, rng).
+    schedule : LRSchedule
+        Sets the optimiser's learning rate each step.
+    pixel_term : PixelWeightTerm, optional
+        MLB-Seg pixel weights (``pixel_weights="exact"``).
+    dcr_term : DCRTerm, optional
+        Cross pseudo supervision of the two networks (``dcr``).
+    """
+
+    def __init__(self, state, schedule: LRSchedule, pixel_term=None, dcr_term=None):
+        self.state = state
+        self.schedule = schedule
+        self.supervised = SupervisedLoss(state.loss_weights)
+        self.pixel_term = pixel_term
+        self.dcr_term = dcr_term
+
+    def __call__(self, step: int) -> dict[str, float]:
+        st = self.state
+        cfg = st.config
+        ids = st.sampler.sample(st.ids(Role.STRONG), st.ids(Role.WEAK), st.ids(Role.UNLABELED))
+        items = [augment(st.prepared[i], st.rng) if cfg.augment else st.prepared[i] for i in ids]
+        batch = collate(items).to(st.dev.device)
+        gamma = st.gamma_of(batch.ids, batch.roles)
+        lr = self.schedule.at(step)
+        for group in st.optimizer.param_groups:
+            group["lr"] = lr
+        st.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=st.dev.device)
+        logged: dict[str, float] = {}
+        with st.dev.autocast():
+            outs = [forward(net, batch.x) for net in st.nets]
+        pw = self.pixel_term.compute(step, batch, outs[0][0], gamma, lr) if self.pixel_term is not None else None
+        affinity = self.supervised.affinity(batch)
+        for n, (logits, aux) in enumerate(outs):
+            sup, terms = self.supervised(logits, aux, batch, gamma, affinity)
+            total = total + sup
+            if pw is not None:
+                pw_loss, pw_terms = pw.loss_for(n, logits)
+                total = total + pw_loss
+                terms.update(pw_terms)
+            if n == 0:
+                logged.update({k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()})
+        if self.dcr_term is not None and len(st.nets) == 2:
+            scaled, cps = self.dcr_term.loss(step, batch, gamma)
+            total = total + scaled
+            logged["cps"] = float(cps.detach())
+        self._update(total)
+        if self.pixel_term is not None:
+            self.pixel_term.after_update()
+        logged["total"] = float(total.detach())
+        if not math.isfinite(logged["total"]):
+            raise RuntimeError(f"the loss became {logged['total']} at step {step}; lower the learning rate "
+                               f"(now {cfg.lr}) or use --precision fp32")
+        return logged
+
+    def _update(self, total: torch.Tensor) -> None:
+        st = self.state
+        if st.scaler is not None:
+            st.scaler.scale(total).backward()
+            st.scaler.unscale_(st.optimizer)
+        else:
+            total.backward()
+        if st.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for net in st.nets for p in net.parameters()], st.config.grad_clip)
+        if st.scaler is not None:
+            st.scaler.step(st.optimizer)
+            st.scaler.update()
+        else:
+            st.optimizer.step()

@@ -1,0 +1,98 @@
+"""The trainer's parts alone: the LR schedule, the supervised loss, the DCR and DII terms, the checkpointer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _hybrid_data import make_collection
+
+from napari_hybridseg.core.data.collection import Role
+from napari_hybridseg.core.training.config import ModelConfig, TrainConfig
+from napari_hybridseg.core.training.schedule import LRSchedule
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _state(**kw):
+    from napari_hybridseg.core.training.state import build_state
+
+    config = TrainConfig(model=ModelConfig(encoder_weights=None, input_size=32), steps=10, batch_size=4,
+                         device="cpu", precision="fp32", threads=1, preview_every=0, checkpoint_every=0, **kw)
+    return build_state(make_collection(n_strong=2, n_weak=3), config, None, None)
+
+
+def _batch(st):
+    from napari_hybridseg.core.training.batches import collate
+
+    ids = st.sampler.sample(st.ids(Role.STRONG), st.ids(Role.WEAK), st.ids(Role.UNLABELED))
+    return collate([st.prepared[i] for i in ids])
+
+
+def test_schedule_warms_up_linearly_then_decays_or_stays_and_restarts_for_a_continued_run():
+    poly = LRSchedule(1.0, 2, "poly", 10)
+    assert [poly.at(s) for s in (1, 2)] == [0.5, 1.0]
+    assert poly.at(3) == pytest.approx((1 - 1 / 8) ** 0.9) and poly.at(10) == 0.0 and poly.at(99) == 0.0
+    assert LRSchedule(1.0, 2, "constant", 10).at(7) == 1.0
+    assert LRSchedule(1.0, 2, "poly", 10, start_step=100).at(101) == 0.5
+
+
+def test_supervised_loss_weighs_weak_rows_by_gamma_and_strong_rows_at_one():
+    from napari_hybridseg.core.network.models import forward
+    from napari_hybridseg.core.training.step import SupervisedLoss
+
+    st = _state(dcr=False)
+    batch = _batch(st)
+    logits, aux = forward(st.nets[0], batch.x)
+    loss = SupervisedLoss(st.loss_weights)
+    ones = torch.ones(len(batch.ids))
+    weak = torch.tensor([r is Role.WEAK for r in batch.roles])
+    full, terms = loss(logits, aux, batch, ones)
+    none, terms0 = loss(logits, aux, batch, torch.where(weak, 0.0, 1.0))
+    assert terms0["strong"] == terms["strong"] and float(terms0["pce"]) == 0.0
+    assert float(none) < float(full)
+
+
+def test_dcr_term_is_ramped_cps_and_draws_from_the_run_generator():
+    from napari_hybridseg.core.methods.dcr import rampup
+    from napari_hybridseg.core.training.dcr_term import DCRTerm
+
+    st = _state(dcr=True, cps_lambda=2.0)
+    batch = _batch(st)
+    gamma = st.gamma_of(batch.ids, batch.roles)
+    before = st.rng.bit_generator.state["state"]["state"]
+    scaled, cps = DCRTerm(st).loss(1, batch, gamma)
+    assert st.rng.bit_generator.state["state"]["state"] != before  # permutation and boxes from the run's rng
+    assert float(scaled) == pytest.approx(2.0 * rampup(1, st.rampup) * float(cps), rel=1e-6)
+    scaled.backward()
+    assert all(any(p.grad is not None for p in net.parameters()) for net in st.nets)
+
+
+def test_dii_term_moves_the_weak_weights_and_records_them_every_tau_steps():
+    from napari_hybridseg.core.training.dii_term import DIITerm
+
+    st = _state(dcr=False, dii_tau=3)
+    term = DIITerm(st)
+    assert [term.due(s) for s in (1, 2, 3, 6)] == [False, False, True, True]
+    report = term.update(3)
+    assert set(report.sample_weights) == set(st.ids(Role.WEAK))
+    assert any(v != 0.5 for v in report.sample_weights.values())
+    assert all(st.collection.sample_weights[k].history[-1] == (3, v) for k, v in report.sample_weights.items())
+    assert DIITerm(_state(dcr=False, dii=False)).update(3) is None
+
+
+def test_checkpointer_is_due_by_steps_and_writes_nothing_without_a_run_folder(tmp_path):
+    from napari_hybridseg.core.training.checkpointer import Checkpointer
+
+    st = _state(dcr=False)
+    assert Checkpointer(st).write(1) is None and not Checkpointer(st).due(100)
+    st.run_dir = tmp_path / "run"
+    st.config = st.config.replace(checkpoint_every=5, checkpoint_minutes=0)
+    ck = Checkpointer(st)
+    assert [ck.due(s) for s in (4, 5)] == [False, True]
+    assert ck.write(5).path == str(st.run_dir) and (st.run_dir / "run.json").exists()
