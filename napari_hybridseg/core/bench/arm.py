@@ -60,6 +60,131 @@ def _pick_preview_ids(weak: list[str], corrupted: Mapping[str, str], n: int, see
     return sorted(bad[:k_bad] + good[: n - k_bad])
 
 
+class _ArmTrace:
+    """What the trainer's reports of one arm said: step times, weights, previews, the convergence curve.
+
+    :meth:`follow` takes each report as it arrives and returns the command to
+    send back (a pixel-weight preview request at the last step) or None.
+    """
+
+    def __init__(self, arm_data: ArmData, config: TrainConfig, backend: Backend, preview_ids: list[str],
+                 curve: bool) -> None:
+        self.data, self.config, self.backend = arm_data, config, backend
+        self.preview_ids = preview_ids
+        self.step_times: list[float] = []
+        self.history: dict[str, list[list[float]]] = {}
+        self.gamma: dict[str, float] = {}
+        self.device: str = "?"
+        self.done: DoneReport | None = None
+        self.start: StartReport | None = None
+        self.preview: PreviewReport | None = None
+        self.val_curve: list[list[float]] = []
+        self.curve_s = 0.0
+        self.val_truths = {i: _truth_of(s) for i, s in arm_data.val.items()} if curve and arm_data.val else {}
+        self.last = time.perf_counter()
+
+    def follow(self, report: Any, now: float) -> RequestPreview | None:
+        """Record one report (received at ``now``); the command to send back, if any."""
+        command = None
+        if isinstance(report, StartReport):
+            self.device, self.start = report.device, report
+            self.last = now  # model building and caching are not a step
+        elif isinstance(report, StepReport):
+            self.step_times.append(now - self.last)
+            self.last = now
+            self.device = report.device or self.device
+            # pixel-weight maps of a few weak images, as they stand after the last step
+            if self.preview_ids and report.step == report.total_steps:
+                command = RequestPreview(tuple(self.preview_ids))
+        elif isinstance(report, WeightsReport):
+            self._weights(report)
+        elif isinstance(report, PreviewReport):
+            if report.pixel_weights:
+                self.preview = report
+        elif isinstance(report, CheckpointReport):
+            self._curve_point(report)
+        elif isinstance(report, DoneReport):
+            self.done = report
+        return command
+
+    def _weights(self, report: WeightsReport) -> None:
+        self.gamma = dict(report.sample_weights)
+        for sid, value in report.sample_weights.items():
+            # every history starts from the initial weight, so even one update draws a line
+            first = self.start.start_step if self.start else 0
+            self.history.setdefault(sid, [[first, float(self.config.dii_init)]]).append(
+                [int(report.step), float(value)])
+        # `last` is not reset: a DII update's time counts in the step around it (amortised cost)
+
+    def _curve_point(self, report: CheckpointReport) -> None:
+        if self.val_truths and report.path and all(p[0] != report.step for p in self.val_curve):
+            t_c = time.perf_counter()
+            pred = _predict_all(self.backend.load_predictor(Path(report.path)), self.data.val)
+            ev = evaluate_masks(pred, self.val_truths, labels=_label_values(self.data.train), n_boot=10)
+            self.val_curve.append([int(report.step), float(ev["dice"])])
+            self.curve_s += time.perf_counter() - t_c
+            self.last = time.perf_counter()  # the curve's evaluation is not a training step's time
+
+
+def _train(arm: str, trace: _ArmTrace, run_dir: Path,
+           on_report: Callable[[str, Any], None] | None) -> tuple[float, float, float | None]:
+    """Run the trainer to its DoneReport; (wall seconds, peak resident MB, peak GPU MB)."""
+    data, config, backend = trace.data, trace.config, trace.backend
+    _cuda_peak_reset()
+    t0 = time.perf_counter()
+    with _PeakMemory() as mem:
+        gen = backend.train(data.train, config, run_dir)
+        trace.last = time.perf_counter()
+        command = None
+        try:
+            while True:
+                report = gen.send(command) if command is not None else next(gen)
+                command = trace.follow(report, time.perf_counter())
+                if on_report is not None:
+                    on_report(arm, report)
+                if trace.done is not None:
+                    break
+        finally:
+            gen.close()
+    return time.perf_counter() - t0, mem.peak_mb, _cuda_peak_mb()
+
+
+def _score(predictor: Any, samples: Mapping[str, Sample], labels: list[int] | None, n_boot: int,
+           seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Predictions of ``samples`` at their original resolution and their :func:`evaluate_masks`."""
+    pred = _predict_all(predictor, samples)
+    return pred, evaluate_masks(pred, {i: _truth_of(s) for i, s in samples.items()},
+                                labels=labels, n_boot=n_boot, seed=seed)
+
+
+def _weight_quality(result: dict[str, Any], trace: _ArmTrace, weak_ids: list[str], run_dir: Path) -> None:
+    """Add to ``result`` how the arm's fixed, learned (DII) and pixel weights treat corrupted labels."""
+    config, data = trace.config, trace.data
+    if config.fixed_weights is not None:
+        fw = config.fixed_weights
+        bad = [fw[i] for i in weak_ids if i in data.corrupted and i in fw]
+        good = [fw[i] for i in weak_ids if i not in data.corrupted and i in fw]
+        result["fixed_weight_mean_clean"] = float(np.mean(good)) if good else float("nan")
+        result["fixed_weight_mean_corrupted"] = float(np.mean(bad)) if bad else float("nan")
+    if config.dii and weak_ids:
+        gamma = trace.gamma
+        if not gamma:
+            gamma = _gamma_from_run_dir(run_dir)
+        corrupted_weak = {i: k for i, k in data.corrupted.items() if i in data.train}
+        result.update(gamma_quality({i: gamma[i] for i in weak_ids if i in gamma}, corrupted_weak))
+        result["gamma"] = {i: gamma[i] for i in weak_ids if i in gamma}
+        result["gamma_history"] = trace.history
+    if config.pixel_weights != "off":
+        preview = trace.preview
+        if preview is not None:
+            fix = bool(getattr(config, "pixel_weights_fix_certain", True))
+            result.update(pixel_weight_ratio(*_pixel_weight_inputs(data.train, preview, fix)))
+            result["pixel_weight_samples"] = sorted(preview.pixel_weights)
+        else:
+            result["pixel_weight_wrong_vs_right"] = float("nan")
+            result["notes"].append("the trainer sent no pixel-weight maps: pixel_weight_wrong_vs_right not measured")
+
+
 def run_arm(
     arm: str,
     data: ArmData,
@@ -87,82 +212,19 @@ def run_arm(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    step_times: list[float] = []
-    history: dict[str, list[list[float]]] = {}
-    gamma: dict[str, float] = {}
-    device, done, start = "?", None, None
-    preview: PreviewReport | None = None
     learns_pixels = config.pixel_weights != "off"
     weak_ids = [s.id for s in data.train if s.role is Role.WEAK]
     preview_ids = _pick_preview_ids(weak_ids, data.corrupted, pixel_preview, seed) if learns_pixels else []
-    val_curve: list[list[float]] = []
-    curve_s = 0.0
-    val_truths = {i: _truth_of(s) for i, s in data.val.items()} if curve and data.val else {}
-
-    _cuda_peak_reset()
-    t0 = time.perf_counter()
-    with _PeakMemory() as mem:
-        gen = backend.train(data.train, config, run_dir)
-        last = time.perf_counter()
-        command = None
-        try:
-            while True:
-                report = gen.send(command) if command is not None else next(gen)
-                command = None
-                now = time.perf_counter()
-                if isinstance(report, StartReport):
-                    device, start = report.device, report
-                    last = now  # model building and caching are not a step
-                elif isinstance(report, StepReport):
-                    step_times.append(now - last)
-                    last = now
-                    device = report.device or device
-                    # pixel-weight maps of a few weak images, as they stand after the last step
-                    if preview_ids and report.step == report.total_steps:
-                        command = RequestPreview(tuple(preview_ids))
-                elif isinstance(report, WeightsReport):
-                    gamma = dict(report.sample_weights)
-                    for sid, value in report.sample_weights.items():
-                        # every history starts from the initial weight, so even one update draws a line
-                        first = start.start_step if start else 0
-                        history.setdefault(sid, [[first, float(config.dii_init)]]).append(
-                            [int(report.step), float(value)])
-                    # `last` is not reset: a DII update's time counts in the step around it (amortised cost)
-                elif isinstance(report, PreviewReport):
-                    if report.pixel_weights:
-                        preview = report
-                elif isinstance(report, CheckpointReport):
-                    if val_truths and report.path and all(p[0] != report.step for p in val_curve):
-                        t_c = time.perf_counter()
-                        pred = _predict_all(backend.load_predictor(Path(report.path)), data.val)
-                        ev = evaluate_masks(pred, val_truths, labels=_label_values(data.train), n_boot=10)
-                        val_curve.append([int(report.step), float(ev["dice"])])
-                        curve_s += time.perf_counter() - t_c
-                        last = time.perf_counter()  # the curve's evaluation is not a training step's time
-                elif isinstance(report, DoneReport):
-                    done = report
-                if on_report is not None:
-                    on_report(arm, report)
-                if done is not None:
-                    break
-        finally:
-            gen.close()
-    train_wall = time.perf_counter() - t0
-    train_peak_mb = mem.peak_mb
-    gpu_peak = _cuda_peak_mb()
+    trace = _ArmTrace(data, config, backend, preview_ids, curve)
+    train_wall, train_peak_mb, gpu_peak = _train(arm, trace, run_dir, on_report)
+    done, start, step_times = trace.done, trace.start, trace.step_times
 
     # evaluation at each test image's original resolution
     t1 = time.perf_counter()
     predictor = backend.load_predictor(Path(done.checkpoint) if done and done.checkpoint else run_dir)
     labels = _label_values(data.train)
-    test_pred = _predict_all(predictor, data.test)
-    test_eval = evaluate_masks(test_pred, {i: _truth_of(s) for i, s in data.test.items()},
-                               labels=labels, n_boot=n_boot, seed=seed)
-    val_eval = None
-    if data.val:
-        val_pred = _predict_all(predictor, data.val)
-        val_eval = evaluate_masks(val_pred, {i: _truth_of(s) for i, s in data.val.items()},
-                                  labels=labels, n_boot=n_boot, seed=seed)
+    test_pred, test_eval = _score(predictor, data.test, labels, n_boot, seed)
+    val_eval = _score(predictor, data.val, labels, n_boot, seed)[1] if data.val else None
     eval_s = time.perf_counter() - t1
 
     result: dict[str, Any] = {
@@ -180,7 +242,7 @@ def run_arm(
         "eval_s": eval_s,
         "peak_mem_mb": train_peak_mb,
         "peak_gpu_mem_mb": gpu_peak,
-        "device": device,
+        "device": trace.device,
         "reason": done.reason if done else "no DoneReport",
         "n_train": len(data.train),
         "n_strong": len(data.train.strong),
@@ -190,28 +252,8 @@ def run_arm(
         "per_image": test_eval["per_image"],
     }
     if curve:
-        result["val_curve"] = sorted(val_curve)
-        result["curve_s"] = curve_s
-    if config.fixed_weights is not None:
-        fw = config.fixed_weights
-        bad = [fw[i] for i in weak_ids if i in data.corrupted and i in fw]
-        good = [fw[i] for i in weak_ids if i not in data.corrupted and i in fw]
-        result["fixed_weight_mean_clean"] = float(np.mean(good)) if good else float("nan")
-        result["fixed_weight_mean_corrupted"] = float(np.mean(bad)) if bad else float("nan")
-    if config.dii and weak_ids:
-        if not gamma:
-            gamma = _gamma_from_run_dir(run_dir)
-        corrupted_weak = {i: k for i, k in data.corrupted.items() if i in data.train}
-        result.update(gamma_quality({i: gamma[i] for i in weak_ids if i in gamma}, corrupted_weak))
-        result["gamma"] = {i: gamma[i] for i in weak_ids if i in gamma}
-        result["gamma_history"] = history
-    if learns_pixels:
-        if preview is not None:
-            fix = bool(getattr(config, "pixel_weights_fix_certain", True))
-            result.update(pixel_weight_ratio(*_pixel_weight_inputs(data.train, preview, fix)))
-            result["pixel_weight_samples"] = sorted(preview.pixel_weights)
-        else:
-            result["pixel_weight_wrong_vs_right"] = float("nan")
-            result["notes"].append("the trainer sent no pixel-weight maps: pixel_weight_wrong_vs_right not measured")
+        result["val_curve"] = sorted(trace.val_curve)
+        result["curve_s"] = trace.curve_s
+    _weight_quality(result, trace, weak_ids, run_dir)
     grid = {i: test_pred[i] for i in data.grid_ids if i in test_pred}
     return result, grid

@@ -150,6 +150,34 @@ def prepare_collection(
         raise ValueError(
             f"{len(missing)} image(s) have no mask (e.g. {missing[0]!r}): the benchmark needs a fully "
             "labelled dataset, since every arm is scored against true masks")
+    ids = _apply_limit(collection, settings, log)
+    thumbs = _decode_all(collection, ids, settings.dedup, log)
+    notes: list[str] = []
+    groups = _groups(collection, ids, thumbs, settings, notes)
+    # image-level tags (BUSI's classes) stratify the split, so the test set holds each class in proportion
+    strata = {s.id: "+".join(sorted(s.tags)) for s in collection if s.tags} if settings.stratify else None
+    if strata:
+        counts = {k: list(strata.values()).count(k) for k in sorted(set(strata.values()))}
+        notes.append("split stratified by image tag: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    split = split_ids(ids, seed=settings.seed, groups=groups, strata=strata)
+
+    if hybridize is None:
+        from napari_hybridseg.core.data.hybridize import make_hybrid as hybridize
+    result = hybridize(collection, strong_fraction=settings.strong_fraction, weak=settings.weak,
+                       noise=settings.noise, seed=settings.seed, ids=list(split.train))
+    if isinstance(result, Collection):
+        collection = result
+    train = [collection[i] for i in split.train]
+    strong = [s.id for s in train if s.role is Role.STRONG]
+    weak = [s.id for s in train if s.role is Role.WEAK]
+    corrupted = {s.id: s.corruption or "corrupted" for s in train if s.corrupted}
+    _check_hybrid(collection, split, train, strong, settings.strong_fraction)
+    return Prepared(collection=collection, split=split, strong=strong, weak=weak, corrupted=corrupted,
+                    notes=notes, prep_s=time.perf_counter() - t0)
+
+
+def _apply_limit(collection: Collection, settings: BenchSettings, log: Callable[[str], None]) -> list[str]:
+    """The sorted ids to use: all, or a seeded subset of ``settings.limit`` (the others removed)."""
     ids = sorted(collection.ids)
     if settings.limit is not None and settings.limit < len(ids):
         rng = np.random.default_rng(settings.seed)
@@ -159,20 +187,28 @@ def prepare_collection(
                 collection.remove(sid)
         ids = sorted(keep)
         log(f"using a seeded subset of {len(ids)} images (--limit)")
+    return ids
 
-    # decode every image once; all arms and the evaluation share these arrays
+
+def _decode_all(collection: Collection, ids: list[str], dedup: bool,
+                log: Callable[[str], None]) -> dict[str, np.ndarray]:
+    """Decode every image once (all arms and the evaluation share these arrays); thumbnails for ``dedup``."""
     thumbs: dict[str, np.ndarray] = {}
     for i, sid in enumerate(ids):
         s = collection[sid]
         img = s.load_image()
         s.meta.setdefault("shape", [int(img.shape[0]), int(img.shape[1])])
-        if settings.dedup:
+        if dedup:
             thumbs[sid] = thumbnail(img)
         if (i + 1) % 200 == 0:
             log(f"decoded {i + 1}/{len(ids)} images")
+    return thumbs
 
+
+def _groups(collection: Collection, ids: list[str], thumbs: Mapping[str, np.ndarray], settings: BenchSettings,
+            notes: list[str]) -> dict[str, str]:
+    """Groups no split may straddle: the samples' own, the groups CSV's and near-duplicate clusters."""
     groupings: list[Mapping[str, str]] = [{s.id: s.group for s in collection if s.group}]
-    notes: list[str] = []
     if settings.groups_csv:
         csv_groups = read_groups_csv(settings.groups_csv)
         by_id = {k: v for k, v in csv_groups.items() if k in collection}
@@ -192,36 +228,22 @@ def prepare_collection(
             notes.append(f"near-duplicate guard: {len(dups)} images in {len(set(dups.values()))} clusters "
                          f"(thumbnail correlation >= {settings.dedup_threshold}) kept within one part")
         groupings.append(dups)
-    groups = merge_groups(ids, *groupings)
-    # image-level tags (BUSI's classes) stratify the split, so the test set holds each class in proportion
-    strata = {s.id: "+".join(sorted(s.tags)) for s in collection if s.tags} if settings.stratify else None
-    if strata:
-        counts = {k: list(strata.values()).count(k) for k in sorted(set(strata.values()))}
-        notes.append("split stratified by image tag: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    split = split_ids(ids, seed=settings.seed, groups=groups, strata=strata)
+    return merge_groups(ids, *groupings)
 
-    if hybridize is None:
-        from napari_hybridseg.core.data.hybridize import make_hybrid as hybridize
-    result = hybridize(collection, strong_fraction=settings.strong_fraction, weak=settings.weak,
-                       noise=settings.noise, seed=settings.seed, ids=list(split.train))
-    if isinstance(result, Collection):
-        collection = result
-    train = [collection[i] for i in split.train]
-    strong = [s.id for s in train if s.role is Role.STRONG]
-    weak = [s.id for s in train if s.role is Role.WEAK]
-    corrupted = {s.id: s.corruption or "corrupted" for s in train if s.corrupted}
+
+def _check_hybrid(collection: Collection, split: Split, train: list[Sample], strong: list[str],
+                  strong_fraction: float) -> None:
+    """The hybridiser changed only the training ids, left a strong image and kept every weak truth."""
     for sid in [*split.val, *split.test]:
         if collection[sid].mask is None:
             raise RuntimeError(f"hybridisation touched held-out image {sid!r}: it must only change the train ids")
     if not strong:
         raise ValueError(f"no strong image in the training set ({len(train)} images at strong_fraction "
-                         f"{settings.strong_fraction}): raise --strong-fraction or use more images")
+                         f"{strong_fraction}): raise --strong-fraction or use more images")
     for s in train:
         if s.role is Role.WEAK and s.reference_mask is None:
             raise RuntimeError(f"weak sample {s.id!r} lost its true mask: the hybridiser must keep it as "
                                "reference_mask (all-strong and the weight metrics need it)")
-    return Prepared(collection=collection, split=split, strong=strong, weak=weak, corrupted=corrupted,
-                    notes=notes, prep_s=time.perf_counter() - t0)
 
 
 def prepare(settings: BenchSettings, *, log: Callable[[str], None] = print) -> Prepared:

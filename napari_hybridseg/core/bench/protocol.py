@@ -118,15 +118,7 @@ def run_benchmark(
     out.mkdir(parents=True, exist_ok=True)
     settings_path = out / "settings.json"
     fp = settings.fingerprint()
-    old: dict[str, Any] = {}
-    if settings_path.is_file():
-        old = json.loads(settings_path.read_text())
-        if old.get("fingerprint") != fp:
-            keys = [k for k, v in settings.to_dict().items()
-                    if k not in ("out", "arms", "grid_images", "note") and old.get(k) != v and k != "dataset"]
-            raise ValueError(
-                f"{out} holds a benchmark run with different settings ({', '.join(keys) or 'dataset'} differ); "
-                "use another --out, or delete the folder to start over")
+    old = _recorded_settings(settings, settings_path, fp)
     done_arms = [a for a in settings.arms if arm_file(out, a).is_file()]
     todo = [a for a in settings.arms if a not in done_arms]
     for a in done_arms:
@@ -141,48 +133,15 @@ def run_benchmark(
     if backend is None:
         values = [0] + sorted(c.value for c in prepared.collection.classes)
         backend = default_backend(settings.device, values)
-    base = settings.base_config()
-    n_fg = prepared.collection.num_classes
-    base = base.replace(model=base.model.replace(classes=n_fg + 1))
-    if settings.weak == "tag" and base.model.aux_classes == 0:
-        # tags train the auxiliary image-level head (METHOD.md section 3)
-        base = base.replace(model=base.model.replace(aux_classes=n_fg))
-
+    base = _base_config(settings, prepared)
     split_path = out / "split.json"
     record = prepared.split_record()
-    if split_path.is_file():
-        old_split = json.loads(split_path.read_text())
-        if any(old_split.get(k) != record.get(k) for k in ("train", "val", "test", "strong", "weak", "corrupted")):
-            raise RuntimeError(f"{out}: the split or the label budget came out differently from the recorded one; "
-                               "the finished arms cannot be reused: use another --out")
-    train = prepared.train
-    if settings.pre_resize:
-        t_rs = time.perf_counter()
-        size = int(base.model.input_size)
-        train = _copy_collection(train, [resized_sample(s, size) for s in train])
-        for sid in prepared.split.train:  # the full-size pixels are not needed any more (can be re-read)
-            if prepared.collection[sid].image_path is not None:
-                prepared.collection[sid].image = None
-        log(f"resized {len(train)} training images to {size} px once for all arms "
-            f"({time.perf_counter() - t_rs:.1f} s)")
+    _check_split(out, split_path, record)
+    train = _training_set(settings, prepared, base, log)
+    base, calibration = _step_budget(settings, old, base, train, prepared, backend, todo, t_begin,
+                                     settings_path, log)
 
-    # the step budget: given, recorded by an earlier (interrupted) run, or calibrated to the time budget
-    calibration = old.get("calibration")
-    budget_min = settings.budget_min if settings.budget_min is not None else BENCH_BUDGET_MIN.get(settings.preset)
-    if settings.steps is None and old.get("steps_used"):
-        base = base.replace(steps=int(old["steps_used"]))
-        log(f"steps per arm: {base.steps} (as recorded in {settings_path})")
-    elif settings.steps is None and budget_min:
-        left = budget_min * 60.0 - (time.perf_counter() - t_begin)  # import and decoding already spent
-        steps, calibration = calibrate_steps(
-            train, base, backend, todo, budget_s=max(60.0, left), run_dir=None,
-            n_eval=len(prepared.split.test) + len(prepared.split.val), log=log)
-        base = base.replace(steps=steps)
-
-    rng = np.random.default_rng(settings.seed)
-    test_sorted = sorted(prepared.split.test)
-    grid_ids = sorted(rng.choice(test_sorted, size=min(settings.grid_images, len(test_sorted)),
-                                 replace=False).tolist())
+    grid_ids = _grid_ids(settings, prepared)
     record["grid"] = grid_ids
     write_json(split_path, record)
     write_json(settings_path, {**settings.to_dict(), "fingerprint": fp, "base_config": base.to_dict(),
@@ -197,26 +156,9 @@ def run_benchmark(
         log(f"{arm}: training ({base.steps} steps)")
         data = ArmData(train=arm_collection(train, arm), test=test, val=val,
                        corrupted=prepared.corrupted, grid_ids=grid_ids)
-        try:
-            cfg = arm_config(base, arm, weak_ids=prepared.weak, corrupted=prepared.corrupted)
-            curve = arm in CURVE_ARMS and settings.curve_points > 0 and bool(val)
-            if curve:  # a checkpoint every steps / curve_points steps, each scored on the validation images
-                cfg = cfg.replace(checkpoint_every=max(1, base.steps // settings.curve_points))
-            result, grid = run_arm(arm, data, cfg, out / "runs" / arm.replace("+", "_"), backend,
-                                   on_report=on_report, n_boot=settings.n_boot, seed=settings.seed, curve=curve)
-        except (ValueError, RuntimeError) as exc:
-            # one arm the engine cannot run yet must not cost the others; rerunning retries it
-            atomic_write_text(out / "arms" / f"{arm.replace('+', '_')}.error.txt", f"{exc}\n")
-            log(f"{arm}: FAILED: {exc}")
+        result = _run_one_arm(arm, data, settings, prepared, base, backend, out, on_report, log)
+        if result is None:
             continue
-        (out / "arms" / f"{arm.replace('+', '_')}.error.txt").unlink(missing_ok=True)
-        if settings.pre_resize:
-            _restore_train_scale(out / "runs" / arm.replace("+", "_"), data.train, int(base.model.input_size))
-        _save_grid_predictions(out, arm, grid)
-        write_json(arm_file(out, arm), result)
-        log(f"{arm}: Dice {result['dice']:.3f} [{result['dice_ci'][0]:.3f}, {result['dice_ci'][1]:.3f}], "
-            f"{result['sec_per_step']:.3f} s/step, {result['wall_s']:.0f} s -> {arm_file(out, arm)}")
-        write_json(out / "results.json", collect_results(out, targets=False))
         rest = todo[todo.index(arm) + 1:]
         if rest and result["steps"]:
             unit = result["train_s"] / result["steps"] / COST_FACTOR[arm]
@@ -226,6 +168,107 @@ def run_benchmark(
     results = collect_results(out)
     write_json(out / "results.json", results)
     return results
+
+
+def _recorded_settings(settings: BenchSettings, settings_path: Path, fp: str) -> dict[str, Any]:
+    """The settings an earlier run recorded in ``settings_path`` ({} if none); ValueError if they differ."""
+    old: dict[str, Any] = {}
+    if settings_path.is_file():
+        old = json.loads(settings_path.read_text())
+        if old.get("fingerprint") != fp:
+            keys = [k for k, v in settings.to_dict().items()
+                    if k not in ("out", "arms", "grid_images", "note") and old.get(k) != v and k != "dataset"]
+            raise ValueError(
+                f"{settings_path.parent} holds a benchmark run with different settings "
+                f"({', '.join(keys) or 'dataset'} differ); use another --out, or delete the folder to start over")
+    return old
+
+
+def _base_config(settings: BenchSettings, prepared: Prepared) -> TrainConfig:
+    """The settings' base config with the dataset's classes (and, for tags, the image-level head)."""
+    base = settings.base_config()
+    n_fg = prepared.collection.num_classes
+    base = base.replace(model=base.model.replace(classes=n_fg + 1))
+    if settings.weak == "tag" and base.model.aux_classes == 0:
+        # tags train the auxiliary image-level head (METHOD.md section 3)
+        base = base.replace(model=base.model.replace(aux_classes=n_fg))
+    return base
+
+
+def _check_split(out: Path, split_path: Path, record: dict[str, Any]) -> None:
+    if split_path.is_file():
+        old_split = json.loads(split_path.read_text())
+        if any(old_split.get(k) != record.get(k) for k in ("train", "val", "test", "strong", "weak", "corrupted")):
+            raise RuntimeError(f"{out}: the split or the label budget came out differently from the recorded one; "
+                               "the finished arms cannot be reused: use another --out")
+
+
+def _training_set(settings: BenchSettings, prepared: Prepared, base: TrainConfig,
+                  log: Callable[[str], None]) -> Collection:
+    """The hybrid training set every arm starts from; with ``pre_resize``, resized once to the training size."""
+    train = prepared.train
+    if settings.pre_resize:
+        t_rs = time.perf_counter()
+        size = int(base.model.input_size)
+        train = _copy_collection(train, [resized_sample(s, size) for s in train])
+        for sid in prepared.split.train:  # the full-size pixels are not needed any more (can be re-read)
+            if prepared.collection[sid].image_path is not None:
+                prepared.collection[sid].image = None
+        log(f"resized {len(train)} training images to {size} px once for all arms "
+            f"({time.perf_counter() - t_rs:.1f} s)")
+    return train
+
+
+def _step_budget(settings: BenchSettings, old: dict[str, Any], base: TrainConfig, train: Collection,
+                 prepared: Prepared, backend: Backend, todo: list[str], t_begin: float, settings_path: Path,
+                 log: Callable[[str], None]) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """The step budget: given, recorded by an earlier (interrupted) run, or calibrated to the time budget."""
+    calibration = old.get("calibration")
+    budget_min = settings.budget_min if settings.budget_min is not None else BENCH_BUDGET_MIN.get(settings.preset)
+    if settings.steps is None and old.get("steps_used"):
+        base = base.replace(steps=int(old["steps_used"]))
+        log(f"steps per arm: {base.steps} (as recorded in {settings_path})")
+    elif settings.steps is None and budget_min:
+        left = budget_min * 60.0 - (time.perf_counter() - t_begin)  # import and decoding already spent
+        steps, calibration = calibrate_steps(
+            train, base, backend, todo, budget_s=max(60.0, left), run_dir=None,
+            n_eval=len(prepared.split.test) + len(prepared.split.val), log=log)
+        base = base.replace(steps=steps)
+    return base, calibration
+
+
+def _grid_ids(settings: BenchSettings, prepared: Prepared) -> list[str]:
+    """The test images shown in the prediction grid (seeded)."""
+    rng = np.random.default_rng(settings.seed)
+    test_sorted = sorted(prepared.split.test)
+    return sorted(rng.choice(test_sorted, size=min(settings.grid_images, len(test_sorted)), replace=False).tolist())
+
+
+def _run_one_arm(arm: str, data: ArmData, settings: BenchSettings, prepared: Prepared, base: TrainConfig,
+                 backend: Backend, out: Path, on_report: Callable[[str, Any], None] | None,
+                 log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Train and score one arm and write its files; None (and an error file) if the engine cannot run it."""
+    try:
+        cfg = arm_config(base, arm, weak_ids=prepared.weak, corrupted=prepared.corrupted)
+        curve = arm in CURVE_ARMS and settings.curve_points > 0 and bool(data.val)
+        if curve:  # a checkpoint every steps / curve_points steps, each scored on the validation images
+            cfg = cfg.replace(checkpoint_every=max(1, base.steps // settings.curve_points))
+        result, grid = run_arm(arm, data, cfg, out / "runs" / arm.replace("+", "_"), backend,
+                               on_report=on_report, n_boot=settings.n_boot, seed=settings.seed, curve=curve)
+    except (ValueError, RuntimeError) as exc:
+        # one arm the engine cannot run yet must not cost the others; rerunning retries it
+        atomic_write_text(out / "arms" / f"{arm.replace('+', '_')}.error.txt", f"{exc}\n")
+        log(f"{arm}: FAILED: {exc}")
+        return None
+    (out / "arms" / f"{arm.replace('+', '_')}.error.txt").unlink(missing_ok=True)
+    if settings.pre_resize:
+        _restore_train_scale(out / "runs" / arm.replace("+", "_"), data.train, int(base.model.input_size))
+    _save_grid_predictions(out, arm, grid)
+    write_json(arm_file(out, arm), result)
+    log(f"{arm}: Dice {result['dice']:.3f} [{result['dice_ci'][0]:.3f}, {result['dice_ci'][1]:.3f}], "
+        f"{result['sec_per_step']:.3f} s/step, {result['wall_s']:.0f} s -> {arm_file(out, arm)}")
+    write_json(out / "results.json", collect_results(out, targets=False))
+    return result
 
 
 def _update_baselines(out: Path, train: Collection, prepared: Prepared, base: TrainConfig, backend: Backend,
