@@ -80,3 +80,18 @@ def test_bench_set_refuses_an_unknown_setting_in_one_line(tmp_path, capsys):
                  "--set", "learning_speed=9"]) == 2
     err = capsys.readouterr().err
     assert "learning_speed" in err and "Traceback" not in err
+
+
+def test_the_cli_offers_the_benchmarks_own_arms_presets_and_layouts():
+    from napari_hybridseg.cli import bench_cmd, speed_cmd, train_cmd
+    from napari_hybridseg.core import bench
+    from napari_hybridseg.core.bench import arms, presets
+    from napari_hybridseg.core.data.importers import LAYOUTS as IMPORT_LAYOUTS
+    from napari_hybridseg.core.training.config import ARCHITECTURES
+    from napari_hybridseg.core.training.config import PRESETS as CONFIG_PRESETS
+
+    assert bench_cmd.ARMS is bench.ARMS is P.ARMS is arms.ARMS == tuple(arms.ARM_SWITCHES)
+    assert set(bench_cmd.PRESETS) == set(presets.BENCH_PRESETS) | set(presets.ALIASES)
+    assert set(bench_cmd.LAYOUTS) <= set(IMPORT_LAYOUTS) and "images" not in bench_cmd.LAYOUTS
+    assert speed_cmd.ARMS is arms.SPEED_ARMS
+    assert train_cmd.ARCHS is ARCHITECTURES and set(train_cmd.PRESETS) == set(CONFIG_PRESETS)

@@ -15,9 +15,8 @@ import shlex
 import sys
 from pathlib import Path
 
-# the arms and presets are repeated here (not imported) so that `hybridseg --help` stays light
-ARMS = ("strong-only", "naive", "fixed", "dii", "oracle", "dii+dcr", "full", "all-strong")
-PRESETS = ("quick", "standard", "gpu", "cpu-quick")  # cpu-quick: the old name of quick
+from napari_hybridseg.core.bench.arms import ARMS, LAYOUTS
+from napari_hybridseg.core.bench.arms import PRESET_NAMES as PRESETS  # light: no numpy, no torch
 
 
 def _int_list(value: str) -> tuple[int, ...]:
@@ -63,7 +62,7 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("dataset", metavar="DATASET", nargs="?", help="dataset folder (fully labelled)")
-    p.add_argument("--layout", choices=("kvasir", "folder", "busi"), help="dataset layout (required to run)")
+    p.add_argument("--layout", choices=LAYOUTS, help="dataset layout (required to run)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumes if it holds a run)")
     p.add_argument("--preset", default="quick", choices=PRESETS,
                    help="quick (old name cpu-quick): 128 px Unet/EfficientNet-Lite0 (ImageNet), steps calibrated "
@@ -170,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"report: {path}")
         return 0
     if args.dataset is None or args.layout is None:
-        raise CLIError("give the DATASET folder and its --layout {kvasir,folder,busi} (only --report-only "
+        raise CLIError(f"give the DATASET folder and its --layout {{{','.join(LAYOUTS)}}} (only --report-only "
                        "works without them)")
     if not Path(args.dataset).is_dir():
         raise CLIError(f"{args.dataset}: dataset folder not found")

@@ -11,9 +11,8 @@ for the earlier from-scratch network) and times each arm through the real traine
   amortised over tau steps: ``amortised = median step + update / tau``, tau
   from the trainer's rule for the synthetic set (``--tau`` to change).
 
-To add an arm, append to :data:`ARMS` (a name and the TrainConfig fields it
-changes); e.g. the pixel-weights row is
-``Arm("pixel weights", {"dii": True, "dcr": False, "pixel_weights": "exact"})``.
+The rows are :data:`napari_hybridseg.core.bench.arms.SPEED_ARMS` (with the benchmark's
+arms, in one place); add a row there.
 """
 
 from __future__ import annotations
@@ -22,26 +21,12 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from napari_hybridseg.core.bench.arms import SPEED_ARMS
 
-@dataclass(frozen=True)
-class Arm:
-    """One row of the table: a name and the TrainConfig fields it sets."""
-
-    name: str
-    settings: dict = field(default_factory=dict)
-
-
-ARMS: list[Arm] = [
-    Arm("one network", {"dii": False, "dcr": False}),
-    Arm("one network + DII", {"dii": True, "dcr": False}),
-    Arm("DCR (two networks)", {"dii": False, "dcr": True}),
-    Arm("DCR + DII", {"dii": True, "dcr": True}),
-    Arm("DCR + DII + pixel weights", {"dii": True, "dcr": True, "pixel_weights": "exact"}),
-    Arm("  same, PLE consistency", {"dii": True, "dcr": True, "pixel_weights": "exact", "ple_consistency": True}),
-]
+# the rows live with the benchmark's arms (one list of arms); light to import
+ARMS = SPEED_ARMS
 
 
 def register(subparsers) -> None:

@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 from napari_hybridseg.cli import CLIError
+from napari_hybridseg.core.training.config import ARCHITECTURES as ARCHS  # pure dataclasses: --help stays light
+from napari_hybridseg.core.training.config import PRESETS as _CONFIG_PRESETS
 
-ARCHS = ("Unet", "UnetPlusPlus", "DeepLabV3Plus")  # repeated from core.config to keep --help light
-PRESETS = ("cpu-quick", "gpu")
+PRESETS = tuple(_CONFIG_PRESETS)
 
 
 def _positive(text: str) -> int:

@@ -7,6 +7,7 @@ its choices.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .presets import ALIASES, BENCH_PRESETS
@@ -14,10 +15,28 @@ from .presets import ALIASES, BENCH_PRESETS
 if TYPE_CHECKING:
     from napari_hybridseg.core.training.config import TrainConfig
 
-__all__ = ["ARMS", "CONTROL_ARMS", "CURVE_ARMS", "DII_ARMS", "LAYOUTS", "PRESET_NAMES", "arm_config"]
+__all__ = ["ARMS", "ARM_SWITCHES", "CONTROL_ARMS", "CURVE_ARMS", "DII_ARMS", "LAYOUTS", "PRESET_NAMES", "SPEED_ARMS",
+           "Arm", "arm_config"]
+
+_OFF = {"dii": False, "dcr": False, "pixel_weights": "off", "ple": False, "teacher": False}
+
+#: Each arm's TrainConfig method switches (every method term set, on or off), in the order the arms run
+#: and appear in the report.
+ARM_SWITCHES: dict[str, dict[str, Any]] = {
+    "strong-only": _OFF,
+    # naive trusts every weak label fully: weights fixed at 1 (the trainer uses 1 for every row when DII
+    # is off; dii_init 1.0 keeps older trainers, which held gamma at dii_init, doing the same)
+    "naive": {**_OFF, "dii_init": 1.0},
+    "fixed": _OFF,
+    "dii": {**_OFF, "dii": True},
+    "oracle": _OFF,
+    "dii+dcr": {**_OFF, "dii": True, "dcr": True},
+    "full": {"dii": True, "dcr": True, "pixel_weights": "exact", "ple": True, "teacher": True},
+    "all-strong": _OFF,
+}
 
 #: The arms, in the order they run and appear in the report.
-ARMS = ("strong-only", "naive", "fixed", "dii", "oracle", "dii+dcr", "full", "all-strong")
+ARMS = tuple(ARM_SWITCHES)
 
 #: Arms that learn DII's per-image weights.
 DII_ARMS = ("dii", "dii+dcr", "full")
@@ -37,6 +56,28 @@ PRESET_NAMES = (*BENCH_PRESETS, *ALIASES)
 LAYOUTS = ("kvasir", "folder", "busi")
 
 
+@dataclass(frozen=True)
+class Arm:
+    """One row of ``hybridseg speed``'s step-time table: a name and the TrainConfig fields it sets."""
+
+    name: str
+    settings: dict = field(default_factory=dict)
+
+
+#: The step-time rows of ``hybridseg speed`` (``cli/speed_cmd.py``). Unlike :data:`ARM_SWITCHES` they set
+#: only the fields named, on top of TrainConfig's defaults (PLE and the teacher stay as the defaults say),
+#: because they time what each method term adds. To add a row, append (e.g. the pixel-weights row is
+#: ``Arm("pixel weights", {"dii": True, "dcr": False, "pixel_weights": "exact"})``).
+SPEED_ARMS: tuple[Arm, ...] = (
+    Arm("one network", {"dii": False, "dcr": False}),
+    Arm("one network + DII", {"dii": True, "dcr": False}),
+    Arm("DCR (two networks)", {"dii": False, "dcr": True}),
+    Arm("DCR + DII", {"dii": True, "dcr": True}),
+    Arm("DCR + DII + pixel weights", {"dii": True, "dcr": True, "pixel_weights": "exact"}),
+    Arm("  same, PLE consistency", {"dii": True, "dcr": True, "pixel_weights": "exact", "ple_consistency": True}),
+)
+
+
 def arm_config(base: TrainConfig, arm: str, *, weak_ids: Iterable[str] | None = None,
                corrupted: Mapping[str, Any] | Iterable[str] | None = None) -> TrainConfig:
     """The TrainConfig of one arm: ``base`` with only the method switches changed.
@@ -47,22 +88,9 @@ def arm_config(base: TrainConfig, arm: str, *, weak_ids: Iterable[str] | None = 
     holds every weak weight at ``base.dii_init`` (DII's starting value),
     ``oracle`` at 0 for a corrupted weak label and 1 for a clean one.
     """
-    off = {"dii": False, "dcr": False, "pixel_weights": "off", "ple": False, "teacher": False}
-    switches = {
-        "strong-only": off,
-        # naive trusts every weak label fully: weights fixed at 1 (the trainer uses 1 for every row when DII
-        # is off; dii_init 1.0 keeps older trainers, which held gamma at dii_init, doing the same)
-        "naive": {**off, "dii_init": 1.0},
-        "fixed": off,
-        "dii": {**off, "dii": True},
-        "oracle": off,
-        "dii+dcr": {**off, "dii": True, "dcr": True},
-        "full": {"dii": True, "dcr": True, "pixel_weights": "exact", "ple": True, "teacher": True},
-        "all-strong": off,
-    }
-    if arm not in switches:
+    if arm not in ARM_SWITCHES:
         raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
-    cfg = base.replace(**switches[arm])
+    cfg = base.replace(**ARM_SWITCHES[arm])
     if arm in CONTROL_ARMS:
         if weak_ids is None:
             raise ValueError(f"the {arm!r} arm needs the weak ids (and which are corrupted) to fix their weights")
