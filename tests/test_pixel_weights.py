@@ -394,33 +394,6 @@ def test_wrong_weak_pixels_end_with_far_less_weight_than_right_ones():
     assert wrong_mean < 0.2 * right_mean, (wrong_mean, right_mean)
 
 
-# -- the measurement script ---------------------------------------------------------------------
-def test_speed_script_times_the_plain_and_exact_steps():
-    pytest.importorskip("segmentation_models_pytorch")
-    from napari_hybridseg.core.pw_speed import measure
-
-    res = measure(("plain", "exact-shared"), size=64, batch=4, n_strong=2, warmup=0, steps=1)
-    assert set(res) == {"plain", "exact-shared"}
-    assert all(wall > 0 and cpu > 0 for wall, cpu in res.values())
-    with pytest.raises(ValueError, match="unknown mode"):
-        measure(("fast",))
-
-
-def test_quality_experiment_reports_weight_mass_on_corrupted_box_pixels():
-    from napari_hybridseg.core.pw_speed import box_collection, quality_run
-
-    d = box_collection(seed=0)
-    assert d["corrupted"].any() and d["wrong"].any()
-    # outside every box is certain background, and y~ there is background
-    assert (d["init"][d["certain"]] == 0).all()
-    res = quality_run(steps=2, seed=0, teacher="mse", last_layer_every=1)
-    assert 0 < res["wrong_share"] < 1 and 0 <= res["dice_test"] <= 1
-    assert not res["w_mass_on_wrong"] > 1 and not res["w_mass_on_wrong"] < 0  # NaN when no weight was positive
-    assert -1 <= res["last_layer_corr"] <= 1
-    base = quality_run(weights="uniform", steps=1, seed=0)
-    assert base["w_mass_on_wrong"] == pytest.approx(base["wrong_share"], rel=1e-5)
-
-
 # -- the trainer's one pixel-weight path: the step's term, alone ----------------------------------
 def _mixed_batch():
     from types import SimpleNamespace

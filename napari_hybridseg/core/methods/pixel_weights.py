@@ -47,7 +47,7 @@ its own forward)::
   instead of a second forward ("sharing the dual forward"). With
   ``update_buffers=True`` the BatchNorm running statistics are updated exactly
   as an ordinary train-mode forward would.
-* **cost per step** (measured by ``core/pw_speed.py``): one backward of the
+* **cost per step** (measured by ``benchmarks/pw_speed.py``): one backward of the
   unweighted terms (only with ``virtual_loss_fn``), one forward + backward of
   the meta loss on the strong batch at theta', and one dual (JVP) forward of
   the weak batch, which replaces the real step's forward.

@@ -1,6 +1,6 @@
 """Step-time measurement of the pixel weights: a plain step vs exact (JVP) weights vs the unrolled original.
 
-Run ``python -m napari_hybridseg.core.pw_speed`` (defaults: smp Unet/resnet18,
+Run ``python benchmarks/pw_speed.py`` from the repository root (defaults: smp Unet/resnet18,
 128 px, batch 8 of which 2 strong, fp32, 2 warm-up + 5 timed steps per mode).
 It prints the median seconds per step of each mode and its ratio to the plain
 step. Figures taken while other jobs share the CPU are disturbed: say so when
@@ -140,7 +140,7 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m napari_hybridseg.core.pw_speed",
+    parser = argparse.ArgumentParser(prog="python benchmarks/pw_speed.py",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="Unet")
     parser.add_argument("--encoder", default="resnet18")
