@@ -256,9 +256,9 @@ def test_arms_share_architecture_size_steps_and_seed_and_differ_in_method_only()
     cfgs = {a: P.arm_config(base, a, weak_ids=["w1", "w2"], corrupted={"w2": "shifted"}) for a in P.ARMS}
     shared = {(c.model.to_dict().__repr__(), c.steps, c.batch_size, c.seed, c.lr) for c in cfgs.values()}
     assert len(shared) == 1
-    assert cfgs["naive"].dii is False and cfgs["naive"].dcr is False
-    assert cfgs["dii"].dii is True and cfgs["dii"].dcr is False
-    assert cfgs["dii+dcr"].dcr is True and cfgs["dii+dcr"].pixel_weights == "off"
+    assert cfgs["naive"].dii.enabled is False and cfgs["naive"].dcr.enabled is False
+    assert cfgs["dii"].dii.enabled is True and cfgs["dii"].dcr.enabled is False
+    assert cfgs["dii+dcr"].dcr.enabled is True and cfgs["dii+dcr"].pixel_weights == "off"
     assert cfgs["full"].pixel_weights == "exact" and cfgs["full"].ple and cfgs["full"].teacher
     assert cfgs["naive"].dii_init == 1.0  # naive trusts every weak label fully
     assert cfgs["dii"].dii_init == base.dii_init
@@ -380,7 +380,7 @@ def test_rerun_with_the_same_out_skips_finished_arms(tmp_path):
     settings2 = _settings(tmp_path, arms=("naive", "dii", "full"))
     logs: list[str] = []
     res = P.run_benchmark(settings2, backend=fake_backend(again), prepared=_prepared(settings2), log=logs.append)
-    assert len(again.calls) == 1 and again.calls[0][1]["pixel_weights"] == "exact"
+    assert len(again.calls) == 1 and again.calls[0][1]["pixel"]["mode"] == "exact"
     assert done.stat().st_mtime_ns == stamp
     assert set(res["arms"]) == {"naive", "dii", "full"}
     assert any("naive: already finished" in m for m in logs)

@@ -72,7 +72,7 @@ def test_bench_set_passes_training_settings_to_every_arm_and_records_them(folder
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["overrides"] == {"pixel_weights_fix_certain": True, "cps_lambda": 2.5}
-    assert results["settings"]["base_config"]["pixel_weights_fix_certain"] is True
+    assert results["settings"]["base_config"]["pixel"]["fix_certain"] is True
 
 
 def test_bench_set_refuses_an_unknown_setting_in_one_line(tmp_path, capsys):

@@ -42,8 +42,8 @@ def test_arm_config_gives_fixed_the_initial_weight_and_oracle_zero_for_corrupted
     corrupted = {"b": "shifted", "d": "inflated"}
     fixed = P.arm_config(base, "fixed", weak_ids=weak, corrupted=corrupted)
     oracle = P.arm_config(base, "oracle", weak_ids=weak, corrupted=corrupted)
-    assert fixed.dii is False and fixed.fixed_weights == {k: 0.5 for k in weak}
-    assert oracle.dii is False and oracle.fixed_weights == {"a": 1.0, "b": 0.0, "c": 1.0, "d": 0.0}
+    assert fixed.dii.enabled is False and fixed.fixed_weights == {k: 0.5 for k in weak}
+    assert oracle.dii.enabled is False and oracle.fixed_weights == {"a": 1.0, "b": 0.0, "c": 1.0, "d": 0.0}
     # the same network, steps and seed as the other arms; only the method switches differ
     naive = P.arm_config(base, "naive", weak_ids=weak, corrupted=corrupted)
     for cfg in (fixed, oracle):
@@ -76,5 +76,5 @@ def test_fixed_weights_need_dii_off_and_values_in_unit_range(tmp_path: Path):
     coll = make_collection(n_strong=2, n_weak=2)
     with pytest.raises(ValueError, match="dii off"):
         train(coll, _tiny(dii=True, fixed_weights={"w0": 0.5}))
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):  # a ConfigError when the config is built
         train(coll, _tiny(fixed_weights={"w0": 1.5}))

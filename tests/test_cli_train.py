@@ -116,3 +116,20 @@ def test_speed_prints_a_row_per_arm_and_writes_json(tmp_path, capsys):
     assert [r["arm"] for r in rows] == ["one network", "one network + DII"]
     assert rows[0]["dii_update_s"] is None and rows[1]["dii_update_s"] > 0
     assert rows[1]["amortised_step_s"] > rows[1]["median_step_s"]
+
+
+def test_train_set_overrides_any_setting_after_the_options_and_names_a_bad_one(tmp_path, capsys):
+    import argparse
+
+    from napari_hybridseg.cli import CLIError, train_cmd
+
+    parser = argparse.ArgumentParser()
+    train_cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["train", str(tmp_path), "--out", str(tmp_path / "r"), "--steps", "5", "--no-dii",
+                              "--set", "dii.tau=3", "--set", "model.input_size=64", "--set", "cps_lambda=1.5"])
+    cfg = train_cmd.build_config(args)
+    assert (cfg.steps, cfg.dii.enabled, cfg.dii.tau, cfg.model.input_size, cfg.dcr.cps_lambda) == (5, False, 3, 64, 1.5)
+    args.set_ = ["optim.lr_schedule=cosine"]
+    with pytest.raises(CLIError, match="optim.lr_schedule.*'poly' or 'constant'"):
+        train_cmd.build_config(args)
+    assert "weight 1" in parser._subparsers._group_actions[0].choices["train"].format_help()

@@ -112,26 +112,15 @@ def register(subparsers) -> None:
 
 
 def _settings(items: list[str]) -> dict:
-    """``KEY=VALUE`` strings -> TrainConfig overrides; values read as JSON (true, 0.5, "x") or taken as text."""
-    import dataclasses
-    import json
-
+    """``KEY=VALUE`` strings -> TrainConfig overrides (``core.training.config.parse_overrides``)."""
     from napari_hybridseg.cli import CLIError
-    from napari_hybridseg.core.training.config import TrainConfig
+    from napari_hybridseg.core.errors import ConfigError
+    from napari_hybridseg.core.training.config import parse_overrides
 
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"model"}
-    out: dict = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or key not in fields:
-            raise CLIError(f"--set {item}: give KEY=VALUE with KEY a training setting "
-                           f"(e.g. pixel_weights_fix_certain, box_pairwise_weight, cps_lambda)")
-        try:
-            out[key] = json.loads(text)
-        except json.JSONDecodeError:
-            out[key] = text
-    return out
+    try:
+        return parse_overrides(items)
+    except ConfigError as exc:
+        raise CLIError(f"--set: {exc}") from exc
 
 
 def _progress():

@@ -71,7 +71,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=("auto", "fp32"), default="auto",
                    help="auto: bf16 autocast on CPUs that have it, fp16 AMP on CUDA (default); fp32")
-    p.add_argument("--no-dii", action="store_true", help="no learned per-image weights (every weak image at 0.5)")
+    p.add_argument("--no-dii", action="store_true", help="no learned per-image weights (every weak image at weight 1)")
     p.add_argument("--dii-scorer", choices=("last-layer", "jvp"), help="DII scorer (default: last-layer)")
     p.add_argument("--dii-tau", type=_positive, help="steps between DII updates (default: scaled to the data)")
     p.add_argument("--no-dcr", action="store_true", help="one network instead of two co-regularised ones")
@@ -84,6 +84,10 @@ def register(subparsers) -> None:
                    help="write a checkpoint every N steps (default 100), besides the timed ones and the last one")
     p.add_argument("--checkpoint-minutes", type=_minutes, metavar="M",
                    help="and at most M minutes of wall time apart (default 5; 0: off), so a killed run loses little")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_",
+                   help="any training setting, applied after the options above (repeatable): dotted for "
+                        "sub-configs (dii.lr=0.2, pixel.teacher=false, model.encoder=...) or an old flat name "
+                        "(cps_lambda=2); VALUE is read as JSON, else as text")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (its model and weights)")
     p.add_argument("--force", action="store_true", help="overwrite a run already in --out")
     p.add_argument("--no-save-weights", action="store_true",
@@ -111,7 +115,8 @@ def register(subparsers) -> None:
 
 def build_config(args: argparse.Namespace):
     """The TrainConfig of a parsed ``train`` command line."""
-    from napari_hybridseg.core.training.config import preset
+    from napari_hybridseg.core.errors import ConfigError
+    from napari_hybridseg.core.training.config import apply_overrides, preset
 
     cfg = preset(args.preset)
     model = cfg.model
@@ -136,7 +141,10 @@ def build_config(args: argparse.Namespace):
         changes["dii"] = False
     if args.no_dcr:
         changes["dcr"] = False
-    return cfg.replace(**changes)
+    try:
+        return apply_overrides(cfg.replace(**changes), getattr(args, "set_", None) or [])
+    except ConfigError as exc:
+        raise CLIError(f"{exc}") from exc
 
 
 def _load(project: Path):

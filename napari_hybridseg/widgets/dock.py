@@ -326,8 +326,7 @@ class HybridSegWidget(QWidget):
             _notify("error", f"Cannot save the project before training: {exc}. Check the folder is writable.")
             return False
         coll = self.session.collection
-        config = self.train_panel.config(num_classes=coll.num_classes,
-                                         aux_classes=coll.num_classes if coll.tag_defs else 0)
+        config = self.train_panel.config(coll)
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         base = (self.session.project_path / "runs") if self.session.project_path else \
             Path(tempfile.mkdtemp(prefix="hybridseg-runs-"))

@@ -6,7 +6,14 @@ from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QGroupBox, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from napari_hybridseg.core.training.config import ARCHITECTURES, PRESETS, TrainConfig, preset
+from napari_hybridseg.core.training.config import (
+    ARCHITECTURES,
+    PRESETS,
+    TrainConfig,
+    apply_overrides,
+    model_classes,
+    preset,
+)
 from napari_hybridseg.core.training.reports import StartReport, StepReport
 
 from .plots import LinePlot
@@ -79,11 +86,11 @@ class TrainPanel(QWidget):
                                   tooltip="Images per step; lower it if training runs out of memory")
         self.device = ComboBox(label="device", choices=list(DEVICES), value="auto",
                                tooltip="auto: CUDA GPU, else Apple MPS, else CPU")
-        self.dii = CheckBox(text="per-image weights (DII)", value=base.dii,
+        self.dii = CheckBox(text="per-image weights (DII)", value=base.dii.enabled,
                             tooltip="Learn how much to trust each weak image (Dynamic Instance Indicator)")
-        self.dcr = CheckBox(text="co-regularization (DCR)", value=base.dcr,
+        self.dcr = CheckBox(text="co-regularization (DCR)", value=base.dcr.enabled,
                             tooltip="Two networks teach each other on mixed images (dynamic co-regularization)")
-        self.pixel_weights = CheckBox(text="pixel weights (MLB-Seg)", value=base.pixel_weights != "off",
+        self.pixel_weights = CheckBox(text="pixel weights (MLB-Seg)", value=base.pixel.mode != "off",
                                       tooltip="Learn per-pixel trust in the weak label vs the model (MLB-Seg)")
         self.resume = CheckBox(text="continue from the last model", value=True,
                                tooltip="Start from the last run's weights instead of from scratch")
@@ -96,6 +103,8 @@ class TrainPanel(QWidget):
         self.preset.changed.connect(self.apply_preset)
         #: settings the form does not show (tests and the demo use tiny runs)
         self.extra: dict = {}
+        #: advanced settings as ``KEY=VALUE`` strings (dotted: ``dii.lr=0.2``), applied last
+        self.overrides: list[str] = []
 
         self.train_btn = QPushButton("Train")
         self.train_btn.setMinimumHeight(32)
@@ -128,20 +137,28 @@ class TrainPanel(QWidget):
         self.batch_size.value = cfg.batch_size
         self.device.value = "cuda" if name == "gpu" else "auto"
 
-    def config(self, num_classes: int = 1, aux_classes: int = 0) -> TrainConfig:
-        """The TrainConfig the form describes (plus :attr:`extra`)."""
+    def config(self, collection=None) -> TrainConfig:
+        """The TrainConfig the form describes, then :attr:`extra` and :attr:`overrides` (advanced settings).
+
+        ``collection``: the model's ``classes``/``aux_classes`` come from it
+        (:func:`~napari_hybridseg.core.training.config.model_classes`); without
+        it they stay unset and the trainer derives them.
+        """
         cfg = preset(self.preset.value)
         weights = None if self.encoder_weights.value == "none" else self.encoder_weights.value
         model = cfg.model.replace(arch=self.arch.value, encoder=self.encoder.value, encoder_weights=weights,
-                                  input_size=int(self.input_size.value), classes=num_classes + 1,
-                                  aux_classes=aux_classes)
+                                  input_size=int(self.input_size.value))
+        if collection is not None:
+            classes, aux_classes = model_classes(collection)
+            model = model.replace(classes=classes, aux_classes=aux_classes)
         extra = dict(self.extra)
         model_extra = extra.pop("model", {})
         if model_extra:
             model = model.replace(**model_extra)
-        return cfg.replace(model=model, steps=int(self.steps.value), batch_size=int(self.batch_size.value),
-                           device=self.device.value, dii=bool(self.dii.value), dcr=bool(self.dcr.value),
-                           pixel_weights="exact" if self.pixel_weights.value else "off", **extra)
+        cfg = cfg.replace(model=model, steps=int(self.steps.value), batch_size=int(self.batch_size.value),
+                          device=self.device.value, dii=bool(self.dii.value), dcr=bool(self.dcr.value),
+                          pixel_weights="exact" if self.pixel_weights.value else "off", **extra)
+        return apply_overrides(cfg, self.overrides)
 
     # -- state -----------------------------------------------------------
     def set_running(self, running: bool) -> None:

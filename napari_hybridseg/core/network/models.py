@@ -288,6 +288,9 @@ def build_model(config: ModelConfig, *, seed: int | None = None) -> nn.Module:
 
     if config.arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {config.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    # None: not derived from a collection (a network built alone): one foreground class, no tag head
+    config = config.replace(classes=2 if config.classes is None else config.classes,
+                            aux_classes=config.aux_classes or 0)
     if config.classes < 2:
         raise ValueError("classes must be at least 2 (background + one class)")
     check_encoder_weights(config.encoder, config.encoder_weights)

@@ -1,30 +1,101 @@
-"""Model and training settings, with presets. Pure dataclasses (no torch import).
+"""Model and training settings: nested, validated when built, with presets. Pure dataclasses (no torch import).
 
-Both round-trip to JSON through :meth:`to_dict` / :meth:`from_dict`.
+:class:`TrainConfig` holds the run-wide settings and one sub-config per
+concern: ``model`` (:class:`ModelConfig`), ``optim`` (:class:`OptimConfig`:
+optimiser and LR schedule), ``loss`` (:class:`LossConfig`: weak-label loss
+weights), ``dii`` (:class:`DIIConfig`), ``dcr`` (:class:`DCRConfig`) and
+``pixel`` (:class:`PixelWeightConfig`). Every config checks its values when it
+is built and raises :class:`~napari_hybridseg.core.errors.ConfigError` naming
+the (dotted) field and what is allowed.
+
+Overrides are ``KEY=VALUE`` strings (:func:`apply_overrides`, used by
+``hybridseg train --set``, ``hybridseg bench --set`` and the plugin's advanced
+settings): ``KEY`` is dotted for sub-configs (``dii.lr``, ``model.encoder``)
+or one of the old flat names (``dii_lr``, ``pixel_weights``, see
+:data:`FLAT_NAMES`), which also work as keyword arguments of
+:class:`TrainConfig` and :meth:`TrainConfig.replace` and as attributes, so
+older callers and saved settings keep working.
+
+Both round-trip to JSON through ``to_dict`` / ``from_dict``; ``from_dict``
+also reads the flat settings older versions wrote into ``run.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import numbers
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ARCHITECTURES", "PRESETS", "ModelConfig", "TrainConfig", "preset"]
+from napari_hybridseg.core.errors import ConfigError
+
+__all__ = ["ARCHITECTURES", "CONFIG_VERSION", "FLAT_NAMES", "PRESETS", "DCRConfig", "DIIConfig", "LossConfig",
+           "ModelConfig", "OptimConfig", "PixelWeightConfig", "TrainConfig", "apply_overrides",
+           "model_classes", "parse_overrides", "preset"]
 
 #: segmentation-models-pytorch architectures we build and test.
 ARCHITECTURES = ("Unet", "UnetPlusPlus", "DeepLabV3Plus")
+#: the layout of :meth:`TrainConfig.to_dict` (1: flat, before issue 11; 2: nested)
+CONFIG_VERSION = 2
+#: settings that older versions had and never read: dropped when an old file is loaded
+REMOVED = ("num_workers", "dii_per_annotation")
 
 
-class _JSONMixin:
+def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(name, f"{value!r} is not allowed", allowed)
+
+
+def _choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    _check(value in choices, name, value, " or ".join(repr(c) for c in choices))
+
+
+def _number(name: str, value: Any, *, low: float | None = None, high: float | None = None, integer: bool = False,
+            optional: bool = False, low_open: bool = False, high_open: bool = False) -> None:
+    if value is None and optional:
+        return
+    kind = numbers.Integral if integer else numbers.Real
+    words = "a whole number" if integer else "a number"
+    if low is not None:
+        words += f" {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        words += f"{' and' if low is not None else ''} {'<' if high_open else '<='} {high:g}"
+    if optional:
+        words += " (or null)"
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    _check(ok, name, value, words)
+
+
+def _flag(name: str, value: Any) -> None:
+    _check(isinstance(value, bool), name, value, "true or false")
+
+
+class _Section:
+    """A validated sub-config: :attr:`PREFIX` names its fields in errors (``"dii.lr"``)."""
+
+    PREFIX = ""
+
+    def _name(self, f: str) -> str:
+        return f"{self.PREFIX}.{f}" if self.PREFIX else f
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]):
+    def from_dict(cls, data: Mapping[str, Any]):
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = set(data) - names
+        unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"{cls.__name__}: unknown setting(s) {sorted(unknown)}")
+            where = f"{cls.PREFIX}." if cls.PREFIX else ""
+            raise ConfigError(f"{where}{unknown[0]}", f"unknown setting(s) {unknown} of {cls.__name__}",
+                              ", ".join(sorted(names)))
         return cls(**data)
 
     def replace(self, **changes):
@@ -32,7 +103,7 @@ class _JSONMixin:
 
 
 @dataclass
-class ModelConfig(_JSONMixin):
+class ModelConfig(_Section):
     """A segmentation network, as segmentation-models-pytorch builds it.
 
     Parameters
@@ -50,93 +121,496 @@ class ModelConfig(_JSONMixin):
     in_channels : int
         Input channels. Default 3 (greyscale images are repeated to 3 and go
         through the pretrained RGB stem).
-    classes : int
-        Output channels = foreground classes + 1 (background). Default 2.
-    aux_classes : int
-        Foreground classes of the auxiliary image-level head (for tags);
-        0 (default) means no head.
+    classes : int or None
+        Output channels = foreground classes + 1 (background). None (default):
+        derived from the collection by the trainer
+        (:func:`~napari_hybridseg.core.training.state.model_classes`), which
+        refuses a given value that disagrees; :func:`build_model` alone takes None as 2.
+    aux_classes : int or None
+        Foreground classes of the auxiliary image-level head (for tags); 0
+        means no head. None (default): derived like ``classes`` (0 outside a trainer).
     input_size : int
         Square training size in pixels. Default 128.
     """
+
+    PREFIX = "model"
 
     arch: str = "Unet"
     encoder: str = "tu-efficientnet_lite0"
     encoder_weights: str | None = "imagenet"
     in_channels: int = 3
-    classes: int = 2
-    aux_classes: int = 0
+    classes: int | None = None
+    aux_classes: int | None = None
     input_size: int = 128
+
+    def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(self._name("arch"), f"unknown architecture {self.arch!r}",
+                              " or ".join(repr(c) for c in ARCHITECTURES))
+        _check(isinstance(self.encoder, str) and bool(self.encoder), self._name("encoder"), self.encoder,
+               "an encoder name")
+        _check(self.encoder_weights is None or isinstance(self.encoder_weights, str),
+               self._name("encoder_weights"), self.encoder_weights, "'imagenet' or null")
+        _number(self._name("in_channels"), self.in_channels, low=1, integer=True)
+        _number(self._name("classes"), self.classes, low=1, integer=True, optional=True)
+        _number(self._name("aux_classes"), self.aux_classes, low=0, integer=True, optional=True)
+        _number(self._name("input_size"), self.input_size, low=1, integer=True)
 
 
 @dataclass
-class TrainConfig(_JSONMixin):
+class OptimConfig(_Section):
+    """Optimiser and learning-rate schedule.
+
+    Parameters
+    ----------
+    optimizer : {"adamw", "sgd"}
+        AdamW (default) or SGD with momentum 0.9 (the paper's).
+    lr : float
+        Peak learning rate (> 0). Default 1e-3.
+    weight_decay : float
+        Default 1e-4.
+    lr_schedule : {"poly", "constant"}
+        After warm-up: poly decay (power 0.9) to 0, or constant. Default poly.
+    warmup_steps : int
+        Linear warm-up steps. Default 20.
+    grad_clip : float or None
+        Gradient-norm clip (> 0), or None (default) for none.
+    """
+
+    PREFIX = "optim"
+
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_schedule: str = "poly"
+    warmup_steps: int = 20
+    grad_clip: float | None = None
+
+    def __post_init__(self):
+        _choice(self._name("optimizer"), self.optimizer, ("adamw", "sgd"))
+        _number(self._name("lr"), self.lr, low=0, low_open=True)
+        _number(self._name("weight_decay"), self.weight_decay, low=0)
+        _choice(self._name("lr_schedule"), self.lr_schedule, ("poly", "constant"))
+        _number(self._name("warmup_steps"), self.warmup_steps, low=0, integer=True)
+        _number(self._name("grad_clip"), self.grad_clip, low=0, low_open=True, optional=True)
+
+
+@dataclass
+class LossConfig(_Section):
+    """Weights of the weak-label terms (``core/supervision/losses.py``); 0 turns a term off.
+
+    Parameters
+    ----------
+    box_tightness : float
+        Box tightness (MIL over box rows and columns). Default 1.
+    box_pairwise : float
+        BoxInst's colour-affinity term inside boxes. Default 1.
+    mil : float
+        Image-level MIL of tags. Default 1.
+    aux : float
+        The auxiliary tag head. Default 0.4.
+    point_radius : float or None
+        Radius of a point's certain disk in training pixels (> 0); None: from the size.
+    """
+
+    PREFIX = "loss"
+
+    box_tightness: float = 1.0
+    box_pairwise: float = 1.0
+    mil: float = 1.0
+    aux: float = 0.4
+    point_radius: float | None = None
+
+    def __post_init__(self):
+        for name in ("box_tightness", "box_pairwise", "mil", "aux"):
+            _number(self._name(name), getattr(self, name), low=0)
+        _number(self._name("point_radius"), self.point_radius, low=0, low_open=True, optional=True)
+
+
+@dataclass
+class DIIConfig(_Section):
+    """The Dynamic Instance Indicator: one learned weight per weak image.
+
+    ``bool(config.dii)`` is ``enabled`` (older code tests ``if config.dii``).
+
+    Parameters
+    ----------
+    enabled : bool
+        Learn the weights (default). Off: every weak image weighs 1 (or ``fixed_weights``).
+    scorer : {"last-layer", "jvp"}
+        "last-layer" (the authors' code, default) or "jvp" (full network).
+    tau : int or None
+        Steps between updates; None: scaled to the collection.
+    lr : float
+        The weights' step size. Default 0.1.
+    init : float
+        Starting weight, in [0, 1]. Default 0.5.
+    equalise : bool
+        Last-layer scorer: g_S = mean of unit-norm per-strong-image gradients. Default True.
+    strong_images : int or None
+        Strong images behind g_S; None: 4 batches (last-layer), 1 (jvp).
+    fixed_weights : dict or None
+        Per-weak-sample weights in [0, 1] held for the whole run (benchmark
+        control arms ``fixed`` and ``oracle``); needs ``enabled`` off.
+    """
+
+    PREFIX = "dii"
+
+    enabled: bool = True
+    scorer: str = "last-layer"
+    tau: int | None = None
+    lr: float = 0.1
+    init: float = 0.5
+    equalise: bool = True
+    strong_images: int | None = None
+    fixed_weights: dict[str, float] | None = None
+
+    def __post_init__(self):
+        _flag(self._name("enabled"), self.enabled)
+        _choice(self._name("scorer"), self.scorer, ("last-layer", "jvp"))
+        _number(self._name("tau"), self.tau, low=1, integer=True, optional=True)
+        _number(self._name("lr"), self.lr, low=0)
+        _number(self._name("init"), self.init, low=0, high=1)
+        _flag(self._name("equalise"), self.equalise)
+        _number(self._name("strong_images"), self.strong_images, low=1, integer=True, optional=True)
+        if self.fixed_weights is not None:
+            _check(isinstance(self.fixed_weights, Mapping), self._name("fixed_weights"), self.fixed_weights,
+                   "a mapping sample id -> weight, or null")
+            bad = {k: v for k, v in self.fixed_weights.items() if not 0.0 <= float(v) <= 1.0}
+            _check(not bad, self._name("fixed_weights"), dict(list(bad.items())[:3]), "weights in [0, 1]")
+
+    def __bool__(self) -> bool:
+        return bool(self.enabled)
+
+
+@dataclass
+class DCRConfig(_Section):
+    """Dynamic co-regularisation: a second network and cross pseudo supervision on CutMix pairs.
+
+    ``bool(config.dcr)`` is ``enabled``.
+
+    Parameters
+    ----------
+    enabled : bool
+        Two networks (default) or one.
+    cps_lambda : float
+        Weight of the CPS term after ramp-up (>= 0). Default 4.
+    rampup_steps : int or None
+        Sigmoid ramp-up length; None: 20% of the steps.
+    """
+
+    PREFIX = "dcr"
+
+    enabled: bool = True
+    cps_lambda: float = 4.0
+    rampup_steps: int | None = None
+
+    def __post_init__(self):
+        _flag(self._name("enabled"), self.enabled)
+        _number(self._name("cps_lambda"), self.cps_lambda, low=0)
+        _number(self._name("rampup_steps"), self.rampup_steps, low=0, integer=True, optional=True)
+
+    def __bool__(self) -> bool:
+        return bool(self.enabled)
+
+
+@dataclass
+class PixelWeightConfig(_Section):
+    """MLB-Seg meta-learned pixel weights (``docs/pixel-weights.md``).
+
+    Parameters
+    ----------
+    mode : {"off", "exact"}
+        Off (default) or the exact weights (one JVP per step).
+    fix_certain : bool
+        Hold pixels the weak label makes certain fixed. Default True.
+    equalise : bool
+        Meta gradient as the mean of unit-norm per-strong-image gradients. Default False.
+    rampup : bool
+        Pixel, teacher and PLE terms ramped up like CPS. Default True.
+    ple : bool
+        y^ from PLE's 5 views (default) or the plain argmax.
+    ple_consistency : bool
+        The pairwise view-consistency term (a 5x forward + backward more). Default False.
+    teacher : bool
+        The mean-teacher term. Default True.
+    teacher_decay : float
+        EMA decay in [0, 1). Default 0.99.
+    meta_lr : float or None
+        The virtual step's alpha (> 0); None: the optimiser's lr.
+    unlabeled_refresh : int
+        Steps between snapshots that label unlabeled images. Default 50.
+    """
+
+    PREFIX = "pixel"
+
+    mode: str = "off"
+    fix_certain: bool = True
+    equalise: bool = False
+    rampup: bool = True
+    ple: bool = True
+    ple_consistency: bool = False
+    teacher: bool = True
+    teacher_decay: float = 0.99
+    meta_lr: float | None = None
+    unlabeled_refresh: int = 50
+
+    def __post_init__(self):
+        _choice(self._name("mode"), self.mode, ("off", "exact"))
+        for name in ("fix_certain", "equalise", "rampup", "ple", "ple_consistency", "teacher"):
+            _flag(self._name(name), getattr(self, name))
+        _number(self._name("teacher_decay"), self.teacher_decay, low=0, high=1, high_open=True)
+        _number(self._name("meta_lr"), self.meta_lr, low=0, low_open=True, optional=True)
+        _number(self._name("unlabeled_refresh"), self.unlabeled_refresh, low=0, integer=True)
+
+
+SECTIONS: dict[str, type[_Section]] = {"model": ModelConfig, "optim": OptimConfig, "loss": LossConfig,
+                                       "dii": DIIConfig, "dcr": DCRConfig, "pixel": PixelWeightConfig}
+
+#: the flat names of version 1 -> their place now (section, field); they stay accepted everywhere
+FLAT_NAMES: dict[str, tuple[str, str]] = {
+    "optimizer": ("optim", "optimizer"), "lr": ("optim", "lr"), "weight_decay": ("optim", "weight_decay"),
+    "lr_schedule": ("optim", "lr_schedule"), "warmup_steps": ("optim", "warmup_steps"),
+    "grad_clip": ("optim", "grad_clip"),
+    "box_tightness_weight": ("loss", "box_tightness"), "box_pairwise_weight": ("loss", "box_pairwise"),
+    "mil_weight": ("loss", "mil"), "aux_weight": ("loss", "aux"), "point_radius": ("loss", "point_radius"),
+    "dii_scorer": ("dii", "scorer"), "dii_tau": ("dii", "tau"), "dii_lr": ("dii", "lr"),
+    "dii_init": ("dii", "init"), "dii_equalise": ("dii", "equalise"),
+    "dii_strong_images": ("dii", "strong_images"), "fixed_weights": ("dii", "fixed_weights"),
+    "cps_lambda": ("dcr", "cps_lambda"), "cps_rampup_steps": ("dcr", "rampup_steps"),
+    "pixel_weights": ("pixel", "mode"), "pixel_weights_fix_certain": ("pixel", "fix_certain"),
+    "pixel_weights_equalise": ("pixel", "equalise"), "pixel_weights_rampup": ("pixel", "rampup"),
+    "ple": ("pixel", "ple"), "ple_consistency": ("pixel", "ple_consistency"), "teacher": ("pixel", "teacher"),
+    "teacher_decay": ("pixel", "teacher_decay"), "meta_lr": ("pixel", "meta_lr"),
+    "unlabeled_refresh": ("pixel", "unlabeled_refresh"),
+    # sections that used to be one switch: a bool sets `enabled`
+    "dii": ("dii", "enabled"), "dcr": ("dcr", "enabled"),
+}
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass(init=False)
+class TrainConfig:
     """Everything a training run needs besides the data.
 
-    Defaults are the ``cpu-quick`` preset. See ``docs/method.md`` for each
-    switch and its effect.
+    Defaults are the ``cpu-quick`` preset. Build it with sub-configs, dotted
+    keys or the old flat names::
+
+        TrainConfig(steps=60, dii=DIIConfig(tau=5))
+        TrainConfig(steps=60, dii_tau=5, pixel_weights="exact", dcr=False)
+        cfg.replace(**{"dii.tau": 5, "model.input_size": 64})
+
+    Parameters
+    ----------
+    steps : int
+        Training steps (>= 1). Default 300.
+    batch_size : int
+        Images per step (>= 1). Default 8.
+    strong_per_batch : int or None
+        Strong images per batch; None: half the batch (at least one).
+    augment : bool
+        Flips, rotations, intensity jitter. Default True.
+    device : str
+        "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:N" or "mps".
+    precision : {"auto", "fp32"}
+        "auto": bf16 autocast on CPUs that have it, fp16 AMP on CUDA; "fp32".
+    seed : int
+        Default 0.
+    threads : int
+        CPU threads for torch; 0 (default): chosen from measured throughput and adapted.
+    preview_every, checkpoint_every, log_every : int
+        Steps between previews, checkpoints (0: only by time and at the end) and loss-history entries.
+    checkpoint_minutes : float
+        At most this much wall time between checkpoints (0: off). Default 5.
+    model, optim, loss, dii, dcr, pixel
+        The sub-configs (see their classes).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     steps: int = 300
     batch_size: int = 8
-    strong_per_batch: int | None = None  # None: half the batch (at least one)
-    optimizer: str = "adamw"  # "adamw" | "sgd" (paper: SGD momentum 0.9)
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    lr_schedule: str = "poly"  # "poly" | "constant"
-    warmup_steps: int = 20
-    grad_clip: float | None = None
+    strong_per_batch: int | None = None
     augment: bool = True
-    device: str = "auto"  # "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps"
-    precision: str = "auto"  # "auto": bf16 autocast on CPUs that have it, fp16 AMP on CUDA; "fp32"
+    device: str = "auto"
+    precision: str = "auto"
     seed: int = 0
-    num_workers: int = 0
-    threads: int = 0  # CPU threads for torch; 0: chosen from measured throughput and adapted (device.ThreadTuner)
-    # Dynamic Instance Indicator
-    dii: bool = True
-    dii_scorer: str = "last-layer"  # "last-layer" (authors' code) | "jvp" (full network)
-    dii_tau: int | None = None  # None: scaled to the collection (see trainer)
-    dii_lr: float = 0.1
-    dii_init: float = 0.5
-    dii_per_annotation: bool = False
-    #: per-weak-sample weights held fixed for the whole run (benchmark control arms ``fixed`` and ``oracle``):
-    #: weak sample ``k`` weighs ``fixed_weights[k]`` (unlisted weak samples ``dii_init``); needs ``dii`` off
-    fixed_weights: dict[str, float] | None = None
-    dii_equalise: bool = True  # last-layer scorer: g_S = mean of unit-norm per-strong-image gradients
-    dii_strong_images: int | None = None  # strong images behind g_S; None: 4 batches (last-layer), 1 (jvp)
-    # dynamic co-regularization (two networks, CPS on CutMix pairs)
-    dcr: bool = True
-    cps_lambda: float = 4.0
-    cps_rampup_steps: int | None = None  # None: 20% of steps
-    # MLB-Seg pixel weights
-    pixel_weights: str = "off"  # "off" | "exact"
-    pixel_weights_fix_certain: bool = True  # hold certain pixels fixed; measured both ways in pixel-weights.md
-    pixel_weights_equalise: bool = False  # meta gradient as the mean of unit-norm per-strong-image gradients
-    pixel_weights_rampup: bool = True  # pixel, teacher and PLE terms ramped up like CPS (over cps_rampup_steps)
-    ple: bool = True
-    ple_consistency: bool = False  # the pairwise view-consistency term: a 5x forward + backward more
-    teacher: bool = True
-    teacher_decay: float = 0.99
-    meta_lr: float | None = None  # virtual-step alpha; None: the optimiser's lr
-    unlabeled_refresh: int = 50
-    # weak-label signals
-    box_tightness_weight: float = 1.0
-    box_pairwise_weight: float = 1.0  # BoxInst's colour-affinity term inside boxes; 0 turns it off
-    mil_weight: float = 1.0
-    aux_weight: float = 0.4
-    point_radius: float | None = None
-    # reporting
+    threads: int = 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    dii: DIIConfig = field(default_factory=DIIConfig)
+    dcr: DCRConfig = field(default_factory=DCRConfig)
+    pixel: PixelWeightConfig = field(default_factory=PixelWeightConfig)
     preview_every: int = 25
-    checkpoint_every: int = 100  # steps between checkpoints (0: only by time and at the end)
-    checkpoint_minutes: float = 5.0  # and at most this much wall time between them (0: off)
+    checkpoint_every: int = 100
+    checkpoint_minutes: float = 5.0
     log_every: int = 1
 
+    def __init__(self, **settings: Any):
+        for f in dataclasses.fields(self):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            object.__setattr__(self, f.name, default)
+        self._assign(settings)
+
+    # -- building -------------------------------------------------------------
+    def _assign(self, settings: Mapping[str, Any]) -> None:
+        top = {f.name for f in dataclasses.fields(self)}
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in settings.items():
+            if key in SECTIONS and isinstance(value, SECTIONS[key]):
+                object.__setattr__(self, key, value)
+            elif key in SECTIONS and isinstance(value, Mapping):
+                nested.setdefault(key, {}).update(value)
+            elif key in ("dii", "dcr") and isinstance(value, bool):
+                nested.setdefault(key, {})["enabled"] = value
+            elif key in top and key not in SECTIONS:
+                object.__setattr__(self, key, value)
+            elif key in FLAT_NAMES:
+                section, name = FLAT_NAMES[key]
+                nested.setdefault(section, {})[name] = value
+            elif "." in key and key.split(".", 1)[0] in SECTIONS:
+                section, name = key.split(".", 1)
+                nested.setdefault(section, {})[name] = value
+            else:
+                raise ConfigError(key, "unknown setting", "a field of TrainConfig (" + ", ".join(
+                    sorted(top - set(SECTIONS))) + "), a dotted sub-config key (" + ", ".join(
+                    f"{s}.*" for s in SECTIONS) + ") or an old flat name")
+        for section, changes in nested.items():
+            cls = SECTIONS[section]
+            names = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(changes) - names)
+            if unknown:
+                raise ConfigError(f"{section}.{unknown[0]}", "unknown setting", ", ".join(sorted(names)))
+            object.__setattr__(self, section, dataclasses.replace(getattr(self, section), **changes))
+        self._validate()
+
+    def _validate(self) -> None:
+        for section, cls in SECTIONS.items():
+            _check(isinstance(getattr(self, section), cls), section, getattr(self, section), cls.__name__)
+        _number("steps", self.steps, low=1, integer=True)
+        _number("batch_size", self.batch_size, low=1, integer=True)
+        _number("strong_per_batch", self.strong_per_batch, low=1, integer=True, optional=True)
+        _flag("augment", self.augment)
+        _check(isinstance(self.device, str) and bool(_DEVICE.match(self.device.lower())), "device", self.device,
+               "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        _choice("precision", self.precision, ("auto", "fp32"))
+        _number("seed", self.seed, integer=True)
+        _number("threads", self.threads, low=0, integer=True)
+        _number("preview_every", self.preview_every, low=0, integer=True)
+        _number("checkpoint_every", self.checkpoint_every, low=0, integer=True)
+        _number("checkpoint_minutes", self.checkpoint_minutes, low=0)
+        _number("log_every", self.log_every, low=0, integer=True)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` (field names, sub-configs, dotted keys or old flat names), validated."""
+        new = object.__new__(TrainConfig)
+        for f in dataclasses.fields(self):
+            object.__setattr__(new, f.name, getattr(self, f.name))
+        new._assign(changes)
+        return new
+
+    # -- the old flat names, read -----------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        # only reached when normal lookup fails: an old flat name (``cfg.dii_tau``) reads its new place
+        if name in FLAT_NAMES and name not in ("dii", "dcr"):
+            section, key = FLAT_NAMES[name]
+            return getattr(object.__getattribute__(self, section), key)
+        raise AttributeError(f"{type(self).__name__!s} has no setting {name!r}")
+
+    # -- JSON -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Nested JSON-able settings, with ``config_version``."""
+        out: dict[str, Any] = {"config_version": CONFIG_VERSION}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if isinstance(value, _Section) else value
+        return out
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Settings from :meth:`to_dict`, or the flat ones of version 1 (``run.json`` before issue 11).
+
+        Raises
+        ------
+        ConfigError
+            An unknown setting, a value out of range, or a version this code does not know.
+        """
         data = dict(data)
-        if isinstance(data.get("model"), dict):
+        version = data.pop("config_version", 1)
+        if version not in (1, CONFIG_VERSION):
+            raise ConfigError("config_version", f"these settings were written by a newer napari-hybridseg "
+                              f"(settings version {version}); update the package to read them",
+                              f"1 or {CONFIG_VERSION}")
+        for name in REMOVED:
+            data.pop(name, None)
+        if isinstance(data.get("model"), Mapping):
             data["model"] = ModelConfig.from_dict(data["model"])
-        return super().from_dict(data)  # type: ignore[return-value]
+        return cls(**data)
+
+
+def model_classes(collection) -> tuple[int, int]:
+    """``(classes, aux_classes)`` of the network a collection trains: its classes + background, and the
+    tag head's classes (0 unless some tag says something about a class; a "sessile" tag implies nothing).
+
+    The one place these are derived (the trainer checks a given ``model.classes``
+    / ``aux_classes`` against it); callers that build a ModelConfig for a
+    collection (bench, widget) use it or leave the fields None.
+    """
+    n_classes = collection.num_classes
+    telling = {t.name for t in collection.tag_defs if t.implies.value != "nothing"}
+    has_tags = any(telling.intersection(s.tags) for s in collection)
+    return n_classes + 1, (n_classes if has_tags else 0)
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> a mapping of checked keys to values (JSON if it parses, else the text).
+
+    Keys are kept as typed (dotted, top-level or old flat names). Raises
+    :class:`ConfigError` for an item without ``=`` or with an unknown key.
+    """
+    out: dict[str, Any] = {}
+    probe = TrainConfig()
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(item, "give KEY=VALUE", "e.g. dii.lr=0.2, model.input_size=64, cps_lambda=2")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        _check_key(probe, key)
+        out[key] = value
+    return out
+
+
+def _check_key(probe: TrainConfig, key: str) -> None:
+    top = {f.name for f in dataclasses.fields(TrainConfig)}
+    if key in FLAT_NAMES or (key in top and key not in SECTIONS):
+        return
+    section, _, name = key.partition(".")
+    if section in SECTIONS and name in {f.name for f in dataclasses.fields(SECTIONS[section])}:
+        return
+    if section in SECTIONS and name:
+        raise ConfigError(key, "unknown setting", ", ".join(f"{section}.{f.name}"
+                                                             for f in dataclasses.fields(SECTIONS[section])))
+    raise ConfigError(key, "unknown setting", "a TrainConfig field (e.g. steps), a dotted key (dii.lr, "
+                      "model.input_size, pixel.mode) or an old flat name (dii_lr, pixel_weights)")
+
+
+def apply_overrides(cfg: TrainConfig, items: Sequence[str]) -> TrainConfig:
+    """``cfg`` with ``KEY=VALUE`` overrides applied in order (see :func:`parse_overrides`), validated.
+
+    ``model.*`` keys change the model sub-config, ``dii.lr``-style keys the
+    others; the old flat names (``dii_lr``, ``pixel_weights``) are aliases.
+    """
+    out = cfg
+    for key, value in parse_overrides(items).items():
+        if key.startswith("model."):
+            out = out.replace(model=out.model.replace(**{key[len("model."):]: value}))
+        else:
+            out = out.replace(**{key: value})
+    return out
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -154,7 +628,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset(name: str, **overrides: Any) -> TrainConfig:
     """A :class:`TrainConfig` from a named preset, with overrides."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise ConfigError("preset", f"unknown preset {name!r}", ", ".join(sorted(PRESETS)))
     spec = dict(PRESETS[name])
     model = ModelConfig(**spec.pop("model"))
     cfg = TrainConfig(model=model, **spec)

@@ -18,7 +18,7 @@ class DCRTerm:
     ----------
     state : RunState
         Reads ``nets`` (two), ``rng`` (the permutation and the boxes), ``dev``,
-        ``config.cps_lambda``, ``rampup`` and ``start_step``.
+        ``config.dcr.cps_lambda``, ``rampup`` and ``start_step``.
     """
 
     def __init__(self, state):
@@ -35,7 +35,7 @@ class DCRTerm:
             la, _ = forward(st.nets[0], xm)
             lb, _ = forward(st.nets[1], xm)
         pair_gamma = 0.5 * (gamma + gamma[perm])
-        lam = st.config.cps_lambda * dcr_mod.rampup(step - st.start_step, st.rampup)
+        lam = st.config.dcr.cps_lambda * dcr_mod.rampup(step - st.start_step, st.rampup)
         known = batch.target != IGNORE
         known_mixed = torch.where(mask[:, 0].to(known.device) > 0, known[perm], known)
         cps = dcr_mod.cps_loss(la, lb, pair_gamma, known=known_mixed)

@@ -37,7 +37,7 @@ class DIITerm:
     def due(self, step: int) -> bool:
         """Every ``tau`` steps of this run, with DII on."""
         st = self.state
-        return bool(st.config.dii) and (step - st.start_step) % st.tau == 0
+        return st.config.dii.enabled and (step - st.start_step) % st.tau == 0
 
     def update(self, step: int) -> WeightsReport | None:
         """One DII update; None when there is no weak sample (or DII is off)."""
@@ -45,15 +45,15 @@ class DIITerm:
         cfg = st.config
         weak = st.ids(Role.WEAK)
         strong = st.ids(Role.STRONG)
-        if not weak or not cfg.dii:
+        if not weak or not cfg.dii.enabled:
             return None
         net = st.nets[0]
         dev = st.dev.device
         # g_S over several batches' worth of strong images (a single batch made the scores noisy) for the
         # last-layer scorer, whose strong forward is feature-only; the jvp scorer backpropagates through the
         # whole network in one go, so it keeps to one batch unless told otherwise
-        per = 4 if cfg.dii_scorer == "last-layer" else 1
-        n_s = cfg.dii_strong_images or per * cfg.batch_size
+        per = 4 if cfg.dii.scorer == "last-layer" else 1
+        n_s = cfg.dii.strong_images or per * cfg.batch_size
         pick = st.rng.permutation(len(strong))[:n_s]
         xs = torch.stack([st.prepared[strong[i]].image for i in pick])
         ys = torch.stack([st.prepared[strong[i]].target for i in pick]).to(dev)
@@ -66,7 +66,7 @@ class DIITerm:
         tw = torch.stack([p.tag_target for p in items]).to(dev)
         aw = torch.stack([p.absent for p in items]).to(dev)
 
-        equalise = cfg.dii_scorer == "last-layer" and cfg.dii_equalise
+        equalise = cfg.dii.scorer == "last-layer" and cfg.dii.equalise
 
         def strong_fn(logits, aux):
             per_image = strong_loss(logits, ys) + aux_w * aux_tag_loss(aux, ts)
@@ -77,7 +77,7 @@ class DIITerm:
                                st.loss_weights, absent=aw[idx])["sum"]
 
         chunk = max(2, cfg.batch_size)
-        if cfg.dii_scorer == "jvp":
+        if cfg.dii.scorer == "jvp":
             dots = dii_mod.jvp_scores(net, xs, strong_fn, xw, instance_fn, chunk=chunk)
         else:
             # the decoder features (the bulk of the cost) in the run's precision: on a trained Kvasir-SEG model

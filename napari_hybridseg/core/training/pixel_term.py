@@ -104,7 +104,7 @@ class PixelWeightTerm:
     def compute(self, step: int, batch, logits, gamma, lr) -> PixelWeightStep | None:
         """This step's weights from network 1's ``logits`` of ``batch``; None without strong or other rows."""
         st = self.state
-        cfg = st.config
+        cfg = st.config.pixel
         strong = torch.tensor([r is Role.STRONG for r in batch.roles], device=logits.device)
         other = ~strong
         if not other.any() or not strong.any():
@@ -132,13 +132,13 @@ class PixelWeightTerm:
             y_own = res.y_hat
         else:
             y_own = logits[other].detach().argmax(1)
-        fixed = (batch.certainty[other] != UNKNOWN) if cfg.pixel_weights_fix_certain else None
+        fixed = (batch.certainty[other] != UNKNOWN) if cfg.fix_certain else None
         with st.dev.autocast():  # the meta forward/backward in the run's precision; the JVP is always fp32
             pw = pwm.exact_pixel_weights(
                 net, x_w, y_init, y_own, None, None, batch.x[strong], batch.target[strong],
                 lambda z, y: strong_loss(z.float(), y).mean(), cfg.meta_lr or lr,
                 sample_gamma=gamma[other], fixed_init=fixed, return_details=True, keep_graph=False,
-                equalise_strong=cfg.pixel_weights_equalise,
+                equalise_strong=cfg.equalise,
             )
         if st.teacher is not None:
             with st.dev.autocast():
@@ -147,7 +147,7 @@ class PixelWeightTerm:
         # self-generated targets (own and PLE predictions, the teacher) come in as the network learns from
         # the strong masks: the same sigmoid ramp-up as CPS, as in the mean teacher (and MLB-Seg, whose
         # initial labels for unlabeled images come from a model first trained on the strong set)
-        scale = dcr_mod.rampup(step - st.start_step, st.rampup) if cfg.pixel_weights_rampup else 1.0
+        scale = dcr_mod.rampup(step - st.start_step, st.rampup) if cfg.rampup else 1.0
         return PixelWeightStep(other, y_init, y_own, pw.w_init, pw.w_own, extra, scale)
 
     def after_update(self) -> None:
@@ -158,7 +158,7 @@ class PixelWeightTerm:
     def _refreshed_logits(self, step: int, x: torch.Tensor) -> torch.Tensor:
         """Logits of the snapshot of network 1 that labels unlabeled images (re-taken every N steps)."""
         st = self.state
-        every = max(1, int(st.config.unlabeled_refresh or 1))
+        every = max(1, int(st.config.pixel.unlabeled_refresh or 1))
         if self.refresh_net is None or self.refreshed_at is None or step - self.refreshed_at >= every:
             self.refresh_net = copy.deepcopy(st.nets[0]).eval()
             for p in self.refresh_net.parameters():

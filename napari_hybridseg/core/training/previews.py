@@ -56,7 +56,7 @@ class Previewer:
             net.train(was)
         weights = {k: v for k, v in st.bank.values().items() if k in labels}
         maps = {}
-        if st.config.pixel_weights == "exact":
+        if st.config.pixel.mode == "exact":
             others = [i for i in labels if st.prepared[i].role is not Role.STRONG]
             if others and st.ids(Role.STRONG):
                 maps = self._maps_in_eval(others)
@@ -96,13 +96,14 @@ class Previewer:
         y_init, _ = pwm.fill_ignored(torch.stack([p.init_label for p in items]).to(dev), logits)
         y_own = logits.argmax(1)
         fixed = None
-        if st.config.pixel_weights_fix_certain:
+        if st.config.pixel.fix_certain:
             fixed = torch.stack([p.certainty for p in items]).to(dev) != UNKNOWN
         gamma = st.gamma_of([p.id for p in items], [p.role for p in items])
+        alpha = st.config.pixel.meta_lr or st.config.optim.lr
         pw = pwm.exact_pixel_weights(net, x, y_init, y_own, None, None, xs, ys,
-                                     lambda z, y: strong_loss(z, y).mean(), st.config.meta_lr or st.config.lr,
+                                     lambda z, y: strong_loss(z, y).mean(), alpha,
                                      sample_gamma=gamma, fixed_init=fixed, return_details=True,
-                                     equalise_strong=st.config.pixel_weights_equalise)
+                                     equalise_strong=st.config.pixel.equalise)
         shapes = [p.original_shape for p in items]
         w_init = pwm.weight_maps_at(pw.w_init, shapes)
         w_own = pwm.weight_maps_at(pw.w_own, shapes)
@@ -119,7 +120,7 @@ class Previewer:
         weights are off, there is no run folder, or no strong sample to weigh against.
         """
         st = self.state
-        if st.run_dir is None or st.config.pixel_weights != "exact" or not st.ids(Role.STRONG):
+        if st.run_dir is None or st.config.pixel.mode != "exact" or not st.ids(Role.STRONG):
             return None
         weak = sorted(st.ids(Role.WEAK)) or sorted(st.ids(Role.UNLABELED))
         if not weak:

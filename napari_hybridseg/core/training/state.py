@@ -17,25 +17,35 @@ import numpy as np
 import torch
 
 from napari_hybridseg.core.data.collection import Collection, Role, Sample, WeightState
-from napari_hybridseg.core.errors import NoStrongMaskError
+from napari_hybridseg.core.errors import ConfigError, NoStrongMaskError
 from napari_hybridseg.core.methods import dii as dii_mod
 from napari_hybridseg.core.network.device import DeviceInfo, ThreadTuner, release, resolve_device
 from napari_hybridseg.core.network.models import build_model
 from napari_hybridseg.core.supervision.losses import LossWeights
 from napari_hybridseg.core.training.batches import BatchSampler, Prepared, prepare_sample
-from napari_hybridseg.core.training.config import ModelConfig, TrainConfig
+from napari_hybridseg.core.training.config import ModelConfig, TrainConfig, model_classes
 from napari_hybridseg.core.training.reports import UpdateSamples
 
-__all__ = ["RunState", "build_state", "model_classes"]
+__all__ = ["RunState", "build_state", "model_classes", "model_config_for"]
 
 
-def model_classes(collection: Collection) -> tuple[int, int]:
-    """``(classes, aux_classes)`` of the network a collection trains: its classes + background, and the
-    tag head's classes (0 unless some tag says something about a class; a "sessile" tag implies nothing)."""
-    n_classes = collection.num_classes
-    telling = {t.name for t in collection.tag_defs if t.implies.value != "nothing"}
-    has_tags = any(telling.intersection(s.tags) for s in collection)
-    return n_classes + 1, (n_classes if has_tags else 0)
+def model_config_for(model: ModelConfig, collection: Collection) -> ModelConfig:
+    """``model`` with ``classes``/``aux_classes`` from :func:`model_classes`.
+
+    Raises
+    ------
+    ConfigError
+        A value the caller gave (not None) that disagrees with the collection.
+    """
+    classes, aux_classes = model_classes(collection)
+    for name, want in (("classes", classes), ("aux_classes", aux_classes)):
+        given = getattr(model, name)
+        if given is not None and given != want:
+            raise ConfigError(f"model.{name}", f"{given} does not fit this collection, which needs {want} "
+                              f"({collection.num_classes} class(es)"
+                              f"{'' if name == 'classes' else ', tags that imply a class: ' + str(bool(want))}); "
+                              "leave it unset (None) to derive it", str(want))
+    return model.replace(classes=classes, aux_classes=aux_classes)
 
 
 @dataclass
@@ -77,11 +87,11 @@ class RunState:
     def prepare(self, sample: Sample) -> None:
         """Resize and encode one sample for training (replaces an earlier preparation)."""
         self.prepared[sample.id] = prepare_sample(sample, self.collection, self.size,
-                                                  point_radius=self.config.point_radius)
+                                                  point_radius=self.config.loss.point_radius)
 
     def gamma_of(self, ids: list[str], roles: list[Role]) -> torch.Tensor:
         """Per-row weight: gamma (learned, or ``fixed_weights``) for weak rows; 1 for other rows and without DII."""
-        use = self.config.dii or self.config.fixed_weights is not None
+        use = self.config.dii.enabled or self.config.dii.fixed_weights is not None
         return torch.tensor([self.bank.value(i) if use and r is Role.WEAK else 1.0 for i, r in zip(ids, roles)],
                             dtype=torch.float32, device=self.dev.device)
 
@@ -121,9 +131,8 @@ def build_state(collection: Collection, config: TrainConfig, run_dir: Path | Non
     dev = resolve_device(cfg.device, cfg.precision)
     # a competing CPU job must not collapse the step time: the thread count follows measured throughput
     threads = ThreadTuner.for_device(dev.device, cfg.threads or None)
-    classes, aux_classes = model_classes(collection)
-    model_config = cfg.model.replace(classes=classes, aux_classes=aux_classes)
-    loss_weights = LossWeights(cfg.box_tightness_weight, cfg.mil_weight, cfg.aux_weight, cfg.box_pairwise_weight)
+    model_config = model_config_for(cfg.model, collection)
+    loss_weights = LossWeights(cfg.loss.box_tightness, cfg.loss.mil, cfg.loss.aux, cfg.loss.box_pairwise)
     st = RunState(collection, cfg, run_dir, init_from, rng, dev, threads, model_config, loss_weights)
     try:
         _build(st)
@@ -154,32 +163,33 @@ def _build(st: RunState) -> None:
         st.loss_history = list(prev.get("loss_history", []))
         initial_gamma = {k: v["value"] for k, v in prev.get("sample_weights", {}).items()}
     st.nets = [_make_net(st, 0)]
-    if cfg.dcr:
+    if cfg.dcr.enabled:
         st.nets.append(_make_net(st, 1))
     for net in st.nets:
         net.to(dev.device).train()
     params = [p for net in st.nets for p in net.parameters()]
     # the fused kernels: the per-tensor loop of the default CPU path costs as much as the backward pass
     fused = {"fused": True} if dev.device.type in ("cpu", "cuda") else {"foreach": True}
-    if cfg.optimizer == "sgd":
-        st.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, **fused)
+    opt = cfg.optim
+    if opt.optimizer == "sgd":
+        st.optimizer = torch.optim.SGD(params, lr=opt.lr, momentum=0.9, weight_decay=opt.weight_decay, **fused)
     else:
-        st.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+        st.optimizer = torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay, **fused)
     st.scaler = torch.amp.GradScaler("cuda") if dev.needs_scaler else None
     st.total_steps = st.start_step + cfg.steps
-    pixel = cfg.pixel_weights == "exact"
-    st.sampler = BatchSampler(cfg.batch_size, cfg.strong_per_batch, rng, use_unlabeled=cfg.dcr or pixel)
-    if pixel and cfg.teacher:
+    pixel = cfg.pixel.mode == "exact"
+    st.sampler = BatchSampler(cfg.batch_size, cfg.strong_per_batch, rng, use_unlabeled=cfg.dcr.enabled or pixel)
+    if pixel and cfg.pixel.teacher:
         from napari_hybridseg.core.methods.teacher import MeanTeacher
 
-        st.teacher = MeanTeacher(st.nets[0], decay=cfg.teacher_decay)
+        st.teacher = MeanTeacher(st.nets[0], decay=cfg.pixel.teacher_decay)
 
-    st.bank = dii_mod.GammaBank(lr=cfg.dii_lr, init=cfg.dii_init)
+    st.bank = dii_mod.GammaBank(lr=cfg.dii.lr, init=cfg.dii.init)
     weak = st.ids(Role.WEAK)
     # fixed per-sample weights (control arms) sit in the bank and are never updated (DII is off)
-    st.bank.sync(weak, {**initial_gamma, **(cfg.fixed_weights or {})})
-    st.tau = cfg.dii_tau or dii_mod.default_tau(len(weak), cfg.batch_size, cfg.steps)
-    st.rampup = cfg.cps_rampup_steps if cfg.cps_rampup_steps is not None else max(1, cfg.steps // 5)
+    st.bank.sync(weak, {**initial_gamma, **(cfg.dii.fixed_weights or {})})
+    st.tau = cfg.dii.tau or dii_mod.default_tau(len(weak), cfg.batch_size, cfg.steps)
+    st.rampup = cfg.dcr.rampup_steps if cfg.dcr.rampup_steps is not None else max(1, cfg.steps // 5)
     if init_from is None:
         # a new run learns new weights; clear in place (the widget may hold this dict)
         collection.sample_weights.clear()

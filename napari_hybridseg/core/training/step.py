@@ -141,7 +141,7 @@ class TrainStep:
         logged["total"] = float(total.detach())
         if not math.isfinite(logged["total"]):
             raise RuntimeError(f"the loss became {logged['total']} at step {step}; lower the learning rate "
-                               f"(now {cfg.lr}) or use --precision fp32")
+                               f"(now {cfg.optim.lr}) or use --precision fp32")
         return logged
 
     def _update(self, total: torch.Tensor) -> None:
@@ -151,8 +151,8 @@ class TrainStep:
             st.scaler.unscale_(st.optimizer)
         else:
             total.backward()
-        if st.config.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for net in st.nets for p in net.parameters()], st.config.grad_clip)
+        if st.config.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for net in st.nets for p in net.parameters()], st.config.optim.grad_clip)
         if st.scaler is not None:
             st.scaler.step(st.optimizer)
             st.scaler.update()

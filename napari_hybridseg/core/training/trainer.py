@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from napari_hybridseg.core.data.collection import Collection, Role
-from napari_hybridseg.core.errors import NoStrongMaskError
+from napari_hybridseg.core.errors import ConfigError, NoStrongMaskError
 from napari_hybridseg.core.network.device import release
 from napari_hybridseg.core.training.checkpointer import Checkpointer
 from napari_hybridseg.core.training.config import TrainConfig
@@ -69,27 +69,20 @@ Trainer = Generator[Report, object, None]
 
 
 def _validate(collection: Collection, config: TrainConfig) -> None:
+    """What the config cannot check alone: a strong mask in the data, fixed weights only with DII off.
+
+    Each setting's range was checked when the config was built (:mod:`.config`).
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, not {type(config).__name__}")
     if not any(s.role is Role.STRONG for s in collection):
         raise NoStrongMaskError(
             "no image has a strong mask: training needs at least one. Draw a mask on at least one image "
             "(Labels layer) or import some masks, then train again."
         )
-    if config.steps < 1:
-        raise ValueError(f"steps must be at least 1 (got {config.steps})")
-    if config.batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1 (got {config.batch_size})")
-    if config.optimizer not in ("adamw", "sgd"):
-        raise ValueError(f"optimizer {config.optimizer!r}: choose 'adamw' or 'sgd'")
-    if config.dii_scorer not in ("last-layer", "jvp"):
-        raise ValueError(f"dii_scorer {config.dii_scorer!r}: choose 'last-layer' or 'jvp'")
-    if config.pixel_weights not in ("off", "exact"):
-        raise ValueError(f"pixel_weights {config.pixel_weights!r}: choose 'off' or 'exact'")
-    if config.fixed_weights is not None:
-        if config.dii:
-            raise ValueError("fixed_weights hold the weak weights fixed: turn dii off to use them")
-        bad = {k: v for k, v in config.fixed_weights.items() if not 0.0 <= float(v) <= 1.0}
-        if bad:
-            raise ValueError(f"fixed_weights must lie in [0, 1]; got {dict(list(bad.items())[:3])}")
+    if config.dii.fixed_weights is not None and config.dii.enabled:
+        raise ConfigError("dii.fixed_weights", "fixed weights hold the weak weights fixed: turn dii off "
+                          "(dii.enabled=false) to use them")
 
 
 def train(collection: Collection, config: TrainConfig, run_dir: str | Path | None = None, *,
@@ -106,7 +99,8 @@ def train(collection: Collection, config: TrainConfig, run_dir: str | Path | Non
         weights are written to ``collection.sample_weights``.
     config : TrainConfig
         All settings (see :mod:`.config`). ``config.model.classes`` and
-        ``aux_classes`` are set from the collection.
+        ``aux_classes`` are derived from the collection where unset (None) and
+        checked where given (:func:`~.state.model_config_for`).
     run_dir : path, optional
         Where checkpoints, ``run.json`` and ``gamma.json`` go; ``None`` keeps
         everything in memory (no :class:`CheckpointReport`).
@@ -123,9 +117,14 @@ def train(collection: Collection, config: TrainConfig, run_dir: str | Path | Non
 
     Raises
     ------
-    ValueError
-        No strong mask at all, a setting out of range, or (at the first
-        ``next()``) an image that cannot be used.
+    NoStrongMaskError
+        No strong mask at all (a :class:`~napari_hybridseg.core.errors.TrainingDataError`,
+        a ValueError).
+    ConfigError
+        Fixed weights with DII on, or (at the first ``next()``) a
+        ``model.classes``/``aux_classes`` that disagrees with the collection.
+    TrainingDataError
+        (At the first ``next()``) an image or label that cannot be used.
     """
     _validate(collection, config)
     session = Session(collection, config, None if run_dir is None else Path(run_dir),
@@ -219,9 +218,10 @@ class Session:
         """Build the state and the parts that use it (the order of :func:`~.state.build_state` is kept)."""
         cfg = self.config
         st = self.state = build_state(self.collection, cfg, self.run_dir, self.init_from)
-        self.schedule = LRSchedule(cfg.lr, cfg.warmup_steps, cfg.lr_schedule, cfg.steps, st.start_step)
-        self.pixel_term = PixelWeightTerm(st) if cfg.pixel_weights == "exact" else None
-        self.train_step = TrainStep(st, self.schedule, self.pixel_term, DCRTerm(st) if cfg.dcr else None)
+        opt = cfg.optim
+        self.schedule = LRSchedule(opt.lr, opt.warmup_steps, opt.lr_schedule, cfg.steps, st.start_step)
+        self.pixel_term = PixelWeightTerm(st) if cfg.pixel.mode == "exact" else None
+        self.train_step = TrainStep(st, self.schedule, self.pixel_term, DCRTerm(st) if cfg.dcr.enabled else None)
         self.dii = DIITerm(st)
         self.previewer = Previewer(st)
         pixel = self.pixel_term
@@ -236,10 +236,10 @@ class Session:
         cfg = self.config
         label = st.dev.label
         counts = {r: len(st.ids(r)) for r in Role}
-        if counts[Role.UNLABELED] and not cfg.dcr:
+        if counts[Role.UNLABELED] and not cfg.dcr.enabled:
             self.notes.append(f"{counts[Role.UNLABELED]} unlabeled image(s) unused: they enter through DCR only")
-        if cfg.dii and counts[Role.WEAK]:
-            self.notes.append(f"DII updates every {st.tau} steps ({cfg.dii_scorer} scorer)")
+        if cfg.dii.enabled and counts[Role.WEAK]:
+            self.notes.append(f"DII updates every {st.tau} steps ({cfg.dii.scorer} scorer)")
         self.accept((yield StartReport(device=label, total_steps=st.total_steps,
                                         start_step=st.start_step, n_strong=counts[Role.STRONG],
                                         n_weak=counts[Role.WEAK], n_unlabeled=counts[Role.UNLABELED],
