@@ -56,7 +56,7 @@ def test_benchmark_trains_real_arms_and_scores_them_at_original_size(tmp_path):
     assert [s for s, _ in results["arms"]["strong-only"]["val_curve"]] == [1, 2, 3, 4]
     # the oracle arm trained with corrupted labels at 0 and clean at 1
     oracle_run = json.loads((tmp_path / "out" / "runs" / "oracle" / "run.json").read_text())
-    weights = {k: v["value"] for k, v in oracle_run["sample_weights"].items()}
+    weights = {k: v["weight"] for k, v in oracle_run["sample_weights"].items()}
     assert weights == {k: (0.0 if k in prepared.corrupted else 1.0) for k in prepared.weak}
     # the run folder records the scale of the original training images (36-48 px -> 32 px), as if not pre-resized
     run = json.loads((tmp_path / "out" / "runs" / "dii" / "run.json").read_text())

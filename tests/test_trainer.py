@@ -92,6 +92,8 @@ def test_learned_weights_go_into_the_collection_with_history(tmp_path):
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["step"] == 4 and record["classes"][0]["value"] == 1
     assert len(record["loss_history"]) == 4 and "torch" in record["versions"]
+    # one name for a learned weight in both files
+    assert record["format"] == 2 and record["sample_weights"]["w0"]["weight"] == gamma["w0"]["weight"]
 
 
 def test_stop_finishes_the_step_and_keeps_a_checkpoint(tmp_path):
@@ -365,3 +367,23 @@ def test_self_generated_terms_ramp_up_like_cps():
     assert 0 < scale < 0.5
     mlb = off["pixel"] + off["teacher"]
     assert off["total"] - on["total"] == pytest.approx((1 - scale) * mlb, rel=1e-3)
+
+
+def test_the_run_record_is_typed_takes_a_given_train_scale_and_old_weight_names_still_read(tmp_path):
+    from napari_hybridseg.core.training.run_record import RunRecord, weight_of, weights_of
+
+    coll = make_collection(n_strong=2, n_weak=2)
+    drive(train(coll, tiny(steps=2), tmp_path / "run", train_scale=0.25))
+    data = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert data["train_scale"] == 0.25
+    assert RunRecord(**data).to_dict() == data  # every key is a field of the record
+    assert weight_of({"value": 0.3}) == weight_of({"weight": 0.3}) == weight_of(0.3) == 0.3
+    assert weights_of({"sample_weights": {"a": {"value": 0.2, "history": []}}}) == {"a": 0.2}
+    # a run of format 1 ("value") continues with its weights
+    for entry in data["sample_weights"].values():
+        entry["value"] = entry.pop("weight")
+    (tmp_path / "run" / "run.json").write_text(json.dumps({**data, "format": 1}))
+    again = make_collection(n_strong=2, n_weak=2)
+    drive(train(again, tiny(steps=1, dii_tau=100), tmp_path / "run2", init_from=tmp_path / "run"))
+    assert {k: s.value for k, s in again.sample_weights.items()} == pytest.approx(
+        {k: e["value"] for k, e in data["sample_weights"].items()})

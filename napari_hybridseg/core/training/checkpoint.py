@@ -5,8 +5,11 @@ Layout of ``RUN/``::
     model/            network 1 (inference), segmentation-models-pytorch format
     model_b/          network 2 when dynamic co-regularization is on
     run.json          settings, seed, versions, classes, tags, step, loss history,
-                      learned weights and their histories
+                      learned weights and their histories (:class:`.run_record.RunRecord`)
     gamma.json        every weak sample id -> final weight, history, corrupted flag
+
+Both JSON files are written by :func:`.run_record.write_run_record` only;
+this module reads them back and guards the writes.
 
 JSON files are written to a temporary file, fsynced and renamed into place,
 so an interrupted write never leaves a truncated file; model folders are
@@ -22,16 +25,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import shutil
 from pathlib import Path
 
-from napari_hybridseg.core.data.collection import Collection, WeightState
 from napari_hybridseg.core.fsio import atomic_write_json
 from napari_hybridseg.core.fsio import fsync_dir as _fsync
 
-__all__ = ["CheckpointError", "RunError", "gamma_record", "guarded_write", "read_run", "recover_run", "sync_tree",
-           "versions", "write_json", "write_run"]
+__all__ = ["CheckpointError", "RunError", "guarded_write", "read_run", "recover_run", "sync_tree", "write_json"]
 
 
 class RunError(ValueError):
@@ -110,58 +110,6 @@ def recover_run(run_dir: str | Path) -> None:
                 os.replace(old, folder)
             except OSError:
                 continue
-
-
-def versions() -> dict[str, str]:
-    import segmentation_models_pytorch as smp
-    import torch
-
-    from napari_hybridseg import __version__
-
-    return {"napari_hybridseg": __version__, "torch": torch.__version__,
-            "segmentation_models_pytorch": smp.__version__, "python": platform.python_version()}
-
-
-def _weights(states: dict[str, WeightState]) -> dict[str, dict]:
-    return {k: {"value": s.value, "history": [list(h) for h in s.history]} for k, s in states.items()}
-
-
-def gamma_record(collection: Collection) -> dict[str, dict]:
-    """``gamma.json`` content: per weak sample, its weight, history and corruption flag."""
-    out = {}
-    for sid, state in sorted(collection.sample_weights.items(), key=lambda kv: kv[1].value):
-        sample = collection.samples.get(sid)
-        out[sid] = {
-            "weight": state.value,
-            "history": [list(h) for h in state.history],
-            "corrupted": bool(sample.corrupted) if sample is not None else False,
-            "corruption": sample.corruption if sample is not None else None,
-        }
-    return out
-
-
-def write_run(run_dir: Path, *, collection: Collection, config_dict: dict, step: int, total_steps: int,
-              loss_history: list, extra: dict | None = None) -> None:
-    """Write ``run.json`` and ``gamma.json`` (models are written by :func:`models.save_model`)."""
-    run_dir = Path(run_dir)
-    record = {
-        "format": 1,
-        "step": int(step),
-        "total_steps": int(total_steps),
-        "settings": config_dict,
-        "seed": config_dict.get("seed"),
-        "versions": versions(),
-        "classes": [{"name": c.name, "value": c.value, "color": c.color}
-                    for c in sorted(collection.classes, key=lambda c: c.value)],
-        "tags": [{"name": t.name, "implies": t.implies.value, "class_value": t.class_value}
-                 for t in collection.tag_defs],
-        "loss_history": loss_history,
-        "sample_weights": _weights(collection.sample_weights),
-        "annotation_weights": _weights(collection.annotation_weights),
-        **(extra or {}),
-    }
-    write_json(run_dir / "run.json", record)
-    write_json(run_dir / "gamma.json", gamma_record(collection))
 
 
 def read_run(run_dir: str | Path) -> dict:

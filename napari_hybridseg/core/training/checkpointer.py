@@ -2,7 +2,7 @@
 
 :class:`Checkpointer` decides when a checkpoint is due (every
 ``checkpoint_every`` steps and after ``checkpoint_minutes`` of wall time) and
-writes one through :func:`.checkpoint.write_run`, guarded so that a full disk
+writes one (:func:`.run_record.write_run_record`), guarded so that a full disk
 gives one clear error and keeps the last checkpoint.
 """
 
@@ -28,11 +28,16 @@ class Checkpointer:
         ``loss_history``, ``run_dir``, ``init_from``, ``prepared``, ``tau``.
     pixel_summary : callable, optional
         Returns the pixel-weight summary for the record (empty: none).
+    train_scale : float, optional
+        The record's ``train_scale`` as the caller knows it (the benchmark
+        trains on pre-resized copies: the scale of the original images);
+        None: measured from the prepared samples.
     """
 
-    def __init__(self, state, pixel_summary=None):
+    def __init__(self, state, pixel_summary=None, train_scale: float | None = None):
         self.state = state
         self.pixel_summary = pixel_summary or dict
+        self.given_train_scale = train_scale
         self.last_t = time.perf_counter()
 
     def due(self, step: int) -> bool:
@@ -49,20 +54,20 @@ class Checkpointer:
         st = self.state
         if st.run_dir is None:
             return None
-        from napari_hybridseg.core.training.checkpoint import guarded_write, sync_tree, write_run
+        from napari_hybridseg.core.training.checkpoint import guarded_write, sync_tree
+        from napari_hybridseg.core.training.run_record import RunRecord, write_run_record
 
         self.last_t = time.perf_counter()
         with guarded_write(st.run_dir, step):  # a full disk: one clear error, the last checkpoint kept
             st.run_dir.mkdir(parents=True, exist_ok=True)
             for index, net in enumerate(st.nets):
                 sync_tree(save_model(net, st.run_dir / ("model" if index == 0 else "model_b"), st.model_config))
-            pw_summary = self.pixel_summary()
-            write_run(st.run_dir, collection=st.collection, config_dict=st.config.to_dict(), step=step,
-                      total_steps=st.total_steps, loss_history=st.loss_history,
-                      extra={"model": st.model_config.to_dict(), "encoder_weights": self.weights_origin(),
-                             "device": st.dev.label, "dii_tau": st.tau,
-                             "input_size": st.size, "train_scale": self.train_scale(),
-                             **({"pixel_weight_summary": pw_summary} if pw_summary else {})})
+            record = RunRecord.of_run(
+                st.collection, settings=st.config.to_dict(), step=step, total_steps=st.total_steps,
+                loss_history=st.loss_history, model=st.model_config.to_dict(),
+                encoder_weights=self.weights_origin(), device=st.dev.label, dii_tau=st.tau, input_size=st.size,
+                train_scale=self.train_scale(), pixel_weight_summary=self.pixel_summary() or None)
+            write_run_record(st.run_dir, record, st.collection)
         return CheckpointReport(step=step, path=str(st.run_dir))
 
     def weights_origin(self) -> dict:
@@ -74,6 +79,8 @@ class Checkpointer:
 
     def train_scale(self) -> float:
         """Median factor original -> training pixels (the predictor tiles huge images at this scale)."""
+        if self.given_train_scale is not None:
+            return float(self.given_train_scale)
         st = self.state
         sides = [max(p.original_shape) for p in st.prepared.values() if max(p.original_shape) > 0]
         return float(st.size / np.median(sides)) if sides else 1.0

@@ -156,12 +156,13 @@ def _build(st: RunState) -> None:
     initial_gamma: dict[str, float] = {}
     if init_from is not None:
         from napari_hybridseg.core.training.checkpoint import read_run
+        from napari_hybridseg.core.training.run_record import weights_of
 
         prev = read_run(init_from)
         st.prev_weights = prev.get("encoder_weights")
         st.start_step = int(prev.get("step", 0))
         st.loss_history = list(prev.get("loss_history", []))
-        initial_gamma = {k: v["value"] for k, v in prev.get("sample_weights", {}).items()}
+        initial_gamma = weights_of(prev)  # "weight", or "value" in a format-1 run.json
     st.nets = [_make_net(st, 0)]
     if cfg.dcr.enabled:
         st.nets.append(_make_net(st, 1))

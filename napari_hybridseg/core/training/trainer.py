@@ -86,7 +86,8 @@ def _validate(collection: Collection, config: TrainConfig) -> None:
 
 
 def train(collection: Collection, config: TrainConfig, run_dir: str | Path | None = None, *,
-          init_from: str | Path | None = None, preview_ids: Iterable[str] = ()) -> Trainer:
+          init_from: str | Path | None = None, preview_ids: Iterable[str] = (),
+          train_scale: float | None = None) -> Trainer:
     """Train on ``collection``; a generator of reports that takes commands through ``send()``.
 
     Cheap checks run at once (so a bad request fails before a worker thread
@@ -109,6 +110,11 @@ def train(collection: Collection, config: TrainConfig, run_dir: str | Path | Non
         starting point and steps continue from its last step.
     preview_ids : iterable of str
         Samples to preview every ``config.preview_every`` steps.
+    train_scale : float, optional
+        The run record's ``train_scale`` (original -> training pixels) when
+        the caller knows it better than the trainer: the benchmark trains on
+        pre-resized copies and passes the scale of the original images.
+        None (default): the median over the prepared samples.
 
     Yields
     ------
@@ -128,7 +134,7 @@ def train(collection: Collection, config: TrainConfig, run_dir: str | Path | Non
     """
     _validate(collection, config)
     session = Session(collection, config, None if run_dir is None else Path(run_dir),
-                       None if init_from is None else Path(init_from), tuple(preview_ids))
+                       None if init_from is None else Path(init_from), tuple(preview_ids), train_scale)
     return session.loop()
 
 
@@ -181,8 +187,9 @@ class Session:
     """
 
     def __init__(self, collection: Collection, config: TrainConfig, run_dir: Path | None,
-                 init_from: Path | None, preview_ids: tuple[str, ...]):
+                 init_from: Path | None, preview_ids: tuple[str, ...], train_scale: float | None = None):
         self.collection = collection
+        self.train_scale = train_scale
         self.config = config
         self.run_dir = run_dir
         self.init_from = init_from
@@ -225,7 +232,8 @@ class Session:
         self.dii = DIITerm(st)
         self.previewer = Previewer(st)
         pixel = self.pixel_term
-        self.checkpointer = Checkpointer(st, (lambda: pixel.summary) if pixel is not None else None)
+        self.checkpointer = Checkpointer(st, (lambda: pixel.summary) if pixel is not None else None,
+                                         train_scale=self.train_scale)
 
     # -- the generator -------------------------------------------------------
     def loop(self) -> Trainer:
