@@ -105,3 +105,34 @@ def test_batch_prediction_writes_png_masks_at_original_size(predictor, tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
         predict_folder(predictor, tmp_path / "empty", tmp_path / "x")
+
+
+def test_predict_many_gives_what_predict_gives_in_batches_and_tiles_the_huge_ones(predictor):
+    from napari_hybridseg.core.data.collection import Sample
+    from napari_hybridseg.core.prediction import InputCache
+
+    rng = np.random.default_rng(5)
+    shapes = [(45, 70, 3), (33, 20), (40, 40, 3), (300, 90)]
+    samples = {f"s{i}": Sample(f"s{i}", image=(rng.random(sh) * 255).astype(np.uint8)) for i, sh in enumerate(shapes)}
+    predictor.train_scale = 0.5  # (300, 90) at half scale is 150 > 2 x 32: tiled
+    predictor.batch_size = 2
+    cache = predictor.cache = InputCache()
+    tiled = []
+    predictor.tile_progress = lambda done, total: tiled.append(total)
+    many = predictor.predict_many(samples)
+    assert list(many) == list(samples) and tiled  # the huge one went through the tiles
+    for sid, s in samples.items():
+        one, _ = predictor.predict(s.image)
+        assert many[sid].shape == s.image.shape[:2] and many[sid].dtype == one.dtype
+        assert np.array_equal(many[sid], one), sid  # fp32 both ways: the same labels
+    assert len(cache._items) == len(samples)  # inputs resized once, for every predictor sharing the cache
+
+
+def test_labels_from_logits_is_softmax_bilinear_resize_argmax_to_label_values():
+    from napari_hybridseg.core.prediction import labels_from_logits
+
+    logits = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels, probs = labels_from_logits(logits, (20, 12), np.array([0, 3, 300]))
+    assert labels.shape == (20, 12) and labels.dtype == np.uint16 and probs.shape == (3, 20, 12)
+    want = torch.nn.functional.interpolate(logits.softmax(1), size=(20, 12), mode="bilinear", align_corners=False)[0]
+    assert np.array_equal(labels, np.array([0, 3, 300])[want.argmax(0).numpy()])

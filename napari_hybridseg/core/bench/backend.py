@@ -18,7 +18,8 @@ class Backend:
     ``train(collection, config, run_dir)`` is the trainer generator
     (:func:`napari_hybridseg.core.training.trainer.train`); ``load_predictor(run_dir)``
     returns an object whose ``predict(image)`` gives ``(labels, probs)`` at the
-    image's original size (:class:`napari_hybridseg.core.prediction.predict.Predictor`).
+    image's original size, and ideally ``predict_many(samples)`` the labels of many
+    (:class:`napari_hybridseg.core.prediction.Predictor`, what ``hybridseg predict`` and the widget use).
     """
 
     train: Callable[..., Generator]
@@ -27,23 +28,40 @@ class Backend:
     #: ``sample_losses(run_dir, collection, ids, config) -> {id: loss}``: each weak sample's loss under a
     #: finished arm's model (the ``naive_loss`` baseline); None: that baseline is not measured
     sample_losses: Callable[..., dict[str, float]] | None = None
+    #: the scale (original -> training pixels) of the ORIGINAL training images when the arms train on
+    #: pre-resized copies (the trainer then records 1:1 in run.json); the predictor tiles by it. None: the
+    #: scale run.json records
+    train_scale: float | None = None
 
 
 def default_backend(device: str = "auto", label_values: list[int] | None = None) -> Backend:
-    """The project's trainer, and a batched predictor whose resized test inputs all arms share (imports torch)."""
-    from napari_hybridseg.core.training.trainer import train
+    """The project's trainer and predictor (imports torch).
 
-    from .inference import BatchedPredictor, InputCache
+    Every arm is scored by :class:`~napari_hybridseg.core.prediction.Predictor`, the
+    predictor ``hybridseg predict`` and the widget use (fp32, label values from the
+    run's ``run.json``, tiling of much larger images), batched through
+    :meth:`~napari_hybridseg.core.prediction.Predictor.predict_many`, with the
+    resized test inputs shared by all arms. ``label_values`` is accepted for older
+    callers and not used: ``run.json`` records the same values (the collection's
+    classes, sorted).
+    """
+    import torch
+
+    from napari_hybridseg.core.prediction import InputCache, Predictor
+    from napari_hybridseg.core.training.trainer import train
 
     cache = InputCache()
 
     def load_predictor(run_dir: Path):
-        return BatchedPredictor.load(run_dir, label_values=label_values, device=device, cache=cache)
+        # threads: as they are (the arm's training set them); no tuning in the middle of a benchmark
+        return Predictor.load(run_dir, device=device, threads=torch.get_num_threads(), cache=cache,
+                              train_scale=backend.train_scale)
 
     def sample_losses(run_dir: Path, collection: Collection, ids, config: TrainConfig) -> dict[str, float]:
         from .baselines import weak_sample_losses
 
         return weak_sample_losses(run_dir, collection, ids, config, device=device)
 
-    return Backend(train=train, load_predictor=load_predictor, name="napari_hybridseg (batched evaluation)",
-                   sample_losses=sample_losses)
+    backend = Backend(train=train, load_predictor=load_predictor, name="napari_hybridseg (batched evaluation)",
+                      sample_losses=sample_losses)
+    return backend

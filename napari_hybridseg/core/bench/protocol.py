@@ -51,6 +51,7 @@ from .results import (
     _versions,
     arm_file,
     collect_results,
+    original_train_scale,
     write_json,
 )
 from .settings import BENCH_BUDGET_MIN, BENCH_PRESETS, BenchSettings
@@ -138,6 +139,8 @@ def run_benchmark(
     record = prepared.split_record()
     _check_split(out, split_path, record)
     train = _training_set(settings, prepared, base, log)
+    if settings.pre_resize:  # score as hybridseg predict will on the run folder, whose train_scale is restored
+        backend.train_scale = original_train_scale(train, int(base.model.input_size))
     base, calibration = _step_budget(settings, old, base, train, prepared, backend, todo, t_begin,
                                      settings_path, log)
 

@@ -32,13 +32,19 @@ def _restore_train_scale(run_dir: Path, train: Collection, size: int) -> None:
     ``hybridseg predict`` on the bench's models tile full-size images.
     """
     path = Path(run_dir) / "run.json"
-    sides = [max(s.meta["original_shape"]) for s in train if "original_shape" in s.meta]
-    if not path.is_file() or not sides:
+    scale = original_train_scale(train, size)
+    if not path.is_file() or scale is None:
         return
     record = json.loads(path.read_text())
     if "train_scale" in record:
-        record["train_scale"] = float(size / np.median(sides))
+        record["train_scale"] = scale
         write_json(path, record)
+
+
+def original_train_scale(train: Collection, size: int) -> float | None:
+    """Median factor original -> training pixels of pre-resized training images (None: none is resized)."""
+    sides = [max(s.meta["original_shape"]) for s in train if "original_shape" in s.meta]
+    return float(size / np.median(sides)) if sides else None
 
 
 def _versions() -> dict[str, str]:

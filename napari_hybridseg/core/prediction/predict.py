@@ -11,20 +11,27 @@ averaged with a smooth window.
 
 Optional test-time augmentation averages the prediction of the image and of
 its left-right and up-down flips.
+
+Many images at once (:meth:`Predictor.predict_many`, the benchmark's scoring)
+go through the network in batches; their resized inputs can be shared by
+several predictors (:class:`InputCache`, one per benchmark run). The last step,
+class probabilities -> label values at the original size, is
+:func:`labels_from_probs` (:func:`labels_from_logits` from network outputs),
+also used by the training previews.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_hybridseg.core.data.collection import Collection
+from napari_hybridseg.core.data.collection import Collection, Sample
 from napari_hybridseg.core.data.images import (
     IMAGE_SUFFIXES,
     ImageError,
@@ -37,7 +44,55 @@ from napari_hybridseg.core.network.device import ThreadTuner, resolve_device
 from napari_hybridseg.core.network.models import forward
 from napari_hybridseg.core.training.batches import normalise
 
-__all__ = ["Predictor", "predict_collection", "predict_folder", "write_mask"]
+__all__ = ["InputCache", "Predictor", "labels_from_logits", "labels_from_probs", "predict_collection",
+           "predict_folder", "write_mask"]
+
+
+def labels_from_probs(probs: torch.Tensor, shape: tuple[int, int],
+                      class_values: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """Class probabilities at the network's size -> label values and probabilities at ``shape``.
+
+    Parameters
+    ----------
+    probs : torch.Tensor (1, K, h, w)
+        Softmax probabilities (channel 0 background).
+    shape : (int, int)
+        The original rows and columns.
+    class_values : numpy.ndarray (K,)
+        Label value of each channel (0 first).
+
+    Returns
+    -------
+    labels : numpy.ndarray (H, W)
+        Label values of the argmax after a bilinear resize (uint8, uint16 above 255).
+    probabilities : torch.Tensor (K, H, W)
+        The resized probabilities (on the input's device).
+    """
+    probs = F.interpolate(probs, size=shape, mode="bilinear", align_corners=False)[0]
+    labels = class_values[probs.argmax(0).cpu().numpy()]
+    dtype = np.uint16 if class_values.max() > 255 else np.uint8
+    return labels.astype(dtype), probs
+
+
+def labels_from_logits(logits: torch.Tensor, shape: tuple[int, int],
+                       class_values: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """Network outputs (1, K, h, w) -> :func:`labels_from_probs` of their softmax (in fp32)."""
+    return labels_from_probs(logits.float().softmax(1), shape, class_values)
+
+
+class InputCache:
+    """Normalised inputs at the training size, computed once per image and shared by several predictors."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, int], tuple[torch.Tensor, tuple[int, int]]] = {}
+
+    def get(self, sample: Sample, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The (3, size, size) input of ``sample`` and its original (rows, columns)."""
+        key = (sample.id, int(size))
+        if key not in self._items:
+            rgb = to_float_rgb(sample.load_image())
+            self._items[key] = (normalise(resize_image(rgb, (size, size))), (rgb.shape[0], rgb.shape[1]))
+        return self._items[key]
 
 
 def write_mask(path: str | Path, labels: np.ndarray) -> Path:
@@ -79,6 +134,11 @@ class Predictor:
     threads : int or None
         CPU threads for torch; ``None`` (default) chooses them and adapts them to
         a competing CPU load (:class:`~.device.ThreadTuner`).
+    cache : InputCache or None
+        Resized inputs of :meth:`predict_many`, shared with other predictors
+        (a new one if not given).
+    batch_size : int
+        Images per forward pass in :meth:`predict_many`. Default 16.
 
     Attributes
     ----------
@@ -89,8 +149,10 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, input_size: int, class_values: Iterable[int], *,
                  device: str = "auto", train_scale: float | None = None, tile_above: float = 2.0,
                  class_names: Iterable[str] | None = None, tile_size: int | None = None, tile_pixels: int = 2**20,
-                 threads: int | None = None):
+                 threads: int | None = None, cache: InputCache | None = None, batch_size: int = 16):
         self.dev = resolve_device(device, "fp32")
+        self.cache = cache if cache is not None else InputCache()
+        self.batch_size = int(batch_size)
         self.tile_pixels = int(tile_pixels)
         self.tile_size = tile_size
         self.tile_progress = None
@@ -104,7 +166,11 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", **kwargs) -> Predictor:
-        """Load from a run folder (``RUN/``) or its model folder (``RUN/model``)."""
+        """Load from a run folder (``RUN/``) or its model folder (``RUN/model``).
+
+        ``kwargs`` go to the constructor; a ``train_scale`` given there replaces
+        the one ``run.json`` records.
+        """
         from napari_hybridseg.core.training.checkpoint import RunError, load_run_model, read_run, recover_run
 
         path = Path(path)
@@ -123,6 +189,9 @@ class Predictor:
                 values = [int(c["value"]) for c in record["classes"]]
                 names = [c["name"] for c in record["classes"]]
             scale = record.get("train_scale")
+        if kwargs.get("train_scale") is not None:
+            scale = kwargs["train_scale"]
+        kwargs.pop("train_scale", None)
         return cls(model, config.input_size, values, device=device, train_scale=scale, class_names=names, **kwargs)
 
     # -- core ---------------------------------------------------------------
@@ -216,7 +285,7 @@ class Predictor:
         rgb = to_float_rgb(image)
         h, w = rgb.shape[:2]
         s = self.input_size
-        if self.train_scale and max(h, w) * self.train_scale > self.tile_above * s:
+        if self._tiles((h, w)):
             probs = self._tiled(rgb, tta)
         else:
             x = normalise(resize_image(rgb, (s, s)))[None]
@@ -224,10 +293,37 @@ class Predictor:
             probs = self._probs(x, tta)
             if self.threads is not None:
                 self.threads.record(time.perf_counter() - t0)
-        probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)[0]
-        labels = self.class_values[probs.argmax(0).cpu().numpy()]
-        dtype = np.uint16 if self.class_values.max() > 255 else np.uint8
-        return labels.astype(dtype), probs.cpu().numpy().astype(np.float32)
+        labels, probs = labels_from_probs(probs, (h, w), self.class_values)
+        return labels, probs.cpu().numpy().astype(np.float32)
+
+    def _tiles(self, shape: tuple[int, int]) -> bool:
+        """Whether an image of ``shape`` is predicted in tiles (much larger than the training scale)."""
+        return bool(self.train_scale) and max(shape) * self.train_scale > self.tile_above * self.input_size
+
+    def predict_many(self, samples: Mapping[str, Sample], tta: bool = False) -> dict[str, np.ndarray]:
+        """Label masks of many samples at their original sizes, as :meth:`predict` gives them.
+
+        Images that :meth:`predict` resizes whole go through the network
+        :attr:`batch_size` at a time, their inputs from :attr:`cache`; images it
+        tiles are predicted one by one, in tiles.
+        """
+        out: dict[str, np.ndarray] = {}
+        whole = []
+        for sid, sample in samples.items():
+            if self._tiles(self.cache.get(sample, self.input_size)[1]):
+                out[sid] = self.predict(sample.load_image(), tta=tta)[0]
+            else:
+                whole.append(sid)
+        for start in range(0, len(whole), self.batch_size):
+            chunk = whole[start:start + self.batch_size]
+            items = [self.cache.get(samples[i], self.input_size) for i in chunk]
+            t0 = time.perf_counter()
+            probs = self._probs(torch.stack([t for t, _ in items]), tta)
+            if self.threads is not None:
+                self.threads.record(time.perf_counter() - t0, len(chunk))
+            for sid, p, (_, shape) in zip(chunk, probs, items):
+                out[sid] = labels_from_probs(p[None], shape, self.class_values)[0]
+        return {sid: out[sid] for sid in samples}
 
 
 def predict_collection(predictor: Predictor, collection: Collection, out_dir: str | Path, *,

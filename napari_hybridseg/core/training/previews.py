@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from napari_hybridseg.core.data.collection import Role
 from napari_hybridseg.core.network.models import forward
+from napari_hybridseg.core.prediction import labels_from_logits
 from napari_hybridseg.core.supervision.losses import strong_loss
 from napari_hybridseg.core.training.reports import PreviewReport
 
@@ -40,7 +40,6 @@ class Previewer:
         was = net.training
         net.eval()
         values = np.array([0] + [c.value for c in sorted(st.collection.classes, key=lambda c: c.value)])
-        dtype = np.uint16 if values.max() > 255 else np.uint8
         labels, probs = {}, {}
         try:
             for sid in ids:
@@ -48,9 +47,8 @@ class Previewer:
                 if p is None:
                     continue
                 logits, _ = forward(net, p.image[None].to(st.dev.device))
-                prob = F.interpolate(logits.float().softmax(1), size=p.original_shape, mode="bilinear",
-                                     align_corners=False)[0]
-                labels[sid] = values[prob.argmax(0).cpu().numpy()].astype(dtype)
+                # the predictor's own last step (core.prediction): softmax, bilinear to the original size, argmax
+                labels[sid], prob = labels_from_logits(logits, p.original_shape, values)
                 probs[sid] = prob[1:].amax(0).cpu().numpy().astype(np.float32)
         finally:
             net.train(was)
