@@ -29,8 +29,9 @@ class Backend:
     #: finished arm's model (the ``naive_loss`` baseline); None: that baseline is not measured
     sample_losses: Callable[..., dict[str, float]] | None = None
     #: the scale (original -> training pixels) of the ORIGINAL training images when the arms train on
-    #: pre-resized copies (the trainer then records 1:1 in run.json); the predictor tiles by it. None: the
-    #: scale run.json records
+    #: pre-resized copies (set by :func:`~.protocol.run_benchmark`); the project's backend gives it to the
+    #: trainer (``train(..., train_scale=)``), which records it in run.json instead of 1:1, so the predictor
+    #: (and ``hybridseg predict`` on the run folder later) tiles by the true scale. None: the trainer's own
     train_scale: float | None = None
 
 
@@ -38,8 +39,8 @@ def default_backend(device: str = "auto", label_values: list[int] | None = None)
     """The project's trainer and predictor (imports torch).
 
     Every arm is scored by :class:`~napari_hybridseg.core.prediction.Predictor`, the
-    predictor ``hybridseg predict`` and the widget use (fp32, label values from the
-    run's ``run.json``, tiling of much larger images), batched through
+    predictor ``hybridseg predict`` and the widget use (fp32, label values and
+    ``train_scale`` from the run's ``run.json``, tiling of much larger images), batched through
     :meth:`~napari_hybridseg.core.prediction.Predictor.predict_many`, with the
     resized test inputs shared by all arms. ``label_values`` is accepted for older
     callers and not used: ``run.json`` records the same values (the collection's
@@ -48,14 +49,16 @@ def default_backend(device: str = "auto", label_values: list[int] | None = None)
     import torch
 
     from napari_hybridseg.core.prediction import InputCache, Predictor
-    from napari_hybridseg.core.training.trainer import train
+    from napari_hybridseg.core.training.trainer import train as trainer
 
     cache = InputCache()
 
+    def train(collection: Collection, config: TrainConfig, run_dir: Path | None):
+        return trainer(collection, config, run_dir, train_scale=backend.train_scale)
+
     def load_predictor(run_dir: Path):
         # threads: as they are (the arm's training set them); no tuning in the middle of a benchmark
-        return Predictor.load(run_dir, device=device, threads=torch.get_num_threads(), cache=cache,
-                              train_scale=backend.train_scale)
+        return Predictor.load(run_dir, device=device, threads=torch.get_num_threads(), cache=cache)
 
     def sample_losses(run_dir: Path, collection: Collection, ids, config: TrainConfig) -> dict[str, float]:
         from .baselines import weak_sample_losses

@@ -45,7 +45,6 @@ from .data import Prepared, _copy_collection, arm_collection, prepare, prepare_c
 from .evaluate import _predict_all, evaluate_masks, gamma_quality, pixel_weight_ratio
 from .presets import COST_FACTOR
 from .results import (
-    _restore_train_scale,
     _save_grid,
     _save_grid_predictions,
     _versions,
@@ -139,7 +138,7 @@ def run_benchmark(
     record = prepared.split_record()
     _check_split(out, split_path, record)
     train = _training_set(settings, prepared, base, log)
-    if settings.pre_resize:  # score as hybridseg predict will on the run folder, whose train_scale is restored
+    if settings.pre_resize:  # run.json records the scale of the original images, not 1:1 (Backend.train_scale)
         backend.train_scale = original_train_scale(train, int(base.model.input_size))
     base, calibration = _step_budget(settings, old, base, train, prepared, backend, todo, t_begin,
                                      settings_path, log)
@@ -264,8 +263,6 @@ def _run_one_arm(arm: str, data: ArmData, settings: BenchSettings, prepared: Pre
         log(f"{arm}: FAILED: {exc}")
         return None
     (out / "arms" / f"{arm.replace('+', '_')}.error.txt").unlink(missing_ok=True)
-    if settings.pre_resize:
-        _restore_train_scale(out / "runs" / arm.replace("+", "_"), data.train, int(base.model.input_size))
     _save_grid_predictions(out, arm, grid)
     write_json(arm_file(out, arm), result)
     log(f"{arm}: Dice {result['dice']:.3f} [{result['dice_ci'][0]:.3f}, {result['dice_ci'][1]:.3f}], "

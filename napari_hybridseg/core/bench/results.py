@@ -24,23 +24,6 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_json(path, data)
 
 
-def _restore_train_scale(run_dir: Path, train: Collection, size: int) -> None:
-    """Record in ``run.json`` the scale of the ORIGINAL training images, not of their pre-resized copies.
-
-    The predictor tiles images much larger than the training scale; with
-    pre-resized copies the trainer sees 1:1 scale and would make
-    ``hybridseg predict`` on the bench's models tile full-size images.
-    """
-    path = Path(run_dir) / "run.json"
-    scale = original_train_scale(train, size)
-    if not path.is_file() or scale is None:
-        return
-    record = json.loads(path.read_text())
-    if "train_scale" in record:
-        record["train_scale"] = scale
-        write_json(path, record)
-
-
 def original_train_scale(train: Collection, size: int) -> float | None:
     """Median factor original -> training pixels of pre-resized training images (None: none is resized)."""
     sides = [max(s.meta["original_shape"]) for s in train if "original_shape" in s.meta]

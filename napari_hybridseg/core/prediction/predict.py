@@ -166,11 +166,7 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", **kwargs) -> Predictor:
-        """Load from a run folder (``RUN/``) or its model folder (``RUN/model``).
-
-        ``kwargs`` go to the constructor; a ``train_scale`` given there replaces
-        the one ``run.json`` records.
-        """
+        """Load from a run folder (``RUN/``) or its model folder (``RUN/model``); ``kwargs`` go to the constructor."""
         from napari_hybridseg.core.training.checkpoint import RunError, load_run_model, read_run, recover_run
 
         path = Path(path)
@@ -189,9 +185,6 @@ class Predictor:
                 values = [int(c["value"]) for c in record["classes"]]
                 names = [c["name"] for c in record["classes"]]
             scale = record.get("train_scale")
-        if kwargs.get("train_scale") is not None:
-            scale = kwargs["train_scale"]
-        kwargs.pop("train_scale", None)
         return cls(model, config.input_size, values, device=device, train_scale=scale, class_names=names, **kwargs)
 
     # -- core ---------------------------------------------------------------
