@@ -69,7 +69,9 @@ class FakeTrainer:
                 break
             step += 1
             if self.fail_at == step:
-                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                import torch
+
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             time.sleep(self.step_s)
             if step % 2 == 0:
                 # corrupted weak labels sink, clean ones rise: what DII should do
@@ -142,8 +144,12 @@ def test_merge_commands_keeps_every_update_and_stop_wins():
 
 
 def test_training_errors_say_what_to_do():
-    assert "input size" in describe_error(RuntimeError("CUDA out of memory"))
-    assert "full mask" in describe_error(ValueError("no strong sample: need at least one strong mask"))
+    import torch
+
+    from napari_hybridseg.core.errors import NoStrongMaskError
+
+    assert "input size" in describe_error(torch.OutOfMemoryError("CUDA out of memory"))
+    assert "full mask" in describe_error(NoStrongMaskError("no image has a strong mask"))
 
 
 # -- session and layers ------------------------------------------------------------

@@ -7,7 +7,8 @@ derive from :class:`ValueError`, so ``except ValueError`` in older callers keeps
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "HybridsegError", "NoStrongMaskError", "TrainingDataError"]
+__all__ = ["CheckpointError", "ConfigError", "DivergedError", "HybridsegError", "NoStrongMaskError", "RunError",
+           "TrainingDataError"]
 
 
 class HybridsegError(Exception):
@@ -32,8 +33,21 @@ class ConfigError(HybridsegError, ValueError):
 
 
 class TrainingDataError(HybridsegError, ValueError):
-    """The collection cannot be trained on: an image or label that cannot be used, a run that does not fit it."""
+    """The collection cannot be trained on: an image or a label that cannot be used (the message names the sample)."""
 
 
 class NoStrongMaskError(TrainingDataError):
     """No image has a strong (full) mask: training needs at least one."""
+
+
+class RunError(HybridsegError, ValueError):
+    """A run folder that cannot be used (no run, a broken run.json, a broken model, a run that does not fit
+    the collection it would continue on); says what to do."""
+
+
+class CheckpointError(HybridsegError, OSError):
+    """A checkpoint that could not be written (a full disk); the message names the folder and what to do."""
+
+
+class DivergedError(HybridsegError, RuntimeError):
+    """The loss became NaN or infinite; the message says which step and what to lower."""

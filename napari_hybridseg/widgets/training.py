@@ -143,19 +143,46 @@ def drive(gen: Generator[Any, Any, Any], commands: queue.Queue,
             return
 
 
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, or torch's out-of-memory type (torch is only looked at when it is already imported)."""
+    import sys
+
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    return isinstance(oom, type) and isinstance(exc, oom)
+
+
 def describe_error(exc: BaseException) -> str:
-    """A one-line message saying what went wrong in training and what to do."""
+    """A one-line message saying what went wrong in training and what to do, chosen by the exception's type.
+
+    The core raises the types of :mod:`napari_hybridseg.core.errors` (their
+    messages already say what to do); torch's out-of-memory error and
+    :class:`MemoryError`, and :class:`ImportError`, get their own advice.
+    """
+    from napari_hybridseg.core import errors as E
+
     text = f"{exc.__class__.__name__}: {exc}"
-    low = text.lower()
-    if "out of memory" in low or isinstance(exc, MemoryError):
+    if _is_out_of_memory(exc):
         return (f"Training ran out of memory ({text}). Lower the input size or the batch size, "
                 "choose a smaller encoder, or train on the CPU.")
-    if "strong" in low and ("mask" in low or "no " in low):
-        return f"Training needs at least one image with a full mask: draw one and press Train again. ({text})"
-    if "image" in low and ("cannot read" in low or "shape" in low or "expected" in low):
-        return f"An image cannot be used for training: {text}. Fix or remove it and press Train again."
-    if isinstance(exc, ImportError | ModuleNotFoundError):
+    if isinstance(exc, E.NoStrongMaskError):
+        return f"Training needs at least one image with a full mask: draw one and press Train again. ({exc})"
+    if isinstance(exc, E.TrainingDataError):
+        return f"An image cannot be used for training: {exc}. Fix or remove it and press Train again."
+    if isinstance(exc, E.ConfigError):
+        return f"A training setting is not valid: {exc}. Change it and press Train again."
+    if isinstance(exc, E.RunError):
+        return f"The run to continue cannot be used: {exc}. Untick 'continue from the last model' to start a new run."
+    if isinstance(exc, E.CheckpointError):
+        return f"Training stopped: {exc}. The last checkpoint was kept."
+    if isinstance(exc, E.DivergedError):
+        return f"Training diverged: {exc}."
+    if isinstance(exc, ImportError):
         return f"Training is not available: {text}. Reinstall napari-hybridseg (pip install napari-hybridseg)."
+    if isinstance(exc, E.HybridsegError):
+        return f"Training stopped: {exc}."
     return f"Training stopped with an error: {text}. Your annotations are saved; check the settings and try again."
 
 

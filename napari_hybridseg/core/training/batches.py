@@ -18,6 +18,7 @@ import torch
 
 from napari_hybridseg.core.data.collection import Collection, Role, Sample
 from napari_hybridseg.core.data.images import ImageError, resize_image, to_float_rgb
+from napari_hybridseg.core.errors import TrainingDataError
 from napari_hybridseg.core.network.models import IMAGENET_MEAN, IMAGENET_STD
 from napari_hybridseg.core.supervision.targets import make_targets
 
@@ -92,22 +93,23 @@ def prepare_sample(sample: Sample, collection: Collection, size: int, *,
 
     Raises
     ------
-    ValueError
-        If the image cannot be read or used, naming the sample and what to do.
+    TrainingDataError
+        If the image cannot be read or used, naming the sample and what to do
+        (a :class:`ValueError`).
     """
     from_disk = sample.image is None
     try:
         image = sample.load_image()
         rgb = to_float_rgb(image)
     except (ImageError, OSError) as exc:
-        raise ValueError(f"sample {sample.id!r}: image is unusable ({exc}); fix or remove the sample") from exc
+        raise TrainingDataError(f"sample {sample.id!r}: image is unusable ({exc}); fix or remove the sample") from exc
     finally:
         if from_disk:
             # keep only the small copy: 1000 full-size frames would hold gigabytes for nothing
             sample.image = None
     shape = (int(rgb.shape[0]), int(rgb.shape[1]))
     if sample.mask is not None and tuple(np.shape(sample.mask)[:2]) != shape:
-        raise ValueError(f"sample {sample.id!r}: mask shape {np.shape(sample.mask)} differs from the image "
+        raise TrainingDataError(f"sample {sample.id!r}: mask shape {np.shape(sample.mask)} differs from the image "
                          f"{shape}; redraw or re-import the mask")
     small = resize_image(rgb, (size, size))
     t = make_targets(sample, collection, (size, size), point_radius=point_radius, original_shape=shape)

@@ -28,18 +28,11 @@ import os
 import shutil
 from pathlib import Path
 
+from napari_hybridseg.core.errors import CheckpointError, RunError
 from napari_hybridseg.core.fsio import atomic_write_json
 from napari_hybridseg.core.fsio import fsync_dir as _fsync
 
 __all__ = ["CheckpointError", "RunError", "guarded_write", "read_run", "recover_run", "sync_tree", "write_json"]
-
-
-class RunError(ValueError):
-    """A run folder that cannot be used (no run, a broken run.json, a broken model); says what to do."""
-
-
-class CheckpointError(OSError):
-    """A checkpoint that could not be written; the message names the folder and what to do."""
 
 
 def sync_tree(folder: str | Path) -> Path:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from napari_hybridseg.core.data.collection import Collection, Role, Sample, WeightState
-from napari_hybridseg.core.errors import ConfigError, NoStrongMaskError
+from napari_hybridseg.core.errors import ConfigError, NoStrongMaskError, RunError
 from napari_hybridseg.core.methods import dii as dii_mod
 from napari_hybridseg.core.network.device import DeviceInfo, ThreadTuner, release, resolve_device
 from napari_hybridseg.core.network.models import build_model
@@ -204,7 +204,7 @@ def _make_net(st: RunState, index: int) -> torch.nn.Module:
 
         net, saved = load_run_model(folder, what_to_do="start a new run (--force) or restore the file")
         if saved.classes != st.model_config.classes:
-            raise ValueError(f"{st.init_from}: that run predicts {saved.classes - 1} class(es), this "
+            raise RunError(f"{st.init_from}: that run predicts {saved.classes - 1} class(es), this "
                              f"collection has {st.model_config.classes - 1}; start a new run instead")
         # a continued run keeps the network it continues (an older run's encoder may not be today's default)
         st.model_config = st.model_config.replace(arch=saved.arch, encoder=saved.encoder,
@@ -212,5 +212,5 @@ def _make_net(st: RunState, index: int) -> torch.nn.Module:
                                                   in_channels=saved.in_channels)
         return net
     if folder is not None and index == 0:
-        raise ValueError(f"{st.init_from}: no model/ folder to continue from")
+        raise RunError(f"{st.init_from}: no model/ folder to continue from")
     return build_model(st.model_config, seed=st.config.seed + 1000 * index)

@@ -16,6 +16,7 @@ import math
 import torch
 
 from napari_hybridseg.core.data.collection import Role
+from napari_hybridseg.core.errors import DivergedError
 from napari_hybridseg.core.network.models import forward
 from napari_hybridseg.core.supervision.losses import (
     LossWeights,
@@ -140,7 +141,7 @@ class TrainStep:
             self.pixel_term.after_update()
         logged["total"] = float(total.detach())
         if not math.isfinite(logged["total"]):
-            raise RuntimeError(f"the loss became {logged['total']} at step {step}; lower the learning rate "
+            raise DivergedError(f"the loss became {logged['total']} at step {step}; lower the learning rate "
                                f"(now {cfg.optim.lr}) or use --precision fp32")
         return logged
 
