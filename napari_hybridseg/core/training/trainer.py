@@ -241,19 +241,8 @@ class Session:
         t_start = time.perf_counter()
         self.setup()
         st = self.state
-        cfg = self.config
-        label = st.dev.label
-        counts = {r: len(st.ids(r)) for r in Role}
-        if counts[Role.UNLABELED] and not cfg.dcr.enabled:
-            self.notes.append(f"{counts[Role.UNLABELED]} unlabeled image(s) unused: they enter through DCR only")
-        if cfg.dii.enabled and counts[Role.WEAK]:
-            self.notes.append(f"DII updates every {st.tau} steps ({cfg.dii.scorer} scorer)")
-        self.accept((yield StartReport(device=label, total_steps=st.total_steps,
-                                        start_step=st.start_step, n_strong=counts[Role.STRONG],
-                                        n_weak=counts[Role.WEAK], n_unlabeled=counts[Role.UNLABELED],
-                                        run_dir=None if self.run_dir is None else str(self.run_dir),
-                                        notes=tuple(self.notes))))
-        sps: float | None = None
+        self.accept((yield self._start_report()))
+        self.sps: float | None = None
         step = st.start_step
         last_ckpt = None
         reason = "finished"
@@ -271,50 +260,74 @@ class Session:
                 if self.paused:
                     time.sleep(0.05)  # the caller's loop spins on paused reports; do not burn a core
                     self.accept((yield StepReport(step=step, total_steps=st.total_steps, losses={}, lr=0.0,
-                                                  sec_per_step=sps or 0.0, eta_s=0.0, device=label,
+                                                  sec_per_step=self.sps or 0.0, eta_s=0.0, device=st.dev.label,
                                                   paused=True)))
                     continue
                 if self.pending_updates:
                     st.apply_updates(self.pending_updates)
                 step += 1
-                t0 = time.perf_counter()
-                losses = self.train_step(step)
-                dt = time.perf_counter() - t0
-                if st.threads is not None:
-                    st.threads.record(dt)
-                sps = dt if sps is None else 0.9 * sps + 0.1 * dt
-                if cfg.log_every and step % cfg.log_every == 0:
-                    st.loss_history.append([step, losses])
-                self.accept((yield StepReport(step=step, total_steps=st.total_steps, losses=losses,
-                                              lr=self.schedule.at(step), sec_per_step=sps,
-                                              eta_s=sps * (st.total_steps - step), device=label)))
-                if self.dii.due(step):
-                    report = self.dii.update(step)
-                    if report is not None:
-                        self.accept((yield report))
-                want = list(self.pending_previews)
-                self.pending_previews.clear()
-                if self.preview_ids and cfg.preview_every and step % cfg.preview_every == 0:
-                    want += [i for i in self.preview_ids if i not in want]
-                if want:
-                    self.accept((yield self.previewer.preview(step, want)))
-                if self.checkpointer.due(step):
-                    report = self.checkpointer.write(step)
-                    last_ckpt = report.path if report else None
-                    self.accept((yield report))
+                last_ckpt = (yield from self._one_step(step)) or last_ckpt
             if self.stop_requested:
                 reason = "stopped"
-            report = self.checkpointer.write(step) if step > st.start_step or self.run_dir else None
-            if report is not None and step > st.start_step:
-                self.previewer.export_pixel_weight_maps(step)
-            if report is not None:
-                last_ckpt = report.path
-                self.accept((yield report))
+            last_ckpt = (yield from self._final_checkpoint(step)) or last_ckpt
             self.release()
             yield DoneReport(step=step, reason=reason, checkpoint=last_ckpt,
                              wall_s=time.perf_counter() - t_start)
         finally:
             self.release()
+
+    def _start_report(self) -> StartReport:
+        st, cfg = self.state, self.config
+        counts = {r: len(st.ids(r)) for r in Role}
+        if counts[Role.UNLABELED] and not cfg.dcr.enabled:
+            self.notes.append(f"{counts[Role.UNLABELED]} unlabeled image(s) unused: they enter through DCR only")
+        if cfg.dii.enabled and counts[Role.WEAK]:
+            self.notes.append(f"DII updates every {st.tau} steps ({cfg.dii.scorer} scorer)")
+        return StartReport(device=st.dev.label, total_steps=st.total_steps, start_step=st.start_step,
+                           n_strong=counts[Role.STRONG], n_weak=counts[Role.WEAK],
+                           n_unlabeled=counts[Role.UNLABELED],
+                           run_dir=None if self.run_dir is None else str(self.run_dir), notes=tuple(self.notes))
+
+    def _one_step(self, step: int) -> Generator[Report, object, str | None]:
+        """Train ``step`` and yield its reports (step, DII, preview, checkpoint); returns a checkpoint's path."""
+        st, cfg = self.state, self.config
+        t0 = time.perf_counter()
+        losses = self.train_step(step)
+        dt = time.perf_counter() - t0
+        if st.threads is not None:
+            st.threads.record(dt)
+        self.sps = dt if self.sps is None else 0.9 * self.sps + 0.1 * dt
+        if cfg.log_every and step % cfg.log_every == 0:
+            st.loss_history.append([step, losses])
+        self.accept((yield StepReport(step=step, total_steps=st.total_steps, losses=losses,
+                                      lr=self.schedule.at(step), sec_per_step=self.sps,
+                                      eta_s=self.sps * (st.total_steps - step), device=st.dev.label)))
+        if self.dii.due(step):
+            report = self.dii.update(step)
+            if report is not None:
+                self.accept((yield report))
+        want = list(self.pending_previews)
+        self.pending_previews.clear()
+        if self.preview_ids and cfg.preview_every and step % cfg.preview_every == 0:
+            want += [i for i in self.preview_ids if i not in want]
+        if want:
+            self.accept((yield self.previewer.preview(step, want)))
+        if self.checkpointer.due(step):
+            report = self.checkpointer.write(step)
+            self.accept((yield report))
+            return report.path
+        return None
+
+    def _final_checkpoint(self, step: int) -> Generator[Report, object, str | None]:
+        """The last checkpoint (and the pixel-weight pictures of a run that trained); returns its path."""
+        trained = step > self.state.start_step
+        report = self.checkpointer.write(step) if trained or self.run_dir else None
+        if report is None:
+            return None
+        if trained:
+            self.previewer.export_pixel_weight_maps(step)
+        self.accept((yield report))
+        return report.path
 
     def release(self) -> None:
         """Free accelerator memory: models back to the CPU, caches emptied; torch's thread count as it was."""
