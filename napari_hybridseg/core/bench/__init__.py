@@ -20,7 +20,7 @@
 * :mod:`.aggregate`: per-arm mean and spread, paired differences, weight quality over seeds;
 * :mod:`.targets`: BENCHMARK.md's targets judged on the paired intervals;
 * :mod:`.suite`: several seeds and strong fractions, one run each;
-* :mod:`.report`: ``report.md`` and figures from a benchmark folder.
+* :mod:`.report`: ``report.md`` from a benchmark folder, around :mod:`.figures`.
 
 The names below are imported on first use, so that importing :mod:`.arms` (the CLI's choices) stays
 light.
