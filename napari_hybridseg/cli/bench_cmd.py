@@ -157,6 +157,38 @@ def run(args: argparse.Namespace) -> int:
         path = write_report(out)
         print(f"report: {path}")
         return 0
+    seeds = _seeds(args)
+
+    from napari_hybridseg.core.bench.protocol import BenchSettings
+
+    overrides = _overrides(args)
+    try:
+        settings = BenchSettings(
+            dataset=str(Path(args.dataset).resolve()), layout=args.layout, out=str(out.resolve()),
+            preset=args.preset, strong_fraction=args.strong_fraction[0], weak=args.weak, noise=args.noise,
+            seed=seeds[0], arms=args.arms, groups_csv=args.groups, dedup=not args.no_dedup,
+            device=args.device, steps=args.steps, limit=args.limit, overrides=overrides, note=args.note,
+            budget_min=args.budget_min,
+        )
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    missing = _run(args, settings, seeds, out)
+    report = write_report(out)
+    print(f"results: {out / 'results.json'}")
+    print(f"report:  {report}")
+    figures = sorted(p.name for p in out.glob("*.png"))
+    if figures:
+        print(f"figures: {', '.join(str(out / f) for f in figures)}")
+    if missing:
+        print(f"arms without results: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _seeds(args: argparse.Namespace) -> tuple[int, ...]:
+    """Check the arguments a run needs; the seeds to run."""
+    from napari_hybridseg.cli import CLIError
+
     if args.dataset is None or args.layout is None:
         raise CLIError(f"give the DATASET folder and its --layout {{{','.join(LAYOUTS)}}} (only --report-only "
                        "works without them)")
@@ -169,9 +201,11 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    return seeds
 
-    from napari_hybridseg.core.bench.protocol import BenchSettings, run_benchmark
 
+def _overrides(args: argparse.Namespace) -> dict:
+    """The TrainConfig overrides of every arm: --batch-size, --size, --encoder(-weights), then each --set."""
     overrides: dict = {}
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
@@ -185,17 +219,16 @@ def run(args: argparse.Namespace) -> int:
     if model:
         overrides["model"] = model
     overrides.update(_settings(args.set_))
-    try:
-        settings = BenchSettings(
-            dataset=str(Path(args.dataset).resolve()), layout=args.layout, out=str(out.resolve()),
-            preset=args.preset, strong_fraction=args.strong_fraction[0], weak=args.weak, noise=args.noise,
-            seed=seeds[0], arms=args.arms, groups_csv=args.groups, dedup=not args.no_dedup,
-            device=args.device, steps=args.steps, limit=args.limit, overrides=overrides, note=args.note,
-            budget_min=args.budget_min,
-        )
-    except ValueError as exc:
-        raise CLIError(str(exc)) from exc
+    return overrides
+
+
+def _run(args: argparse.Namespace, settings, seeds: tuple[int, ...], out: Path) -> list[str]:
+    """One run, or a suite of seeds x strong fractions; the arms left without results."""
+    from napari_hybridseg.cli import CLIError
+    from napari_hybridseg.core.bench.protocol import run_benchmark
+
     command = "hybridseg " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None
+
     def log(msg: str) -> None:
         print(msg, file=sys.stderr)
 
@@ -203,29 +236,19 @@ def run(args: argparse.Namespace) -> int:
     if len(seeds) == 1 and len(fractions) == 1 and not (out / "suite.json").is_file():
         print(f"benchmark: {', '.join(settings.arms)} -> {out}", file=sys.stderr)
         results = run_benchmark(settings, on_report=_progress(), command_line=command, log=log)
-        missing = [a for a in settings.arms if a not in results["arms"]]
-    else:
-        from napari_hybridseg.core.bench.suite import run_suite
+        return [a for a in settings.arms if a not in results["arms"]]
+    from napari_hybridseg.core.bench.suite import run_suite
 
-        print(f"benchmark: {', '.join(settings.arms)} x seeds {','.join(map(str, seeds))} x strong fraction(s) "
-              f"{','.join(f'{f:g}' for f in fractions)} -> {out}", file=sys.stderr)
-        try:
-            results = run_suite(settings, seeds, fractions, on_report=_progress(), command_line=command, log=log,
-                                **({} if args.expensive_seeds is None else {"expensive_seeds": args.expensive_seeds}))
-        except ValueError as exc:
-            raise CLIError(str(exc)) from exc
-        missing = []
-        for run in results["suite"]["runs"]:
-            res = out / run["folder"] / "results.json"
-            done = json.loads(res.read_text())["arms"] if res.is_file() else {}
-            missing += [f"{a} ({run['folder']})" for a in run["arms"] if a not in done]
-    report = write_report(out)
-    print(f"results: {out / 'results.json'}")
-    print(f"report:  {report}")
-    figures = sorted(p.name for p in out.glob("*.png"))
-    if figures:
-        print(f"figures: {', '.join(str(out / f) for f in figures)}")
-    if missing:
-        print(f"arms without results: {', '.join(missing)}", file=sys.stderr)
-        return 1
-    return 0
+    print(f"benchmark: {', '.join(settings.arms)} x seeds {','.join(map(str, seeds))} x strong fraction(s) "
+          f"{','.join(f'{f:g}' for f in fractions)} -> {out}", file=sys.stderr)
+    try:
+        results = run_suite(settings, seeds, fractions, on_report=_progress(), command_line=command, log=log,
+                            **({} if args.expensive_seeds is None else {"expensive_seeds": args.expensive_seeds}))
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    missing = []
+    for run in results["suite"]["runs"]:
+        res = out / run["folder"] / "results.json"
+        done = json.loads(res.read_text())["arms"] if res.is_file() else {}
+        missing += [f"{a} ({run['folder']})" for a in run["arms"] if a not in done]
+    return missing
