@@ -288,9 +288,7 @@ def build_model(config: ModelConfig, *, seed: int | None = None) -> nn.Module:
 
     if config.arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {config.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    # None: not derived from a collection (a network built alone): one foreground class, no tag head
-    config = config.replace(classes=2 if config.classes is None else config.classes,
-                            aux_classes=config.aux_classes or 0)
+    config = concrete(config)
     if config.classes < 2:
         raise ValueError("classes must be at least 2 (background + one class)")
     check_encoder_weights(config.encoder, config.encoder_weights)
@@ -342,6 +340,15 @@ def last_layer(model: nn.Module) -> nn.Conv2d:
     return conv
 
 
+def concrete(config: ModelConfig) -> ModelConfig:
+    """``config`` with unset class counts filled as for a network built alone: one foreground class, no tag head.
+
+    (The trainer sets them from the collection first; this is for networks built or saved outside it.)
+    """
+    return config.replace(classes=2 if config.classes is None else config.classes,
+                          aux_classes=config.aux_classes or 0)
+
+
 def save_model(model: nn.Module, directory: str | Path, config: ModelConfig) -> Path:
     """Save in segmentation-models-pytorch's format plus our ``hybridseg_model.json``.
 
@@ -356,7 +363,7 @@ def save_model(model: nn.Module, directory: str | Path, config: ModelConfig) -> 
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
-    (tmp / "hybridseg_model.json").write_text(json.dumps(config.to_dict(), indent=2))
+    (tmp / "hybridseg_model.json").write_text(json.dumps(concrete(config).to_dict(), indent=2))
     if directory.exists():
         old = directory.with_name(directory.name + ".old")
         if old.exists():

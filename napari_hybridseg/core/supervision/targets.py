@@ -29,6 +29,7 @@ import numpy as np
 
 from napari_hybridseg.core.data.collection import Collection, Role, Sample, TagImplies
 from napari_hybridseg.core.data.images import resize_labels
+from napari_hybridseg.core.errors import TrainingDataError
 
 __all__ = [
     "IGNORE",
@@ -97,7 +98,7 @@ def mask_to_index(mask: np.ndarray, collection: Collection, sample_id: str = "?"
     unknown = [int(v) for v in values if v != 0 and int(v) not in lut]
     if unknown:
         names = ", ".join(f"{c.name}={c.value}" for c in collection.classes)
-        raise ValueError(
+        raise TrainingDataError(
             f"sample {sample_id!r}: mask holds label value(s) {unknown} that are not classes "
             f"({names}). Add the class or relabel the mask."
         )
@@ -107,14 +108,15 @@ def mask_to_index(mask: np.ndarray, collection: Collection, sample_id: str = "?"
     return out
 
 
-def _box_to_pixels(box, sy: float, sx: float, h: int, w: int, sample_id: str) -> tuple[int, int, int, int] | None:
+def _box_to_pixels(box, sy: float, sx: float, h: int, w: int, sample_id: str,
+                   stacklevel: int = 3) -> tuple[int, int, int, int] | None:
     """Scale a box to training pixels: rows [r0, r1), cols [c0, c1); None if off-image."""
     x0, y0, x1, y1 = box.x0 * sx, box.y0 * sy, box.x1 * sx, box.y1 * sy
     if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
-        warnings.warn(f"sample {sample_id!r}: box {box.id} lies outside the image; ignored", stacklevel=3)
+        warnings.warn(f"sample {sample_id!r}: box {box.id} lies outside the image; ignored", stacklevel=stacklevel)
         return None
     if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
-        warnings.warn(f"sample {sample_id!r}: box {box.id} extends outside the image; clipped", stacklevel=3)
+        warnings.warn(f"sample {sample_id!r}: box {box.id} extends outside the image; clipped", stacklevel=stacklevel)
     # pixels whose centre lies inside the box; at least one pixel
     c0 = int(np.clip(np.ceil(x0 - 0.5), 0, w - 1))
     r0 = int(np.clip(np.ceil(y0 - 0.5), 0, h - 1))
@@ -156,24 +158,8 @@ def make_targets(
     sy, sx = h / H, w / W
     n_ch = collection.num_classes + 1
     lut = _channel_lut(collection)
-    present = np.zeros(n_ch, bool)
-    absent = np.zeros(n_ch, bool)
-    tag_target = np.full(n_ch - 1, -1.0, np.float32)
-
     # tags first: they apply to every role (an auxiliary-head target)
-    for name in sample.tags:
-        try:
-            tdef = collection.tag_def(name)
-        except KeyError:
-            continue  # a tag outside the vocabulary says nothing about pixels
-        chans = [lut[tdef.class_value]] if tdef.class_value in lut else list(range(1, n_ch))
-        for ch in chans:
-            if tdef.implies is TagImplies.ABSENT:
-                absent[ch] = True
-                tag_target[ch - 1] = 0.0
-            elif tdef.implies is TagImplies.PRESENT:
-                present[ch] = True
-                tag_target[ch - 1] = 1.0
+    present, absent, tag_target = _tag_signals(sample, collection, lut, n_ch)
 
     role = sample.role
     if role is Role.STRONG:
@@ -198,46 +184,8 @@ def make_targets(
         target[:] = 0
         init[:] = 0
 
-    boxes, box_ids = [], []
-    if sample.boxes:
-        inside_any = np.zeros((h, w), bool)
-        for box in sample.boxes:
-            if box.label not in lut:
-                raise ValueError(f"sample {sample.id!r}: box {box.id} has class {box.label}, not in the class list")
-            px = _box_to_pixels(box, sy, sx, h, w, sample.id)
-            if px is None:
-                continue
-            r0, c0, r1, c1 = px
-            ch = lut[box.label]
-            inside_any[r0:r1, c0:c1] = True
-            init[r0:r1, c0:c1] = ch
-            boxes.append((ch, r0, c0, r1, c1))
-            box_ids.append(box.id)
-        # complete box annotation: outside every box is certain background
-        target[~inside_any] = 0
-        init[~inside_any] = 0
-        present[[b[0] for b in boxes]] = True
-
-    point_ids = []
-    if sample.points:
-        radius = point_radius if point_radius is not None else max(2.0, 0.02 * min(h, w))
-        rr, cc = np.mgrid[0:h, 0:w]
-        for pt in sample.points:
-            if pt.label not in lut:
-                raise ValueError(f"sample {sample.id!r}: point {pt.id} has class {pt.label}, not in the class list")
-            x, y = pt.x * sx, pt.y * sy
-            if not (0 <= x < w and 0 <= y < h):
-                warnings.warn(f"sample {sample.id!r}: point {pt.id} lies outside the image; clipped to the border",
-                              stacklevel=2)
-                x, y = float(np.clip(x, 0, w - 1e-3)), float(np.clip(y, 0, h - 1e-3))
-            disk = (rr + 0.5 - y) ** 2 + (cc + 0.5 - x) ** 2 <= radius**2
-            disk[int(y), int(x)] = True
-            value = lut[pt.label] if pt.positive else 0
-            target[disk] = value
-            init[disk] = value
-            if pt.positive:
-                present[lut[pt.label]] = True
-            point_ids.append(pt.id)
+    boxes, box_ids = _paint_boxes(sample, lut, (sy, sx), target, init, present)
+    point_ids = _paint_points(sample, lut, (sy, sx), point_radius, target, init, present)
 
     for ch in range(1, n_ch):
         if present[ch] and tag_target[ch - 1] < 0:
@@ -258,3 +206,83 @@ def make_targets(
         tag_target=tag_target,
         role=role,
     )
+
+
+def _tag_signals(sample: Sample, collection: Collection, lut: dict, n_ch: int):
+    """``(present, absent, tag_target)`` per channel from the sample's tags (-1: the tags say nothing)."""
+    present = np.zeros(n_ch, bool)
+    absent = np.zeros(n_ch, bool)
+    tag_target = np.full(n_ch - 1, -1.0, np.float32)
+    for name in sample.tags:
+        try:
+            tdef = collection.tag_def(name)
+        except KeyError:
+            continue  # a tag outside the vocabulary says nothing about pixels
+        chans = [lut[tdef.class_value]] if tdef.class_value in lut else list(range(1, n_ch))
+        for ch in chans:
+            if tdef.implies is TagImplies.ABSENT:
+                absent[ch] = True
+                tag_target[ch - 1] = 0.0
+            elif tdef.implies is TagImplies.PRESENT:
+                present[ch] = True
+                tag_target[ch - 1] = 1.0
+    return present, absent, tag_target
+
+
+def _paint_boxes(sample: Sample, lut: dict, scale: tuple[float, float], target: np.ndarray, init: np.ndarray,
+                 present: np.ndarray) -> tuple[list, list]:
+    """Boxes into ``target``/``init`` (in place): inside, the box's class (initial label); outside every box,
+    certain background. Returns the boxes in training pixels ``(ch, r0, c0, r1, c1)`` and their ids."""
+    boxes, box_ids = [], []
+    if not sample.boxes:
+        return boxes, box_ids
+    h, w = target.shape
+    inside_any = np.zeros((h, w), bool)
+    for box in sample.boxes:
+        if box.label not in lut:
+            raise TrainingDataError(f"sample {sample.id!r}: box {box.id} has class {box.label}, "
+                                    "not in the class list")
+        px = _box_to_pixels(box, scale[0], scale[1], h, w, sample.id, stacklevel=4)
+        if px is None:
+            continue
+        r0, c0, r1, c1 = px
+        ch = lut[box.label]
+        inside_any[r0:r1, c0:c1] = True
+        init[r0:r1, c0:c1] = ch
+        boxes.append((ch, r0, c0, r1, c1))
+        box_ids.append(box.id)
+    # complete box annotation: outside every box is certain background
+    target[~inside_any] = 0
+    init[~inside_any] = 0
+    present[[b[0] for b in boxes]] = True
+    return boxes, box_ids
+
+
+def _paint_points(sample: Sample, lut: dict, scale: tuple[float, float], point_radius: float | None,
+                  target: np.ndarray, init: np.ndarray, present: np.ndarray) -> list:
+    """Point disks into ``target``/``init`` (in place): the class (positive) or background. Returns their ids."""
+    point_ids = []
+    if not sample.points:
+        return point_ids
+    h, w = target.shape
+    sy, sx = scale
+    radius = point_radius if point_radius is not None else max(2.0, 0.02 * min(h, w))
+    rr, cc = np.mgrid[0:h, 0:w]
+    for pt in sample.points:
+        if pt.label not in lut:
+            raise TrainingDataError(f"sample {sample.id!r}: point {pt.id} has class {pt.label}, "
+                                    "not in the class list")
+        x, y = pt.x * sx, pt.y * sy
+        if not (0 <= x < w and 0 <= y < h):
+            warnings.warn(f"sample {sample.id!r}: point {pt.id} lies outside the image; clipped to the border",
+                          stacklevel=3)
+            x, y = float(np.clip(x, 0, w - 1e-3)), float(np.clip(y, 0, h - 1e-3))
+        disk = (rr + 0.5 - y) ** 2 + (cc + 0.5 - x) ** 2 <= radius**2
+        disk[int(y), int(x)] = True
+        value = lut[pt.label] if pt.positive else 0
+        target[disk] = value
+        init[disk] = value
+        if pt.positive:
+            present[lut[pt.label]] = True
+        point_ids.append(pt.id)
+    return point_ids
