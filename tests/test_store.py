@@ -238,7 +238,7 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path, monkeypat
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("napari_hybridseg.core.data.store._dumps", boom)
+    monkeypatch.setattr("napari_hybridseg.core.data.store_journal._dumps", boom)
     with pytest.raises(OSError, match="disk full"):
         save_sample(c, root, "b")
     assert (root / "annotations" / "b.json").read_bytes() == before
