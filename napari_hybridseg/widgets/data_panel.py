@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 
 from napari_hybridseg.core.data.collection import TagImplies
 
+from . import _messages
 from ._convert import UNWEIGHTED_RGBA, WEIGHT_COLORMAP
 
 if TYPE_CHECKING:
@@ -107,15 +108,11 @@ def default_project_dir(src: str | Path) -> Path:
 
 
 def _notify_warning(message: str) -> None:
-    from napari.utils.notifications import show_warning
-
-    show_warning(message)
+    _messages.notify("warning", message)
 
 
 def _notify_info(message: str) -> None:
-    from napari.utils.notifications import show_info
-
-    show_info(message)
+    _messages.notify("info", message)
 
 
 def _swatch(color: str):

@@ -33,6 +33,8 @@ from napari_hybridseg.core.training.reports import (
     WeightsReport,
 )
 
+from ._workers import make_worker
+
 __all__ = ["TrainingFailed", "TrainingRunner", "avoid_triton_in_gui", "default_train_fn", "describe_error", "drive",
            "merge_commands"]
 
@@ -223,8 +225,6 @@ class TrainingRunner(QObject):
     def start(self, collection, config, run_dir: str | Path, *, init_from: str | Path | None = None,
               preview_ids: tuple[str, ...] = (), total_steps: int | None = None) -> None:
         """Start training ``collection`` (a snapshot the main thread no longer edits) in a worker thread."""
-        from napari.qt.threading import create_worker
-
         if self.worker is not None:
             raise RuntimeError("training is already running: stop it first")
         self._commands = queue.Queue()
@@ -244,14 +244,9 @@ class TrainingRunner(QObject):
                 # out-of-memory as RuntimeError, so every failure is wrapped to reach the errored signal
                 raise TrainingFailed(exc) from exc
 
-        worker = create_worker(work, _progress={"total": int(total_steps or config.steps),
-                                                "desc": "HybridSeg training"},
-                               _connect={"errored": self._on_error}, _start_thread=False)
         # we show our own notification that says what to do, not napari's raw traceback
-        try:
-            worker.errored.disconnect(worker._relay_error)
-        except (AttributeError, TypeError, RuntimeError):
-            pass
+        worker = make_worker(work, connect={"errored": self._on_error},
+                             progress={"total": int(total_steps or config.steps), "desc": "HybridSeg training"})
         # the bar counts training steps, not reports (previews and weights are reports too)
         pbar = getattr(worker, "pbar", None)
         if pbar is not None:
