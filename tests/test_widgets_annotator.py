@@ -323,7 +323,7 @@ def test_weight_colours_are_not_class_or_overlay_colours_and_classes_can_be_edit
     monkeypatch.setattr("qtpy.QtWidgets.QInputDialog.getText", lambda *a, **k: ("polyp", True))
     panel.rename_class_btn.click()
     messages = []
-    monkeypatch.setattr("napari_hybridseg.widgets.data_panel._notify_warning", messages.append)
+    monkeypatch.setattr("napari_hybridseg.widgets._messages.notify", lambda kind, msg: messages.append(msg))
     panel.delete_class_btn.click()  # class 1 is in img0's and img1's masks
     assert "polyp" in [c.name for c in s.collection.classes] and "2 masks" in messages[-1]
     panel.class_combo.setCurrentIndex(panel.class_combo.findData(7))
