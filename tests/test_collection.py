@@ -112,3 +112,23 @@ def test_shape_comes_from_meta_without_loading(tmp_path):
     assert s.shape == (30, 40)
     with pytest.raises(ValueError, match="neither pixels nor an image path"):
         Sample("b").load_image()
+
+
+def test_copy_shares_pixels_but_not_annotations_weights_or_meta():
+    img, mask = np.zeros((4, 4), np.uint8), np.ones((4, 4), np.uint8)
+    c = Collection()
+    c.add(Sample("a", image=img, mask=mask, boxes=[Box(0, 0, 2, 2)], tags=["t"], meta={"k": [1]}))
+    c.sample_weights["a"] = WeightState(0.7, [(1, 0.7)])
+    c.meta["m"] = {"x": 1}
+    d = c.copy()
+    assert d["a"].image is img and d["a"].mask is mask
+    d["a"].boxes[0].x1 = 3.0
+    d["a"].tags.append("u")
+    d["a"].meta["k"].append(2)
+    d.sample_weights["a"].record(2, 0.1)
+    d.meta["m"]["x"] = 2
+    d.classes[0].name = "other"
+    assert c["a"].boxes[0].x1 == 2.0 and c["a"].tags == ["t"] and c["a"].meta["k"] == [1]
+    assert c.sample_weights["a"].history == [(1, 0.7)] and c.meta["m"]["x"] == 1 and c.classes[0].name == "lesion"
+    e = c.copy(copy_masks=True)
+    assert e["a"].mask is not mask and np.array_equal(e["a"].mask, mask) and e["a"].image is img

@@ -279,7 +279,7 @@ def test_edits_during_training_reach_the_trainer(widget, qtbot):
 
 def test_a_failing_trainer_notifies_and_leaves_the_panel_usable(widget, qtbot, monkeypatch):
     messages = []
-    monkeypatch.setattr("napari_hybridseg.widgets.dock._notify", lambda kind, msg: messages.append((kind, msg)))
+    monkeypatch.setattr("napari_hybridseg.widgets._messages.notify", lambda kind, msg: messages.append((kind, msg)))
     widget.runner._train_fn = FakeTrainer(fail_at=2)
     widget.toggle_training()
     assert widget.runner.wait(10)
@@ -289,7 +289,7 @@ def test_a_failing_trainer_notifies_and_leaves_the_panel_usable(widget, qtbot, m
 
 def test_train_without_any_mask_explains_instead_of_starting(widget, monkeypatch):
     messages = []
-    monkeypatch.setattr("napari_hybridseg.widgets.dock._notify", lambda kind, msg: messages.append((kind, msg)))
+    monkeypatch.setattr("napari_hybridseg.widgets._messages.notify", lambda kind, msg: messages.append((kind, msg)))
     for s in widget.session.collection:
         s.mask = None
     assert widget.start_training() is False

@@ -256,7 +256,7 @@ def test_the_selected_layers_become_a_project_edited_in_place(make_napari_viewer
 def test_using_layers_without_an_image_selected_explains(dock, monkeypatch):
     w, viewer, _project = dock
     messages = []
-    monkeypatch.setattr("napari_hybridseg.widgets.dock._notify", lambda kind, msg: messages.append(msg))
+    monkeypatch.setattr("napari_hybridseg.widgets._messages.notify", lambda kind, msg: messages.append(msg))
     viewer.layers.selection = {w.session.layer("boxes")}
     assert w.use_selected_layers() is None and "Image layer" in messages[-1]
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from psygnal import Signal
 
-from napari_hybridseg.core.data.collection import Box, Collection, Point, Sample
+from napari_hybridseg.core.data.collection import Collection, Sample
 
 from ._session_base import LAYER_NAMES, _store, connect_once, weight_colormap
 from .session_edits import LayerEdits, Vocabulary
@@ -50,40 +50,17 @@ log = logging.getLogger(__name__)
 
 
 def copy_sample(sample: Sample) -> Sample:
-    """A copy that shares the (read-only) pixels but not the annotations.
+    """A copy that shares the (read-only) pixels but not the annotations or the mask.
 
-    The trainer runs in another thread: it must never see a list that the
-    annotator is editing at the same moment.
+    The trainer runs in another thread: it must never see a list (or a mask) that
+    the annotator is editing at the same moment.
     """
-    return Sample(
-        id=sample.id,
-        image_path=sample.image_path,
-        image=sample.image,
-        mask=None if sample.mask is None else sample.mask.copy(),
-        boxes=[Box(b.x0, b.y0, b.x1, b.y1, b.label, b.id) for b in sample.boxes],
-        points=[Point(p.x, p.y, p.label, p.positive, p.id) for p in sample.points],
-        tags=list(sample.tags),
-        group=sample.group,
-        corrupted=sample.corrupted,
-        corruption=sample.corruption,
-        reference_mask=sample.reference_mask,
-        meta=dict(sample.meta),
-    )
+    return sample.copy(copy_mask=True)
 
 
 def snapshot_collection(collection: Collection) -> Collection:
     """An independent copy of the annotations (pixels shared) to hand to the trainer thread."""
-    from copy import deepcopy
-
-    return Collection(
-        classes=deepcopy(collection.classes),
-        tag_defs=deepcopy(collection.tag_defs),
-        samples={k: copy_sample(s) for k, s in collection.samples.items()},
-        sample_weights=deepcopy(collection.sample_weights),
-        annotation_weights=deepcopy(collection.annotation_weights),
-        meta=deepcopy(collection.meta),
-    )
-
+    return collection.copy(copy_masks=True)
 
 
 class Session(LayerDisplay, Overlays, LayerEdits, Vocabulary):

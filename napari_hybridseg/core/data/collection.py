@@ -15,6 +15,8 @@ This module is Qt-free and napari-free (numpy only).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import enum
 import re
 import uuid
@@ -245,6 +247,22 @@ class Sample:
             self.image = read_image(self.image_path)
         return self.image
 
+    def copy(self, *, copy_mask: bool = False) -> Sample:
+        """A copy whose annotations (boxes, points, tags, meta) can be changed freely.
+
+        The pixels (image, reference mask) are shared, not copied; the strong
+        mask too unless ``copy_mask`` (the widget copies it: napari paints into
+        the array on screen while the trainer thread reads its snapshot).
+        """
+        return dataclasses.replace(
+            self,
+            mask=self.mask.copy() if copy_mask and self.mask is not None else self.mask,
+            boxes=[dataclasses.replace(b) for b in self.boxes],
+            points=[dataclasses.replace(p) for p in self.points],
+            tags=list(self.tags),
+            meta=copy.deepcopy(self.meta),
+        )
+
     @property
     def shape(self) -> tuple[int, int]:
         """(height, width) of the image."""
@@ -310,6 +328,22 @@ class Collection:
         self.sample_weights.pop(sample_id, None)
         for ann in [*sample.boxes, *sample.points]:
             self.annotation_weights.pop(ann.id, None)
+
+    def copy(self, *, copy_masks: bool = False) -> Collection:
+        """An independent copy: annotations, vocabulary, learned weights and meta can be changed freely.
+
+        Pixel arrays are shared, not copied (see :meth:`Sample.copy`; ``copy_masks``
+        copies the strong masks too).
+        """
+        return Collection(
+            classes=[dataclasses.replace(c) for c in self.classes],
+            tag_defs=[dataclasses.replace(t) for t in self.tag_defs],
+            samples={k: s.copy(copy_mask=copy_masks) for k, s in self.samples.items()},
+            sample_weights={k: WeightState(v.value, list(v.history)) for k, v in self.sample_weights.items()},
+            annotation_weights={k: WeightState(v.value, list(v.history))
+                                for k, v in self.annotation_weights.items()},
+            meta=copy.deepcopy(self.meta),
+        )
 
     def by_role(self, role: Role | str) -> list[Sample]:
         role = Role(role)

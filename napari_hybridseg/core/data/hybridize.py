@@ -23,13 +23,11 @@ scikit-image).
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from collections.abc import Iterable
 
 import numpy as np
 
-from napari_hybridseg.core.data.collection import Box, Collection, Point, Sample, TagImplies, WeightState
+from napari_hybridseg.core.data.collection import Box, Collection, Point, Sample, TagImplies
 
 __all__ = [
     "BOX_CORRUPTIONS",
@@ -287,24 +285,7 @@ def _weak_dict(sample: Sample) -> dict:
 # ----------------------------------------------------------------------------------------------
 def copy_collection(collection: Collection) -> Collection:
     """A copy whose annotations can be changed freely; pixel arrays (image, masks) are shared, not copied."""
-    samples = {}
-    for sid, s in collection.samples.items():
-        samples[sid] = dataclasses.replace(
-            s,
-            boxes=[dataclasses.replace(b) for b in s.boxes],
-            points=[dataclasses.replace(p) for p in s.points],
-            tags=list(s.tags),
-            meta=copy.deepcopy(s.meta),
-        )
-    return Collection(
-        classes=[dataclasses.replace(c) for c in collection.classes],
-        tag_defs=[dataclasses.replace(t) for t in collection.tag_defs],
-        samples=samples,
-        sample_weights={k: WeightState(v.value, list(v.history)) for k, v in collection.sample_weights.items()},
-        annotation_weights={k: WeightState(v.value, list(v.history))
-                            for k, v in collection.annotation_weights.items()},
-        meta=copy.deepcopy(collection.meta),
-    )
+    return collection.copy()
 
 
 def _implying_tags(sample: Sample, collection: Collection) -> list[str]:
