@@ -59,10 +59,8 @@ def test_remove_drops_the_sample_and_its_learned_weights():
     c.add(Sample("b", boxes=[Box(0, 0, 1, 1, id="b2")]))
     for key in ("a", "b"):
         c.sample_weights[key] = WeightState()
-    c.annotation_weights["b1"] = WeightState()
-    c.annotation_weights["b2"] = WeightState()
     c.remove("a")
-    assert c.ids == ["b"] and set(c.sample_weights) == {"b"} and set(c.annotation_weights) == {"b2"}
+    assert c.ids == ["b"] and set(c.sample_weights) == {"b"}
 
 
 def test_box_corners_are_sorted_and_area_is_positive():

@@ -53,7 +53,6 @@ def snapshot(c: Collection) -> dict:
             for s in c
         ],
         "sample_weights": {k: (v.value, list(v.history)) for k, v in c.sample_weights.items()},
-        "annotation_weights": {k: (v.value, list(v.history)) for k, v in c.annotation_weights.items()},
     }
 
 
@@ -300,11 +299,25 @@ def test_weights_are_saved_separately(tmp_path):
     c, root = _small(tmp_path)
     c.sample_weights["b"] = WeightState(0.5)
     c.sample_weights["b"].record(10, 0.25)
-    c.annotation_weights["b1"] = WeightState(0.9, [(10, 0.9)])
     save_weights(c, root)
     loaded = load_project(root)
     assert loaded.sample_weights["b"].value == 0.25 and loaded.sample_weights["b"].history == [(10, 0.25)]
-    assert loaded.annotation_weights["b1"].history == [(10, 0.9)]
+    assert json.loads((root / "weights.json").read_text())["annotations"] == {}  # older readers need the key
+
+
+def test_old_per_annotation_weights_are_ignored_on_load(tmp_path):
+    """Older versions wrote per-box/point weights under "annotations"; nothing learns them now."""
+    c, root = _small(tmp_path)
+    c.sample_weights["b"] = WeightState(0.25, [(10, 0.25)])
+    save_weights(c, root)
+    data = json.loads((root / "weights.json").read_text())
+    data["annotations"] = {"b1": {"value": 0.9, "history": [[10, 0.9]]}}
+    (root / "weights.json").write_text(json.dumps(data))
+    loaded = load_project(root)
+    assert loaded.sample_weights["b"].history == [(10, 0.25)] and loaded.annotation_weights == {}
+    del data["annotations"]
+    (root / "weights.json").write_text(json.dumps(data))
+    assert load_project(root).sample_weights["b"].value == 0.25
 
 
 def test_project_files_are_readable_by_others(tmp_path):

@@ -151,8 +151,7 @@ class HybridSegWidget(TrainingControl, ReviewActions, ExportActions, QWidget):
         r = self.runner
         r.started.connect(self.train_panel.on_start)
         r.stepped.connect(self._on_step)
-        r.weights.connect(lambda rep: self.session.record_weights(rep.step, rep.sample_weights,
-                                                                   rep.annotation_weights))
+        r.weights.connect(lambda rep: self.session.record_weights(rep.step, rep.sample_weights))
         r.preview.connect(self._on_preview)
         r.done.connect(self._on_done)
         r.failed.connect(self._on_failed)

@@ -174,17 +174,14 @@ class LayerEdits:
             _store().save_weights(self.collection, self.project_path)
 
     # -- learned state ----------------------------------------------------
-    def record_weights(self, step: int, sample_weights: dict[str, float],
-                       annotation_weights: dict[str, float] | None = None) -> None:
-        """Add a WeightsReport's values to the collection's weight history."""
+    def record_weights(self, step: int, sample_weights: dict[str, float]) -> None:
+        """Add a WeightsReport's sample weights to the collection's weight history."""
         from napari_hybridseg.core.data.collection import WeightState
 
         if self.collection is None:
             return
-        for target, values in ((self.collection.sample_weights, sample_weights),
-                               (self.collection.annotation_weights, annotation_weights or {})):
-            for key, value in values.items():
-                target.setdefault(key, WeightState()).record(step, value)
+        for key, value in sample_weights.items():
+            self.collection.sample_weights.setdefault(key, WeightState()).record(step, value)
         self.color_annotations()
         self.weights_changed.emit()
 

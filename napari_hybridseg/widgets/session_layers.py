@@ -285,26 +285,19 @@ class Overlays:
             self._place(layer)
 
     def color_annotations(self) -> None:
-        """Edge colours of boxes and points from their learned weights (sample weight as fallback)."""
+        """Edge colours of boxes and points from their sample's learned weight."""
         sample = self.current
         if sample is None or self.collection is None:
             return
-        coll = self.collection
-        fallback = coll.weight_of(sample.id)
-
-        def weight(ann_id: str) -> float | None:
-            state = coll.annotation_weights.get(ann_id)
-            return fallback if state is None else state.value
-
+        weight = self.collection.weight_of(sample.id)
         boxes = self.layer("boxes")
         if boxes is not None and len(boxes.data):
-            ids = list(boxes.features["id"]) if "id" in boxes.features else [""] * len(boxes.data)
-            boxes.edge_color = weights_to_rgba([weight(i) for i in ids])
+            boxes.edge_color = weights_to_rgba([weight] * len(boxes.data))
         points = self.layer("points")
         if points is not None and len(points.data):
             feats = points.features
             ids = list(feats["id"]) if "id" in feats else [""] * len(points.data)
-            points.border_color = weights_to_rgba([weight(i) for i in ids])
+            points.border_color = weights_to_rgba([weight] * len(ids))
             face = [self._class_rgba(int(lbl)) if pos else _BG_POINT_RGBA
                     for lbl, pos in zip(feats.get("label", [self.current_class] * len(ids)),
                                         feats.get("positive", [True] * len(ids)))]

@@ -16,7 +16,7 @@ def export_coco(collection: Collection, out_json: str | Path) -> Path:
     become keypoint annotations with one keypoint ``[x, y, 2]`` and a zero
     size box at the point; ``"positive": false`` marks background clicks.
     Every annotation carries ``"hybridseg_id"`` (the box / point id) and,
-    where learned, ``"weight"`` (its gamma, or its sample's). Category ids
+    where learned, ``"weight"`` (its sample's gamma). Category ids
     are the class label values; image ids count from 1 in collection order
     with the sample id in ``"hybridseg_sample_id"``.
     """
@@ -35,18 +35,16 @@ def export_coco(collection: Collection, out_json: str | Path) -> Path:
             ann = {"id": ann_id, "image_id": image_id, "category_id": b.label,
                    "bbox": [b.x0, b.y0, b.x1 - b.x0, b.y1 - b.y0], "area": b.area, "iscrowd": 0,
                    "hybridseg_id": b.id}
-            weight = collection.annotation_weights.get(b.id)
-            if weight is not None or sample_weight is not None:
-                ann["weight"] = weight.value if weight is not None else sample_weight
+            if sample_weight is not None:
+                ann["weight"] = sample_weight
             annotations.append(ann)
         for p in s.points:
             ann_id += 1
             ann = {"id": ann_id, "image_id": image_id, "category_id": p.label, "bbox": [p.x, p.y, 0.0, 0.0],
                    "area": 0.0, "iscrowd": 0, "keypoints": [p.x, p.y, 2], "num_keypoints": 1,
                    "positive": p.positive, "hybridseg_id": p.id}
-            weight = collection.annotation_weights.get(p.id)
-            if weight is not None or sample_weight is not None:
-                ann["weight"] = weight.value if weight is not None else sample_weight
+            if sample_weight is not None:
+                ann["weight"] = sample_weight
             annotations.append(ann)
     categories = [{"id": c.value, "name": c.name, "supercategory": "", "keypoints": ["point"], "skeleton": []}
                   for c in collection.classes]

@@ -277,17 +277,25 @@ class Sample:
 class Collection:
     """An annotated collection: samples, classes, tag vocabulary, learned weights.
 
-    Learned state lives in ``sample_weights`` (per weak sample, DII's gamma)
-    and ``annotation_weights`` (per box / point id), each a
-    :class:`WeightState` with history.
+    Learned state lives in ``sample_weights`` (per weak sample, DII's gamma),
+    each a :class:`WeightState` with history.
     """
 
     classes: list[ClassInfo] = field(default_factory=lambda: [ClassInfo("lesion", 1)])
     tag_defs: list[TagDef] = field(default_factory=list)
     samples: dict[str, Sample] = field(default_factory=dict)
     sample_weights: dict[str, WeightState] = field(default_factory=dict)
-    annotation_weights: dict[str, WeightState] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+
+    @property
+    def annotation_weights(self) -> dict[str, WeightState]:
+        """Always empty: nothing learns a weight per box or point.
+
+        Kept (read-only, a new empty dict each time) only for callers not yet
+        updated (the run record in ``core/training/checkpoint.py`` writes it);
+        remove it with them.
+        """
+        return {}
 
     # -- samples -------------------------------------------------------
     def __len__(self) -> int:
@@ -323,11 +331,9 @@ class Collection:
         return candidate
 
     def remove(self, sample_id: str) -> None:
-        """Remove a sample and every learned weight that belongs to it."""
-        sample = self.samples.pop(sample_id)
+        """Remove a sample and its learned weight."""
+        self.samples.pop(sample_id)
         self.sample_weights.pop(sample_id, None)
-        for ann in [*sample.boxes, *sample.points]:
-            self.annotation_weights.pop(ann.id, None)
 
     def copy(self, *, copy_masks: bool = False) -> Collection:
         """An independent copy: annotations, vocabulary, learned weights and meta can be changed freely.
@@ -340,8 +346,6 @@ class Collection:
             tag_defs=[dataclasses.replace(t) for t in self.tag_defs],
             samples={k: s.copy(copy_mask=copy_masks) for k, s in self.samples.items()},
             sample_weights={k: WeightState(v.value, list(v.history)) for k, v in self.sample_weights.items()},
-            annotation_weights={k: WeightState(v.value, list(v.history))
-                                for k, v in self.annotation_weights.items()},
             meta=copy.deepcopy(self.meta),
         )
 

@@ -9,7 +9,7 @@ Layout (schema in ``docs/project-format.md``)::
     images/<id>.<ext>         images the project holds itself (copied, or pixels that
                               existed only in memory); others are referenced by a path
                               relative to the project folder
-    weights.json              learned weights (DII gamma per sample / annotation) with history
+    weights.json              learned weights (DII gamma per sample) with history
     .hybridseg.lock           held while a save runs (a second process waits for it)
     .hybridseg-journal.json   only while a save commits (see below)
     .hybridseg-trash/         files a save removed or never committed, kept for recovery
@@ -154,7 +154,9 @@ def _weights_dict(collection: Collection) -> dict:
         "format": WEIGHTS_FORMAT,
         "version": VERSION,
         "samples": enc(collection.sample_weights),
-        "annotations": enc(collection.annotation_weights),
+        # always empty (nothing learns per-annotation weights); written because older versions
+        # require the key when they read weights.json
+        "annotations": {},
     }
 
 

@@ -261,15 +261,15 @@ def _load_weights(path: Path, collection: Collection) -> None:
     data = _read_json(path)
     if not isinstance(data, dict) or data.get("format") != WEIGHTS_FORMAT:
         raise StoreError(f"{path}: not a napari-hybridseg weights file (\"format\" must be {WEIGHTS_FORMAT!r})")
-    for key, target in (("samples", collection.sample_weights), ("annotations", collection.annotation_weights)):
-        for k, s in (_field(data, key, dict, "top level", path)).items():
-            w = f"{key}[{k!r}]"
-            value = _field(s, "value", (int, float), w, path)
-            hist = _field(s, "history", list, w, path)
-            try:
-                target[k] = WeightState(float(value), [(int(t), float(v)) for t, v in hist])
-            except (TypeError, ValueError) as exc:
-                raise StoreError(f"{path}: {w}: history must be a list of [step, value] pairs") from exc
+    # "annotations" (per box / point weights) was written by older versions and is ignored: nothing learns it
+    for k, s in (_field(data, "samples", dict, "top level", path)).items():
+        w = f"samples[{k!r}]"
+        value = _field(s, "value", (int, float), w, path)
+        hist = _field(s, "history", list, w, path)
+        try:
+            collection.sample_weights[k] = WeightState(float(value), [(int(t), float(v)) for t, v in hist])
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"{path}: {w}: history must be a list of [step, value] pairs") from exc
 
 
 def is_project(path: str | Path) -> bool:
