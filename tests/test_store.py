@@ -345,3 +345,15 @@ def test_export_coco_has_boxes_points_and_weights(tmp_path):
     assert bg["positive"] is False and pt["image_id"] == 2
     assert coco["categories"] == [{"id": 1, "name": "lesion", "supercategory": "", "keypoints": ["point"],
                                    "skeleton": []}]
+
+
+def test_data_errors_are_hybridseg_errors_and_still_value_errors():
+    """Callers choose a message by type (HybridsegError), and old ``except ValueError`` keeps working."""
+    from napari_hybridseg.core.data.images import ImageError
+    from napari_hybridseg.core.data.importers import DatasetError
+    from napari_hybridseg.core.data.locks import LockedError
+    from napari_hybridseg.core.errors import HybridsegError
+
+    for kind in (StoreError, DatasetError, ImageError):
+        assert issubclass(kind, HybridsegError) and issubclass(kind, ValueError)
+    assert issubclass(LockedError, HybridsegError) and issubclass(LockedError, RuntimeError)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_hybridseg.core.errors import HybridsegError
+
 __all__ = [
     "MASK_MODES",
     "ImageError",
@@ -30,7 +32,7 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
-class ImageError(ValueError):
+class ImageError(HybridsegError, ValueError):
     """An image or mask that cannot be used, with what to do about it."""
 
 

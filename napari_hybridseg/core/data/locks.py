@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from napari_hybridseg.core.errors import HybridsegError
+
 __all__ = ["FolderLock", "LockedError"]
 
 try:  # POSIX
@@ -31,7 +33,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 
-class LockedError(RuntimeError):
+class LockedError(HybridsegError, RuntimeError):
     """The folder is locked by another live process; the message says which and what to do."""
 
 
