@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from napari_hybridseg.core.data.collection import Box, Collection, Point, Sample
+from napari_hybridseg.core.data.collection import Collection
+from napari_hybridseg.core.data.synthetic import (
+    Spec,
+    box_around,
+    box_on_background,
+    disk_grey,
+    point_at_centre,
+    strong,
+    synthetic_collection,
+)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -25,27 +34,11 @@ def make_tiny_collection(size: int = 48, seed: int = 0) -> Collection:
 
     One weak box is deliberately wrong (``corrupted=True``), as the sample data has.
     """
-    rng = np.random.default_rng(seed)
-    coll = Collection()
-    coll.ensure_tag("normal", "absent", 1)
-    rr, cc = np.mgrid[0:size, 0:size]
-    for i in range(6):
-        cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
-        disk = (rr - cy) ** 2 + (cc - cx) ** 2 <= (size // 6) ** 2
-        image = (rng.normal(60, 10, (size, size)) + 120 * disk).clip(0, 255).astype(np.uint8)
-        s = Sample(id=f"img{i}", image=image, meta={"shape": [size, size]})
-        r = size // 6
-        if i < 2:
-            s.mask = disk.astype(np.uint8)
-        elif i == 2:
-            s.boxes = [Box(cx - r, cy - r, cx + r + 1, cy + r + 1)]
-        elif i == 3:
-            s.boxes = [Box(0, 0, 6, 6)]  # on background: a wrong weak label
-            s.corrupted, s.corruption = True, "background"
-        elif i == 4:
-            s.points = [Point(cx + 0.5, cy + 0.5), Point(2.5, 2.5, positive=False)]
-        coll.add(s)
-    return coll
+    paint, meta = disk_grey(size), {"shape": [size, size]}
+    labels = [strong, strong, box_around, box_on_background, functools.partial(point_at_centre, background=True),
+              None]
+    specs = [Spec(f"img{i}", paint, label, reference=False, meta=meta) for i, label in enumerate(labels)]
+    return synthetic_collection(specs, seed=seed, tags=[("normal", "absent", 1)])
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_hybridseg.core.data.collection import ClassInfo, Collection, Point, Sample, TagImplies
+from napari_hybridseg.core.data.synthetic import Drawn, Painter, Spec, strong, synthetic_collection, tagged
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -155,67 +156,104 @@ def make_asoct_scan(rng: np.random.Generator, size: int = SIZE) -> tuple[np.ndar
     return np.round(img * 255).astype(np.uint8), mask, spurs
 
 
+def _colon_frame(n_polyps: int, size: int) -> Painter:
+    def paint(rng: np.random.Generator) -> Drawn:
+        return Drawn(*make_colonoscopy_frame(rng, n_polyps=n_polyps, size=size))
+
+    return paint
+
+
+def _asoct(size: int) -> Painter:
+    def paint(rng: np.random.Generator) -> Drawn:
+        img, mask, spurs = make_asoct_scan(rng, size=size)
+        return Drawn(img, mask, points=spurs)
+
+    return paint
+
+
+def _boxes_from_mask(sample: Sample, drawn: Drawn) -> None:
+    from napari_hybridseg.core.data.hybridize import boxes_from_mask
+
+    sample.boxes = boxes_from_mask(drawn.mask, min_size=20, id_prefix=sample.id)
+
+
+def _flipped_tag(sample: Sample, drawn: Drawn) -> None:
+    sample.tags, sample.corrupted, sample.corruption = ["no polyp"], True, "flipped"
+    sample.meta["clean_weak"] = {"boxes": [], "points": [], "tags": ["polyp"]}
+
+
+def _spur_points(sample: Sample, drawn: Drawn) -> None:
+    sample.points = [Point(x, y, label=SPUR, id=f"{sample.id}-p{k}") for k, (x, y) in enumerate(drawn.points)]
+    sample.meta["simulated_points"] = True
+
+
+def _wrong_boxes(kinds: dict[int, str]):
+    """A step: replace the boxes of ``colon_<i>`` by a box made wrong in the way ``kinds[i]`` says."""
+
+    def step(c: Collection, rng: np.random.Generator) -> None:
+        from napari_hybridseg.core.data.hybridize import corrupt_boxes
+
+        for i, kind in kinds.items():
+            s = c[f"colon_{i:02d}"]
+            new = corrupt_boxes(s.boxes, s.reference_mask, kind, rng)
+            if new is None:  # cannot happen with the shipped settings: polyps are small and leave room
+                raise RuntimeError(f"sample generator: could not make a {kind!r} box for {s.id}; try another seed")
+            s.meta["clean_weak"] = {"boxes": [[b.x0, b.y0, b.x1, b.y1, b.label] for b in s.boxes], "points": [],
+                                    "tags": []}
+            s.boxes, s.corrupted, s.corruption = new, True, kind
+
+    return step
+
+
+def _moved_points(indices: tuple[int, ...]):
+    """A step: move the spur points of ``oct_<i>`` outside the spur region."""
+
+    def step(c: Collection, rng: np.random.Generator) -> None:
+        from napari_hybridseg.core.data.hybridize import corrupt_points
+
+        for i in indices:
+            s = c[f"oct_{i:02d}"]
+            new = corrupt_points(s.points, s.reference_mask, rng)
+            if new is None:
+                raise RuntimeError(f"sample generator: could not move the points of {s.id}; try another seed")
+            s.meta["clean_weak"] = {"boxes": [], "points": [[p.x, p.y, p.label, p.positive] for p in s.points],
+                                    "tags": []}
+            s.points, s.corrupted, s.corruption = new, True, "moved_outside"
+
+    return step
+
+
+def _colon_label(i: int):
+    if i < 4:
+        return strong
+    if i < 18:
+        return _boxes_from_mask
+    return {18: tagged("polyp"), 19: tagged("no polyp"), 20: _flipped_tag}.get(i)
+
+
 def make_sample_collection(seed: int = 0, size: int = SIZE) -> Collection:
     """The demo collection, generated in memory (about 1 s).
 
     40 images: 24 colonoscopy-like frames (4 strong, 14 with boxes of which
     3 wrong, 3 tagged of which 1 wrong, 3 unlabeled) and 16 AS-OCT-like
     scans (3 strong, 10 with spur points of which 2 wrong, 3 unlabeled).
+    Built by the one synthetic-collection factory (:mod:`.synthetic`).
     """
-    from napari_hybridseg.core.data.hybridize import boxes_from_mask, corrupt_boxes, corrupt_points
-
-    rng = np.random.default_rng(seed)
-    c = Collection(classes=[ClassInfo("polyp", POLYP, "#ff7f0e"), ClassInfo("scleral spur", SPUR, "#2ca02c")])
-    c.ensure_tag("polyp", TagImplies.PRESENT, POLYP)
-    c.ensure_tag("no polyp", TagImplies.ABSENT, POLYP)
-    c.meta["name"] = "napari-hybridseg synthetic demo"
-    c.meta["generator"] = {"module": __name__, "seed": seed, "version": GENERATOR_VERSION, "size": size}
-
-    for i in range(24):
-        n = 0 if i in (19,) else (2 if i in (6, 11) else 1)
-        img, mask = make_colonoscopy_frame(rng, n_polyps=n, size=size)
-        s = c.add(Sample(f"colon_{i:02d}", image=img, meta={"modality": "colonoscopy", "synthetic": True}))
-        if i < 4:
-            s.mask = mask
-            continue
-        s.reference_mask = mask
-        if i < 18:
-            s.boxes = boxes_from_mask(mask, min_size=20, id_prefix=s.id)
-        elif i == 18:
-            s.tags = ["polyp"]
-        elif i == 19:
-            s.tags = ["no polyp"]
-        elif i == 20:
-            s.tags, s.corrupted, s.corruption = ["no polyp"], True, "flipped"
-            s.meta["clean_weak"] = {"boxes": [], "points": [], "tags": ["polyp"]}
-    for i, kind in zip((5, 9, 14), ("shifted", "inflated", "background")):
-        s = c[f"colon_{i:02d}"]
-        new = corrupt_boxes(s.boxes, s.reference_mask, kind, rng)
-        if new is None:  # cannot happen with the shipped settings: polyps are small and leave room
-            raise RuntimeError(f"sample generator: could not make a {kind!r} box for {s.id}; try another seed")
-        s.meta["clean_weak"] = {"boxes": [[b.x0, b.y0, b.x1, b.y1, b.label] for b in s.boxes], "points": [],
-                                "tags": []}
-        s.boxes, s.corrupted, s.corruption = new, True, kind
-
-    for i in range(16):
-        img, mask, spurs = make_asoct_scan(rng, size=size)
-        s = c.add(Sample(f"oct_{i:02d}", image=img, meta={"modality": "as-oct", "synthetic": True}))
-        if i < 3:
-            s.mask = mask
-            continue
-        s.reference_mask = mask
-        if i < 13:
-            s.points = [Point(x, y, label=SPUR, id=f"{s.id}-p{k}") for k, (x, y) in enumerate(spurs)]
-            s.meta["simulated_points"] = True
-    for i in (4, 10):
-        s = c[f"oct_{i:02d}"]
-        new = corrupt_points(s.points, s.reference_mask, rng)
-        if new is None:
-            raise RuntimeError(f"sample generator: could not move the points of {s.id}; try another seed")
-        s.meta["clean_weak"] = {"boxes": [], "points": [[p.x, p.y, p.label, p.positive] for p in s.points],
-                                "tags": []}
-        s.points, s.corrupted, s.corruption = new, True, "moved_outside"
-    return c
+    colon_meta = {"modality": "colonoscopy", "synthetic": True}
+    oct_meta = {"modality": "as-oct", "synthetic": True}
+    items: list = [Spec(f"colon_{i:02d}", _colon_frame(0 if i in (19,) else (2 if i in (6, 11) else 1), size),
+                        _colon_label(i), meta=colon_meta) for i in range(24)]
+    items.append(_wrong_boxes({5: "shifted", 9: "inflated", 14: "background"}))
+    items += [Spec(f"oct_{i:02d}", _asoct(size), strong if i < 3 else (_spur_points if i < 13 else None),
+                   meta=oct_meta) for i in range(16)]
+    items.append(_moved_points((4, 10)))
+    return synthetic_collection(
+        items, seed=seed,
+        classes=[ClassInfo("polyp", POLYP, "#ff7f0e"), ClassInfo("scleral spur", SPUR, "#2ca02c")],
+        tags=[("polyp", TagImplies.PRESENT, POLYP), ("no polyp", TagImplies.ABSENT, POLYP)],
+        meta={"name": "napari-hybridseg synthetic demo",
+              "generator": {"module": __name__, "seed": seed, "version": GENERATOR_VERSION, "size": size}},
+    )
 
 
 def shipped_sample_dir() -> Path:
