@@ -273,6 +273,7 @@ def score_checkpoint(args, ckpt: Path, split: dict) -> dict:
     scores["-loss"] = -loss_k.numpy()
     corrupted = split["corrupted"]
     bad = np.array([k in corrupted for k in weak])
+    np.savez(Path(ckpt) / "scores.npz", ids=np.array(weak), bad=bad, strata=strata, **scores)
     kinds = sorted(set(corrupted.values()))
     res = {}
     for name, s in scores.items():
@@ -335,6 +336,43 @@ def score(args) -> int:
     return 0
 
 
+def accumulate(args) -> int:
+    """How gammas built from a sequence of scorings rank (one scoring per saved checkpoint)."""
+    import torch
+
+    from napari_hybridseg.core.methods.dii import GammaBank, normalise_scores
+
+    ckpts = sorted((Path(args.out) / "ckpt").glob("step_*"))
+    runs = [np.load(c / "scores.npz") for c in ckpts]
+    bad = runs[0]["bad"]
+    ids = list(runs[0]["ids"])
+    print(f"{len(ckpts)} scorings ({', '.join(c.name for c in ckpts)}); AUROC of the accumulated weight")
+    for variant in args.variants.split(","):
+        seq = [r[variant] for r in runs]
+        z = [(s - s.mean()) / (s.std() + 1e-12) for s in seq]
+        bank = GammaBank()
+        bank.sync(ids)
+        for s in seq:  # today's mechanism: one Adam step per scoring on the RMS-normalised score
+            d = normalise_scores(torch.as_tensor(s, dtype=torch.float64))
+            vals = bank.step({k: -float(x) for k, x in zip(ids, d.tolist())})
+        adam = np.array([vals[k] for k in ids])
+        half = len(z) // 2
+        rows = {"adam (today)": adam, "last only": z[-1], "mean z": np.mean(z, 0),
+                f"mean z, gated (last {len(z) - half})": np.mean(z[half:], 0),
+                "ema z (0.5)": _ema(z, 0.5)}
+        print(f"  {variant}: " + "  ".join(f"{k} {_auroc(v, bad):.3f}" for k, v in rows.items())
+              + f"  ({int(np.sum((adam <= 0.1 + 1e-9) | (adam >= 0.9 - 1e-9)))} of {len(adam)} "
+              f"at 0.1 or 0.9: four votes one way)")
+    return 0
+
+
+def _ema(z, beta):
+    acc = z[0]
+    for s in z[1:]:
+        acc = beta * acc + (1 - beta) * s
+    return acc
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -350,8 +388,11 @@ def main(argv=None) -> int:
     t.add_argument("--limit", type=int)
     s = sub.add_parser("score")
     s.add_argument("out")
+    a = sub.add_parser("accumulate")
+    a.add_argument("out")
+    a.add_argument("--variants", default="dot-eq,gn-0.01,strat,-loss")
     args = p.parse_args(argv)
-    return train(args) if args.cmd == "train" else score(args)
+    return {"train": train, "score": score, "accumulate": accumulate}[args.cmd](args)
 
 
 if __name__ == "__main__":
