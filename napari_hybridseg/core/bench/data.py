@@ -22,9 +22,12 @@ if TYPE_CHECKING:
 
 
 def _copy_collection(collection: Collection, samples: Iterable[Sample]) -> Collection:
-    out = Collection(classes=[dataclasses.replace(c) for c in collection.classes],
-                     tag_defs=[dataclasses.replace(t) for t in collection.tag_defs],
-                     meta=dict(collection.meta))
+    """``samples`` (in their order) in a collection with ``collection``'s vocabulary and meta, copied by
+    :meth:`~napari_hybridseg.core.data.collection.Collection.copy`; no learned weights."""
+    out = collection.copy()
+    for sid in out.ids:
+        out.remove(sid)
+    out.sample_weights.clear()
     for s in samples:
         out.add(s)
     return out
@@ -37,21 +40,22 @@ def arm_collection(train: Collection, arm: str) -> Collection:
     * ``all-strong``: every training image with its true mask (``reference_mask``);
     * every other arm: the hybrid set as it is (strong + weak, corrupted included).
 
-    Samples are shallow copies: pixel arrays are shared, never re-decoded.
+    Samples are copies (:meth:`~napari_hybridseg.core.data.collection.Collection.copy`): pixel arrays are
+    shared, never re-decoded.
     """
-    if arm == "strong-only":
-        return _copy_collection(train, [dataclasses.replace(s) for s in train if s.role is Role.STRONG])
-    if arm == "all-strong":
-        samples = []
-        for s in train:
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+    out = train.copy()
+    out.sample_weights.clear()
+    for s in list(out):
+        if arm == "strong-only" and s.role is not Role.STRONG:
+            out.remove(s.id)
+        elif arm == "all-strong":
             truth = s.mask if s.mask is not None else s.reference_mask
             if truth is None:
                 raise ValueError(f"sample {s.id!r} has neither a mask nor a reference mask: all-strong needs one")
-            samples.append(dataclasses.replace(s, mask=truth, boxes=[], points=[], corrupted=False, corruption=None))
-        return _copy_collection(train, samples)
-    if arm in ARMS:
-        return _copy_collection(train, [dataclasses.replace(s) for s in train])
-    raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+            s.mask, s.boxes, s.points, s.corrupted, s.corruption = truth, [], [], False, None
+    return out
 
 
 @dataclass
