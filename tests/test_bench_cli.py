@@ -95,3 +95,13 @@ def test_the_cli_offers_the_benchmarks_own_arms_presets_and_layouts():
     assert set(bench_cmd.LAYOUTS) <= set(IMPORT_LAYOUTS) and "images" not in bench_cmd.LAYOUTS
     assert speed_cmd.ARMS is arms.SPEED_ARMS
     assert train_cmd.ARCHS is ARCHITECTURES and set(train_cmd.PRESETS) == set(CONFIG_PRESETS)
+
+
+def test_speed_runs_train_on_a_recipe_of_the_one_synthetic_factory():
+    from napari_hybridseg.cli.speed_cmd import synthetic_collection
+
+    c = synthetic_collection(2, 3, 32, seed=0)
+    assert [s.role.value for s in c] == ["strong"] * 2 + ["weak"] * 3
+    assert all(s.image.shape == (32, 32, 3) and s.reference_mask is None for s in c)
+    again = synthetic_collection(2, 3, 32, seed=0)
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(c, again))

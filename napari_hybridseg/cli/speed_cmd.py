@@ -59,26 +59,23 @@ def register(subparsers) -> None:
 
 
 def synthetic_collection(n_strong: int, n_weak: int, size: int, seed: int = 0):
-    """Disks on noise: ``n_strong`` with masks, ``n_weak`` with boxes."""
+    """Disks on noise: ``n_strong`` with masks, ``n_weak`` with boxes (a recipe of :mod:`~.core.data.synthetic`)."""
     import numpy as np
 
-    from napari_hybridseg.core.data.collection import Box, Collection, Sample
+    from napari_hybridseg.core.data.synthetic import Drawn, Spec, box_around, strong
+    from napari_hybridseg.core.data.synthetic import synthetic_collection as build
 
-    rng = np.random.default_rng(seed)
-    coll = Collection()
     rr, cc = np.mgrid[0:size, 0:size]
-    for i in range(n_strong + n_weak):
+
+    def paint(rng: np.random.Generator) -> Drawn:
         r = int(rng.integers(size // 10, size // 5))
         cy, cx = (int(v) for v in rng.integers(r + 1, size - r - 1, 2))
         mask = ((rr - cy) ** 2 + (cc - cx) ** 2 <= r * r).astype(np.uint8)
         img = np.clip(rng.normal(0.3, 0.1, (size, size, 3)) + mask[..., None] * 0.4, 0, 1)
-        s = Sample(f"img{i:03d}", image=(img * 255).astype(np.uint8))
-        if i < n_strong:
-            s.mask = mask
-        else:
-            s.boxes.append(Box(cx - r, cy - r, cx + r + 1, cy + r + 1))
-        coll.add(s)
-    return coll
+        return Drawn((img * 255).astype(np.uint8), mask, (cy, cx, r))
+
+    return build([Spec(f"img{i:03d}", paint, strong if i < n_strong else box_around, reference=False)
+                  for i in range(n_strong + n_weak)], seed=seed)
 
 
 def time_arm(collection, config) -> dict:
