@@ -191,68 +191,83 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from napari_hybridseg.core.training import reports as R
     from napari_hybridseg.core.training.trainer import run
 
     config = build_config(args)
     collection = _load(args.project)
     _check_images(collection)
     out: Path = args.out
-    init_from = None
+    done = run(collection, config, out, callback=_Progress(args.quiet), init_from=_init_from(args, out))
+    _summarise(done, collection, args)
+    return 130 if done.reason == "stopped" else 0
+
+
+def _init_from(args: argparse.Namespace, out: Path) -> Path | None:
+    """The run to continue (``--resume``), None for a new one; refuses to overwrite without ``--force``."""
     if (out / "run.json").exists():
         if args.resume:
-            init_from = out
-        elif not args.force:
+            return out
+        if not args.force:
             raise CLIError(f"{out} already holds a run; pass --resume to continue it, --force to overwrite, "
                            "or choose another --out")
     elif args.resume:
         raise CLIError(f"--resume: {out} holds no run to continue")
+    return None
 
-    bar = None
-    last_losses: dict = {}
 
-    def show(report) -> None:
-        nonlocal bar
+class _Progress:
+    """The trainer's reports on stderr: a header, a tqdm bar (unless quiet) and a line per DII update."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar = None
+
+    def __call__(self, report) -> None:
+        from napari_hybridseg.core.training import reports as R
+
         if isinstance(report, R.StartReport):
-            print(f"training on {report.device}: {report.n_strong} strong, {report.n_weak} weak, "
-                  f"{report.n_unlabeled} unlabeled; steps {report.start_step + 1}..{report.total_steps}",
-                  file=sys.stderr)
-            for note in report.notes:
-                print(f"  {note}", file=sys.stderr)
-            if not args.quiet:
-                bar = tqdm(total=report.total_steps, initial=report.start_step, unit="step", dynamic_ncols=True,
-                           desc=report.device.split(" ")[0], file=sys.stderr)
+            self.start(report)
         elif isinstance(report, R.StepReport) and not report.paused:
-            last_losses.update(report.losses)
-            if bar is not None:
+            if self.bar is not None:
                 shown = {k: f"{v:.3f}" for k, v in report.losses.items() if k in ("total", "strong", "pce", "cps")}
-                bar.set_postfix(shown, refresh=False)
-                bar.update(report.step - bar.n)
-        elif isinstance(report, R.WeightsReport) and bar is not None:
+                self.bar.set_postfix(shown, refresh=False)
+                self.bar.update(report.step - self.bar.n)
+        elif isinstance(report, R.WeightsReport) and self.bar is not None:
             values = sorted(report.sample_weights.values())
             if values:
-                bar.write(f"step {report.step}: DII weights min {values[0]:.2f} median "
-                          f"{values[len(values) // 2]:.2f} max {values[-1]:.2f}")
-        elif isinstance(report, R.DoneReport):
-            if bar is not None:
-                bar.close()
+                self.bar.write(f"step {report.step}: DII weights min {values[0]:.2f} median "
+                               f"{values[len(values) // 2]:.2f} max {values[-1]:.2f}")
+        elif isinstance(report, R.DoneReport) and self.bar is not None:
+            self.bar.close()
 
-    done = run(collection, config, out, callback=show, init_from=init_from)
+    def start(self, report) -> None:
+        from tqdm import tqdm
+
+        print(f"training on {report.device}: {report.n_strong} strong, {report.n_weak} weak, "
+              f"{report.n_unlabeled} unlabeled; steps {report.start_step + 1}..{report.total_steps}",
+              file=sys.stderr)
+        for note in report.notes:
+            print(f"  {note}", file=sys.stderr)
+        if not self.quiet:
+            self.bar = tqdm(total=report.total_steps, initial=report.start_step, unit="step", dynamic_ncols=True,
+                            desc=report.device.split(" ")[0], file=sys.stderr)
+
+
+def _summarise(done, collection, args: argparse.Namespace) -> None:
+    """The last lines: where the run stopped, the lowest weights; the weights saved into the project."""
     verb = "stopped" if done.reason == "stopped" else "finished"
     print(f"{verb} at step {done.step} after {done.wall_s:.0f} s; model: {done.checkpoint or '(none)'}")
-    if collection.sample_weights:
-        lowest = sorted(collection.sample_weights.items(), key=lambda kv: kv[1].value)[:5]
-        print("lowest DII weights (gamma.json has all):")
-        for sid, state in lowest:
-            flag = "  [marked corrupted]" if collection.samples[sid].corrupted else ""
-            print(f"  {sid}: {state.value:.3f}{flag}")
-        if not args.no_save_weights:
-            from napari_hybridseg.core.data.store import save_weights
+    if not collection.sample_weights:
+        return
+    lowest = sorted(collection.sample_weights.items(), key=lambda kv: kv[1].value)[:5]
+    print("lowest DII weights (gamma.json has all):")
+    for sid, state in lowest:
+        flag = "  [marked corrupted]" if collection.samples[sid].corrupted else ""
+        print(f"  {sid}: {state.value:.3f}{flag}")
+    if not args.no_save_weights:
+        from napari_hybridseg.core.data.store import save_weights
 
-            save_weights(collection, args.project)
-    return 130 if done.reason == "stopped" else 0
+        save_weights(collection, args.project)
 
 
 def run_predict(args: argparse.Namespace) -> int:
