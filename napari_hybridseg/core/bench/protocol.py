@@ -187,14 +187,12 @@ def _recorded_settings(settings: BenchSettings, settings_path: Path, fp: str) ->
 
 
 def _base_config(settings: BenchSettings, prepared: Prepared) -> TrainConfig:
-    """The settings' base config with the dataset's classes (and, for tags, the image-level head)."""
+    """The settings' base config with the dataset's classes; the tag head's classes are left to the trainer,
+    which derives them from each arm's own collection (``config.model_classes``: tags train the image-level
+    head, METHOD.md section 3; ``strong-only`` and ``all-strong`` have no tags and no head)."""
     base = settings.base_config()
     n_fg = prepared.collection.num_classes
-    base = base.replace(model=base.model.replace(classes=n_fg + 1))
-    if settings.weak == "tag" and base.model.aux_classes == 0:
-        # tags train the auxiliary image-level head (METHOD.md section 3)
-        base = base.replace(model=base.model.replace(aux_classes=n_fg))
-    return base
+    return base.replace(model=base.model.replace(classes=n_fg + 1))
 
 
 def _check_split(out: Path, split_path: Path, record: dict[str, Any]) -> None:

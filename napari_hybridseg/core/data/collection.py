@@ -287,16 +287,6 @@ class Collection:
     sample_weights: dict[str, WeightState] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
 
-    @property
-    def annotation_weights(self) -> dict[str, WeightState]:
-        """Always empty: nothing learns a weight per box or point.
-
-        Kept (read-only, a new empty dict each time) only for callers not yet
-        updated (the run record in ``core/training/checkpoint.py`` writes it);
-        remove it with them.
-        """
-        return {}
-
     # -- samples -------------------------------------------------------
     def __len__(self) -> int:
         return len(self.samples)

@@ -73,7 +73,6 @@ class WeightsReport:
 
     step: int
     sample_weights: dict[str, float]
-    annotation_weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ class RunRecord:
         The collection's classes (name, value, color) and tag vocabulary.
     loss_history : list
         ``[step, {term: value}]`` entries (every ``log_every`` steps).
-    sample_weights, annotation_weights : dict
+    sample_weights : dict
         Learned weights: id -> ``{"weight": w, "history": [[step, w], ...]}``.
     model : dict
         The network's ModelConfig (classes as trained).
@@ -118,7 +118,6 @@ class RunRecord:
     tags: list[dict]
     loss_history: list
     sample_weights: dict[str, dict]
-    annotation_weights: dict[str, dict]
     model: dict
     encoder_weights: dict
     device: str
@@ -141,7 +140,6 @@ class RunRecord:
                   for t in collection.tag_defs],
             loss_history=loss_history,
             sample_weights=_weights(collection.sample_weights),
-            annotation_weights=_weights(collection.annotation_weights),
             **rest,
         )
 
