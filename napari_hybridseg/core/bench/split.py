@@ -104,6 +104,14 @@ def thumbnail(image: np.ndarray, size: int = 24) -> np.ndarray:
     return (t / norm if norm > 0 else t).astype(np.float32).ravel()
 
 
+def _find(parent: list[int], i: int) -> int:
+    """The root of ``i`` in a union-find forest (with path halving)."""
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
 def near_duplicate_groups(thumbs: Mapping[str, np.ndarray], threshold: float = 0.985) -> dict[str, str]:
     """Cluster ids whose thumbnails correlate at ``threshold`` or more.
 
@@ -129,10 +137,7 @@ def near_duplicate_groups(thumbs: Mapping[str, np.ndarray], threshold: float = 0
     parent = list(range(len(ids)))
 
     def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+        return _find(parent, i)
 
     # blocks of rows keep memory flat for large collections
     for start in range(0, len(ids), 512):
@@ -160,10 +165,7 @@ def merge_groups(ids: Iterable[str], *groupings: Mapping[str, str]) -> dict[str,
     parent = list(range(len(ids)))
 
     def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+        return _find(parent, i)
 
     for grouping in groupings:
         first: dict[str, int] = {}
