@@ -145,27 +145,18 @@ class TrainConfig:
 
     # -- building -------------------------------------------------------------
     def _assign(self, settings: Mapping[str, Any]) -> None:
-        top = {f.name for f in dataclasses.fields(self)}
         nested: dict[str, dict[str, Any]] = {}
         for key, value in settings.items():
             if key in SECTIONS and isinstance(value, SECTIONS[key]):
                 object.__setattr__(self, key, value)
             elif key in SECTIONS and isinstance(value, Mapping):
                 nested.setdefault(key, {}).update(value)
-            elif key in ("dii", "dcr") and isinstance(value, bool):
-                nested.setdefault(key, {})["enabled"] = value
-            elif key in top and key not in SECTIONS:
-                object.__setattr__(self, key, value)
-            elif key in FLAT_NAMES:
-                section, name = FLAT_NAMES[key]
-                nested.setdefault(section, {})[name] = value
-            elif "." in key and key.split(".", 1)[0] in SECTIONS:
-                section, name = key.split(".", 1)
-                nested.setdefault(section, {})[name] = value
             else:
-                raise ConfigError(key, "unknown setting", "a field of TrainConfig (" + ", ".join(
-                    sorted(top - set(SECTIONS))) + "), a dotted sub-config key (" + ", ".join(
-                    f"{s}.*" for s in SECTIONS) + ") or an old flat name")
+                section, name = _locate(key)
+                if section:
+                    nested.setdefault(section, {})[name] = value
+                else:
+                    object.__setattr__(self, name, value)
         for section, changes in nested.items():
             cls = SECTIONS[section]
             names = {f.name for f in dataclasses.fields(cls)}
@@ -269,23 +260,34 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
             value = json.loads(text)
         except json.JSONDecodeError:
             value = text
-        _check_key(key)
+        _locate(key)
         out[key] = value
     return out
 
 
-def _check_key(key: str) -> None:
-    top = {f.name for f in dataclasses.fields(TrainConfig)}
-    if key in FLAT_NAMES or (key in top and key not in SECTIONS):
-        return
+def _locate(key: str) -> tuple[str, str]:
+    """Where a settings key lives: ``("", field)`` for a run-wide field, ``(section, field)`` for a sub-config
+    field (a dotted key or an old flat name; ``dii`` / ``dcr`` alone mean their ``enabled``).
+
+    The one resolver of keys, for :class:`TrainConfig` and for :func:`parse_overrides`; raises
+    :class:`ConfigError` for an unknown key.
+    """
+    if key in _TOP_FIELDS:
+        return "", key
+    if key in FLAT_NAMES:
+        return FLAT_NAMES[key]
     section, _, name = key.partition(".")
-    if section in SECTIONS and name in {f.name for f in dataclasses.fields(SECTIONS[section])}:
-        return
     if section in SECTIONS and name:
-        raise ConfigError(key, "unknown setting", ", ".join(f"{section}.{f.name}"
-                                                             for f in dataclasses.fields(SECTIONS[section])))
+        fields = [f.name for f in dataclasses.fields(SECTIONS[section])]
+        if name in fields:
+            return section, name
+        raise ConfigError(key, "unknown setting", ", ".join(f"{section}.{f}" for f in fields))
     raise ConfigError(key, "unknown setting", "a TrainConfig field (e.g. steps), a dotted key (dii.lr, "
                       "model.input_size, pixel.mode) or an old flat name (dii_lr, pixel_weights)")
+
+
+#: the run-wide (non-section) fields of TrainConfig
+_TOP_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - set(SECTIONS)
 
 
 def apply_overrides(cfg: TrainConfig, items: Sequence[str]) -> TrainConfig:
@@ -296,10 +298,7 @@ def apply_overrides(cfg: TrainConfig, items: Sequence[str]) -> TrainConfig:
     """
     out = cfg
     for key, value in parse_overrides(items).items():
-        if key.startswith("model."):
-            out = out.replace(model=out.model.replace(**{key[len("model."):]: value}))
-        else:
-            out = out.replace(**{key: value})
+        out = out.replace(**{key: value})
     return out
 
 
