@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from napari_hybridseg.core.data.collection import Collection
-from napari_hybridseg.core.fsio import atomic_write_text
+from napari_hybridseg.core.fsio import atomic_write_json, atomic_write_text
 from napari_hybridseg.core.training.config import TrainConfig
 
 from .arm import ArmData, run_arm
@@ -51,7 +51,6 @@ from .results import (
     arm_file,
     collect_results,
     original_train_scale,
-    write_json,
 )
 from .settings import BENCH_BUDGET_MIN, BENCH_PRESETS, BenchSettings
 
@@ -79,7 +78,6 @@ __all__ = [
     "resized_sample",
     "run_arm",
     "run_benchmark",
-    "write_json",
 ]
 
 
@@ -125,7 +123,7 @@ def run_benchmark(
         log(f"{a}: already finished in {arm_file(out, a)} (skipped)")
     if not todo and settings_path.is_file() and (out / "split.json").is_file():
         results = collect_results(out)
-        write_json(out / "results.json", results)
+        atomic_write_json(out / "results.json", results)
         return results
 
     if prepared is None:
@@ -145,8 +143,8 @@ def run_benchmark(
 
     grid_ids = _grid_ids(settings, prepared)
     record["grid"] = grid_ids
-    write_json(split_path, record)
-    write_json(settings_path, {**settings.to_dict(), "fingerprint": fp, "base_config": base.to_dict(),
+    atomic_write_json(split_path, record)
+    atomic_write_json(settings_path, {**settings.to_dict(), "fingerprint": fp, "base_config": base.to_dict(),
                                "backend": backend.name, "versions": _versions(),
                                "command": command_line or " ".join(sys.argv),
                                "prep_s": prepared.prep_s, "notes": prepared.notes,
@@ -168,7 +166,7 @@ def run_benchmark(
             log(f"projected time for the remaining {len(rest)} arm(s): ~{eta / 60:.0f} min")
     _update_baselines(out, train, prepared, base, backend, log)
     results = collect_results(out)
-    write_json(out / "results.json", results)
+    atomic_write_json(out / "results.json", results)
     return results
 
 
@@ -262,10 +260,10 @@ def _run_one_arm(arm: str, data: ArmData, settings: BenchSettings, prepared: Pre
         return None
     (out / "arms" / f"{arm.replace('+', '_')}.error.txt").unlink(missing_ok=True)
     _save_grid_predictions(out, arm, grid)
-    write_json(arm_file(out, arm), result)
+    atomic_write_json(arm_file(out, arm), result)
     log(f"{arm}: Dice {result['dice']:.3f} [{result['dice_ci'][0]:.3f}, {result['dice_ci'][1]:.3f}], "
         f"{result['sec_per_step']:.3f} s/step, {result['wall_s']:.0f} s -> {arm_file(out, arm)}")
-    write_json(out / "results.json", collect_results(out, targets=False))
+    atomic_write_json(out / "results.json", collect_results(out, targets=False))
     return result
 
 
@@ -295,6 +293,6 @@ def _update_baselines(out: Path, train: Collection, prepared: Prepared, base: Tr
     rec = measure_baselines(train, prepared.weak, prepared.corrupted, strong_only_predictor=predictor,
                             naive_losses=losses, predict_all=_predict_all)
     rec["seconds"] = time.perf_counter() - t0
-    write_json(path, rec)
+    atomic_write_json(path, rec)
     log("baselines (AUROC clean vs corrupted): " + ", ".join(
         f"{k} {v['auroc']:.3f}" for k, v in rec["quality"].items()) + f" ({rec['seconds']:.0f} s)")

@@ -13,15 +13,9 @@ from typing import Any
 import numpy as np
 
 from napari_hybridseg.core.data.collection import Collection
-from napari_hybridseg.core.fsio import atomic_write_json
 
 from .arms import ARMS
 from .data import Prepared, _truth_of
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file, then rename): a crash never leaves half a file."""
-    atomic_write_json(path, data)
 
 
 def original_train_scale(train: Collection, size: int) -> float | None:

@@ -23,8 +23,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from napari_hybridseg.core.fsio import atomic_write_json
+
 from .presets import EXPENSIVE_ARMS, preset_spec
-from .protocol import Backend, BenchSettings, Prepared, run_benchmark, write_json
+from .protocol import Backend, BenchSettings, Prepared, run_benchmark
 
 __all__ = ["collect_suite", "fraction_key", "is_suite", "load_runs", "run_folder", "run_suite", "summarise"]
 
@@ -87,7 +89,7 @@ def run_suite(
             arms = plan_arms(settings.arms, j, expensive_seeds)
             plan["runs"].append({"seed": int(seed), "fraction": float(fraction), "folder": folder.name,
                                  "arms": list(arms)})
-    write_json(out / "suite.json", plan)
+    atomic_write_json(out / "suite.json", plan)
     for run in plan["runs"]:
         folder = out / run["folder"]
         # steps None: the first run calibrates (or, resumed, reads the budget it recorded)
@@ -104,7 +106,7 @@ def run_suite(
 
             write_report(folder)
     results = collect_suite(out)
-    write_json(out / "results.json", results)
+    atomic_write_json(out / "results.json", results)
     return results
 
 

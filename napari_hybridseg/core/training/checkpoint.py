@@ -29,10 +29,9 @@ import shutil
 from pathlib import Path
 
 from napari_hybridseg.core.errors import CheckpointError, RunError
-from napari_hybridseg.core.fsio import atomic_write_json
 from napari_hybridseg.core.fsio import fsync_dir as _fsync
 
-__all__ = ["CheckpointError", "RunError", "guarded_write", "read_run", "recover_run", "sync_tree", "write_json"]
+__all__ = ["CheckpointError", "RunError", "guarded_write", "read_run", "recover_run", "sync_tree"]
 
 
 def sync_tree(folder: str | Path) -> Path:
@@ -45,8 +44,6 @@ def sync_tree(folder: str | Path) -> Path:
     _fsync(folder.parent)
     return folder
 
-
-write_json = atomic_write_json  # the run folder's JSON files: one atomic writer for the package
 
 
 @contextlib.contextmanager
