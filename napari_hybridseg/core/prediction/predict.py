@@ -26,6 +26,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -319,6 +320,22 @@ class Predictor:
         return {sid: out[sid] for sid in samples}
 
 
+def _load_or_skip(key, path: Path | None, load: Callable[[], np.ndarray],
+                  on_skip: Callable[[Any, Exception], None] | None) -> np.ndarray | None:
+    """``load()``, after checking the file at ``path`` (if any) is not cut off; for an unreadable image, ``None``
+    after ``on_skip(key, error)``, or the error raised when there is no ``on_skip``."""
+    try:
+        broken = truncation(path) if path is not None else None
+        if broken:
+            raise ImageError(f"{path}: {broken}")
+        return load()
+    except (ImageError, OSError) as exc:
+        if on_skip is None:
+            raise
+        on_skip(key, exc)
+        return None
+
+
 def predict_collection(predictor: Predictor, collection: Collection, out_dir: str | Path, *,
                        ids: Iterable[str] | None = None, tta: bool = False, progress=None,
                        on_skip: Callable[[str, Exception], None] | None = None) -> dict[str, Path]:
@@ -334,15 +351,8 @@ def predict_collection(predictor: Predictor, collection: Collection, out_dir: st
     for sid in progress(todo) if progress else todo:
         sample = collection[sid]
         from_disk = sample.image is None
-        try:
-            broken = truncation(sample.image_path) if from_disk and sample.image_path is not None else None
-            if broken:
-                raise ImageError(f"{sample.image_path}: {broken}")
-            image = sample.load_image()
-        except (ImageError, OSError) as exc:
-            if on_skip is None:
-                raise
-            on_skip(sid, exc)
+        image = _load_or_skip(sid, sample.image_path if from_disk else None, sample.load_image, on_skip)
+        if image is None:
             continue
         labels, _ = predictor.predict(image, tta=tta)
         if from_disk:
@@ -365,15 +375,8 @@ def predict_folder(predictor: Predictor, folder: str | Path, out_dir: str | Path
         raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     written = {}
     for path in progress(files) if progress else files:
-        try:
-            broken = truncation(path)
-            if broken:
-                raise ImageError(f"{path}: {broken}")
-            image = read_image(path)
-        except (ImageError, OSError) as exc:
-            if on_skip is None:
-                raise
-            on_skip(path, exc)
+        image = _load_or_skip(path, path, lambda path=path: read_image(path), on_skip)
+        if image is None:
             continue
         labels, _ = predictor.predict(image, tta=tta)
         written[path.name] = write_mask(Path(out_dir) / f"{path.stem}.png", labels)
