@@ -7,10 +7,13 @@ and every arm's scores and weights of a bench run.
 
 Record (before a change) and compare (after it)::
 
-    python tests/_golden.py record            # the test-sized runs -> tests/golden/*.json
+    python tests/_golden.py record            # the test-sized runs -> tests/golden/NAME.CAPABILITY.json
     python tests/_golden.py full KVASIR OUT.json   # the issue's full-size runs -> OUT.json
 
 ``tests/test_behaviour_identity.py`` reruns the test-sized ones and compares.
+A record holds for one CPU capability (torch's kernels differ between AVX2 and
+AVX512, and 8 training steps amplify a last-bit difference to 17% in a small
+loss term), so there is one file per capability: :func:`record_path`.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ def fingerprint() -> dict:
     return {"torch": torch.__version__, "machine": platform.machine(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "python": platform.python_version()}
+
+
+def record_path(name: str, fp: dict | None = None) -> Path:
+    """Where the record ``name`` of a machine with fingerprint ``fp`` (default: this one) lives."""
+    fp = fp or fingerprint()
+    return GOLDEN / f"{name}.{fp['cpu_capability']}.json"
 
 
 def _main(argv: list[str]) -> int:
@@ -141,8 +150,8 @@ def main(argv: list[str]) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             for name, fn in (("train", small_train), ("bench", small_bench)):
                 rec = {"fingerprint": fingerprint(), "record": fn(Path(tmp) / name)}
-                (GOLDEN / f"{name}.json").write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
-                print(f"wrote {GOLDEN / f'{name}.json'}")
+                record_path(name).write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
+                print(f"wrote {record_path(name)}")
         return 0
     if argv[:1] == ["full"] and len(argv) == 3:
         with tempfile.TemporaryDirectory() as tmp:

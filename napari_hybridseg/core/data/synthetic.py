@@ -32,6 +32,7 @@ __all__ = [
     "box_on_background",
     "disk_grey",
     "disk_rgb",
+    "small_disk_rgb",
     "point_at_centre",
     "strong",
     "synthetic_collection",
@@ -132,6 +133,25 @@ def disk_rgb(size: int = 48) -> Painter:
         r = int(rng.integers(size // 8, size // 5))
         cy, cx = (int(v) for v in rng.integers(r + 1, size - r - 1, 2))
         mask = ((rr - cy) ** 2 + (cc - cx) ** 2 <= r * r).astype(np.uint8)
+        img = rng.normal(0.3, 0.08, (size, size, 3))
+        img[mask > 0] += np.array([0.5, 0.3, 0.1])
+        return Drawn((np.clip(img, 0, 1) * 255).astype(np.uint8), mask, (cy, cx, r))
+
+    return paint
+
+
+def small_disk_rgb(size: int = 64, area: tuple[float, float] = (0.01, 0.03)) -> Painter:
+    """RGB uint8 image: one small disk covering a fraction ``area`` (uniform in the range) of the image.
+
+    For the size prior's test: the structures a single click labels (the iris of
+    an AS-OCT scan is about 2% of it). ``Drawn.disk`` holds float ``(cy, cx, r)``.
+    """
+
+    def paint(rng: np.random.Generator) -> Drawn:
+        rr, cc = np.mgrid[0:size, 0:size]
+        r = float(np.sqrt(rng.uniform(*area) * size * size / np.pi))
+        cy, cx = (float(v) for v in rng.uniform(r + 2, size - r - 2, 2))
+        mask = ((rr + 0.5 - cy) ** 2 + (cc + 0.5 - cx) ** 2 <= r * r).astype(np.uint8)
         img = rng.normal(0.3, 0.08, (size, size, 3))
         img[mask > 0] += np.array([0.5, 0.3, 0.1])
         return Drawn((np.clip(img, 0, 1) * 255).astype(np.uint8), mask, (cy, cx, r))

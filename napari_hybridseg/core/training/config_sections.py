@@ -191,6 +191,12 @@ class LossConfig(_Section):
         The auxiliary tag head. Default 0.4.
     point_radius : float or None
         Radius of a point's certain disk in training pixels (> 0); None: from the size.
+    size_prior : float
+        The size prior on weak images (``core/supervision/size_prior.py``): each
+        class's predicted size held inside the range its strong masks show.
+        Default 1; 0 turns it off.
+    size_margin : float
+        The strong masks' range of sizes widened to ``[min / m, max * m]`` (>= 1). Default 2.
     """
 
     PREFIX = "loss"
@@ -200,11 +206,14 @@ class LossConfig(_Section):
     mil: float = 1.0
     aux: float = 0.4
     point_radius: float | None = None
+    size_prior: float = 1.0
+    size_margin: float = 2.0
 
     def __post_init__(self):
-        for name in ("box_tightness", "box_pairwise", "mil", "aux"):
+        for name in ("box_tightness", "box_pairwise", "mil", "aux", "size_prior"):
             _number(self._name(name), getattr(self, name), low=0)
         _number(self._name("point_radius"), self.point_radius, low=0, low_open=True, optional=True)
+        _number(self._name("size_margin"), self.size_margin, low=1)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from napari_hybridseg.core.methods import dii as dii_mod
 from napari_hybridseg.core.network.device import DeviceInfo, ThreadTuner, release, resolve_device
 from napari_hybridseg.core.network.models import build_model
 from napari_hybridseg.core.supervision.losses import LossWeights
+from napari_hybridseg.core.supervision.size_prior import SizePrior
 from napari_hybridseg.core.training.batches import BatchSampler, Prepared, prepare_sample
 from napari_hybridseg.core.training.config import ModelConfig, TrainConfig, model_classes
 from napari_hybridseg.core.training.reports import UpdateSamples
@@ -74,6 +75,7 @@ class RunState:
     bank: dii_mod.GammaBank | None = None
     tau: int = 1
     rampup: int = 1
+    size_prior: SizePrior | None = None
 
     @property
     def size(self) -> int:
@@ -88,6 +90,11 @@ class RunState:
         """Resize and encode one sample for training (replaces an earlier preparation)."""
         self.prepared[sample.id] = prepare_sample(sample, self.collection, self.size,
                                                   point_radius=self.config.loss.point_radius)
+
+    def update_size_prior(self) -> None:
+        """The size range of each class from the prepared strong masks (:class:`SizePrior`)."""
+        masks = [self.prepared[i].target.numpy() for i in self.ids(Role.STRONG)]
+        self.size_prior = SizePrior.from_masks(masks, self.model_config.classes, self.config.loss.size_margin)
 
     def gamma_of(self, ids: list[str], roles: list[Role]) -> torch.Tensor:
         """Per-row weight: gamma (learned, or ``fixed_weights``) for weak rows; 1 for other rows and without DII."""
@@ -118,6 +125,7 @@ class RunState:
                 self.prepare(sample)
         if not self.ids(Role.STRONG):
             raise NoStrongMaskError("the update removed every strong mask; keep a mask on at least one image")
+        self.update_size_prior()
         self.bank.sync(self.ids(Role.WEAK))
         self.sync_weight_states()
 
@@ -152,6 +160,7 @@ def _build(st: RunState) -> None:
     cfg, collection, init_from, dev, rng = st.config, st.collection, st.init_from, st.dev, st.rng
     for sample in list(collection):
         st.prepare(sample)
+    st.update_size_prior()
 
     initial_gamma: dict[str, float] = {}
     if init_from is not None:

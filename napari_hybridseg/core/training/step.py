@@ -26,6 +26,7 @@ from napari_hybridseg.core.supervision.losses import (
     strong_loss,
     weak_losses,
 )
+from napari_hybridseg.core.supervision.size_prior import SizePrior, size_prior_loss
 from napari_hybridseg.core.training.batches import augment, collate, denormalise
 from napari_hybridseg.core.training.schedule import LRSchedule
 
@@ -33,10 +34,17 @@ __all__ = ["SupervisedLoss", "TrainStep"]
 
 
 class SupervisedLoss:
-    """Strong terms at weight 1 plus every weak term times gamma, averaged over the batch."""
+    """Strong terms at weight 1 plus every weak term times gamma, averaged over the batch.
 
-    def __init__(self, loss_weights: LossWeights):
+    ``size_prior`` (with a weight ``size_weight`` > 0) adds the size prior on
+    the weak rows (:mod:`~napari_hybridseg.core.supervision.size_prior`), also
+    times gamma; the run replaces it when strong masks change.
+    """
+
+    def __init__(self, loss_weights: LossWeights, size_prior: SizePrior | None = None, size_weight: float = 0.0):
         self.loss_weights = loss_weights
+        self.size_prior = size_prior
+        self.size_weight = float(size_weight)
 
     def affinity(self, batch) -> torch.Tensor | None:
         """Colour affinities of the weak rows (for the pairwise term in boxes), or None without boxes."""
@@ -81,6 +89,10 @@ class SupervisedLoss:
                 pair = box_pairwise(probs, affinity, [batch.boxes[i] for i in idx])
                 terms["pair"] = lw.pairwise * (g * pair).sum() / b
                 total = total + terms["pair"]
+            if self.size_weight and self.size_prior is not None and self.size_prior.active:
+                size = size_prior_loss(logits[weak].float().softmax(1), self.size_prior, batch.present[weak])
+                terms["size"] = self.size_weight * (g * size).sum() / b
+                total = total + terms["size"]
         return total, terms
 
 
@@ -102,7 +114,7 @@ class TrainStep:
     def __init__(self, state, schedule: LRSchedule, pixel_term=None, dcr_term=None):
         self.state = state
         self.schedule = schedule
-        self.supervised = SupervisedLoss(state.loss_weights)
+        self.supervised = SupervisedLoss(state.loss_weights, state.size_prior, state.config.loss.size_prior)
         self.pixel_term = pixel_term
         self.dcr_term = dcr_term
 
@@ -110,6 +122,7 @@ class TrainStep:
         st = self.state
         cfg = st.config
         ids = st.sampler.sample(st.ids(Role.STRONG), st.ids(Role.WEAK), st.ids(Role.UNLABELED))
+        self.supervised.size_prior = st.size_prior  # new strong masks may have changed it
         items = [augment(st.prepared[i], st.rng) if cfg.augment else st.prepared[i] for i in ids]
         batch = collate(items).to(st.dev.device)
         gamma = st.gamma_of(batch.ids, batch.roles)
