@@ -80,7 +80,8 @@ def test_points_on_small_objects_do_not_paint_the_whole_image():
     from napari_hybridseg.core.training.trainer import train
 
     paint = small_disk_rgb(64, (0.01, 0.03))
-    specs = [Spec(f"s{i}", paint, strong) for i in range(3)] + [Spec(f"w{i}", paint, point_at_centre) for i in range(24)]
+    specs = [Spec(f"s{i}", paint, strong) for i in range(3)]
+    specs += [Spec(f"w{i}", paint, point_at_centre) for i in range(24)]
     ratios = {}
     for weight in (0.0, 1.0):
         col = synthetic_collection(specs, seed=0)
