@@ -54,11 +54,11 @@ def test_boxes_from_mask_per_component_and_label():
         ((3.0, 2.0, 12.0, 10.0), 1, "x-b0"), ((15.0, 15.0, 27.0, 25.0), 2, "x-b1")]
 
 
-def test_points_from_mask_lie_deep_inside_each_component():
+def test_deep_points_from_mask_lie_deep_inside_each_component():
     m = np.zeros((40, 40), np.uint8)
     m[_disk(40, 40, 10, 10, 6)] = 1
     m[_disk(40, 40, 28, 28, 8)] = 1
-    pts = points_from_mask(m, np.random.default_rng(0))
+    pts = points_from_mask(m, np.random.default_rng(0), placement="deep")
     assert len(pts) == 2
     for p, (cy, cx, r) in zip(pts, [(10, 10, 6), (28, 28, 8)]):
         assert np.hypot(p.y - 0.5 - cy, p.x - 0.5 - cx) <= r / 2 + 1
@@ -202,3 +202,36 @@ def test_corruption_keeps_annotation_ids():
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_hybrid(full_collection(3), **kwargs)
+
+
+def test_simulated_clicks_land_near_the_boundary_too_and_background_clicks_are_far_from_objects():
+    """Issue 19: a user clicks where it is quick, not at the centroid; the choice is recorded."""
+    from scipy.ndimage import distance_transform_edt
+
+    from napari_hybridseg.core.data.hybridize import points_from_mask
+
+    yy, xx = np.mgrid[0:80, 0:80]
+    mask = (((yy - 40) ** 2 + (xx - 40) ** 2) <= 20**2).astype(np.uint8)
+    depth = distance_transform_edt(mask)
+    rng = np.random.default_rng(0)
+    anywhere = [points_from_mask(mask, rng)[0] for _ in range(200)]
+    deep = [points_from_mask(mask, rng, placement="deep")[0] for _ in range(200)]
+    d_any = np.array([depth[int(p.y), int(p.x)] for p in anywhere])
+    d_deep = np.array([depth[int(p.y), int(p.x)] for p in deep])
+    assert (d_any >= 1).all() and (d_deep >= 10).all()  # always inside
+    assert (d_any < 5).mean() > 0.25  # a quarter of the area lies within 5 px of a radius-20 disk's edge
+    pts = points_from_mask(mask, rng, background=3, id_prefix="x")
+    neg = [p for p in pts if not p.positive]
+    assert len(pts) == 4 and len(neg) == 3 and [p.id for p in pts] == ["x-p0", "x-p1", "x-p2", "x-p3"]
+    bg_dist = distance_transform_edt(mask == 0)
+    assert all(bg_dist[int(p.y), int(p.x)] >= 4 for p in neg)
+    with pytest.raises(ValueError, match="placement"):
+        points_from_mask(mask, rng, placement="centre")
+
+
+def test_make_hybrid_records_the_click_model():
+    hyb = make_hybrid(full_collection(), strong_fraction=0.25, weak="point", background_clicks=1, seed=0)
+    weak = [s for s in hyb if s.points]
+    assert weak and all(s.meta["simulated_points"] == {"placement": "anywhere", "background": 1} for s in weak)
+    assert all(sum(not p.positive for p in s.points) == 1 for s in weak)
+    assert hyb.meta["hybrid"]["clicks"] == {"placement": "anywhere", "background": 1}

@@ -76,6 +76,11 @@ def register(subparsers) -> None:
                    help="weak label of the other training images (default: %(default)s)")
     p.add_argument("--noise", type=float, default=0.3, metavar="F",
                    help="fraction of weak labels made wrong on purpose (default: %(default)s)")
+    p.add_argument("--point-placement", choices=("anywhere", "deep"), default="anywhere",
+                   help="--weak point: where a simulated click lands in its object: anywhere off its border, "
+                        "near the boundary as often as a user clicks there (default), or deep inside")
+    p.add_argument("--background-clicks", type=int, default=0, metavar="N",
+                   help="--weak point: background clicks added to each point image (default: 0)")
     p.add_argument("--groups", metavar="CSV", help="CSV of image_id,group rows (patient, video): "
                                                     "a group never straddles the split")
     p.add_argument("--no-dedup", action="store_true",
@@ -166,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
         settings = BenchSettings(
             dataset=str(Path(args.dataset).resolve()), layout=args.layout, out=str(out.resolve()),
             preset=args.preset, strong_fraction=args.strong_fraction[0], weak=args.weak, noise=args.noise,
-            seed=seeds[0], arms=args.arms, groups_csv=args.groups, dedup=not args.no_dedup,
+            point_placement=args.point_placement, background_clicks=args.background_clicks, seed=seeds[0],
+            arms=args.arms, groups_csv=args.groups, dedup=not args.no_dedup,
             device=args.device, steps=args.steps, limit=args.limit, overrides=overrides, note=args.note,
             budget_min=args.budget_min,
         )

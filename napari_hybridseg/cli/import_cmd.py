@@ -46,6 +46,11 @@ def register(subparsers) -> None:
                    help="weak label for images that lose their mask (default: box)")
     p.add_argument("--noise", type=_fraction, default=0.0, metavar="F",
                    help="fraction of the weak labels made wrong on purpose (default: 0)")
+    p.add_argument("--point-placement", choices=("anywhere", "deep"), default="anywhere",
+                   help="--weak point: where a simulated click lands in its object: anywhere off its border, "
+                        "near the boundary as often as a user clicks there (default), or deep inside")
+    p.add_argument("--background-clicks", type=int, default=0, metavar="N",
+                   help="--weak point: background clicks added to each point image (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="seed for the choice of strong images and the noise")
     p.add_argument("--class-name", default=None, help="name of the foreground class (default: from the dataset)")
     p.add_argument("--masks", choices=("auto", "binary", "labels", "rgb"), default="auto",
@@ -96,7 +101,8 @@ def run_import(args: argparse.Namespace) -> int:
         collection = import_dataset(args.src, args.layout, class_name=args.class_name,
                                     masks=args.masks, mask_threshold=args.mask_threshold,
                                     strong_fraction=args.strong_fraction, weak=args.weak, noise=args.noise,
-                                    seed=args.seed, progress=progress)
+                                    seed=args.seed, point_placement=args.point_placement,
+                                    background_clicks=args.background_clicks, progress=progress)
         save_project(collection, args.project, copy_images=args.copy_images)
     except (DatasetError, StoreError) as exc:
         raise CLIError(str(exc), code=1) from exc

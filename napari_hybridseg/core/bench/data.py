@@ -143,7 +143,8 @@ def prepare_collection(
         training samples become strong or weak.
     settings : BenchSettings
     hybridize : callable, optional
-        ``make_hybrid(collection, *, strong_fraction, weak, noise, seed, ids)``;
+        ``make_hybrid(collection, *, strong_fraction, weak, noise, seed, ids)`` (and, for
+        points, ``point_placement``, ``background_clicks``);
         default :func:`napari_hybridseg.core.data.hybridize.make_hybrid`.
     log : callable
         Receives one-line progress messages.
@@ -167,8 +168,10 @@ def prepare_collection(
 
     if hybridize is None:
         from napari_hybridseg.core.data.hybridize import make_hybrid as hybridize
+    clicks = ({"point_placement": settings.point_placement, "background_clicks": settings.background_clicks}
+              if settings.weak == "point" else {})
     result = hybridize(collection, strong_fraction=settings.strong_fraction, weak=settings.weak,
-                       noise=settings.noise, seed=settings.seed, ids=list(split.train))
+                       noise=settings.noise, seed=settings.seed, ids=list(split.train), **clicks)
     if isinstance(result, Collection):
         collection = result
     train = [collection[i] for i in split.train]

@@ -44,6 +44,11 @@ class BenchSettings:
         Weak label kind of the rest: ``"box"`` (default), ``"point"``, ``"tag"``.
     noise : float
         Fraction of weak labels made wrong on purpose. Default 0.3.
+    point_placement : str
+        ``weak="point"``: where a simulated click lands in its object,
+        ``"anywhere"`` (default) or ``"deep"`` (:func:`~napari_hybridseg.core.data.hybridize.points_from_mask`).
+    background_clicks : int
+        ``weak="point"``: background clicks added to each point image. Default 0.
     seed : int
         Seed of the split, the label budget, the corruption and training. Default 0.
     arms : tuple of str
@@ -97,6 +102,8 @@ class BenchSettings:
     strong_fraction: float = 0.1
     weak: str = "box"
     noise: float = 0.3
+    point_placement: str = "anywhere"
+    background_clicks: int = 0
     seed: int = 0
     arms: tuple[str, ...] = ARMS
     groups_csv: str | None = None
@@ -127,6 +134,10 @@ class BenchSettings:
             raise ValueError(f"strong_fraction must be in (0, 1], got {self.strong_fraction}")
         if not 0.0 <= self.noise < 1.0:
             raise ValueError(f"noise must be in [0, 1), got {self.noise}")
+        if self.point_placement not in ("anywhere", "deep"):
+            raise ValueError(f"point_placement must be 'anywhere' or 'deep', got {self.point_placement!r}")
+        if self.background_clicks < 0:
+            raise ValueError(f"background_clicks must be >= 0, got {self.background_clicks}")
         if self.weak not in ("box", "point", "tag"):
             raise ValueError(f"weak must be 'box', 'point' or 'tag', got {self.weak!r}")
         if self.steps is not None and self.steps < 1:
@@ -142,6 +153,9 @@ class BenchSettings:
         d = self.to_dict()
         for key in ("out", "arms", "grid_images", "note", "curve_points"):
             d.pop(key)
+        if d["weak"] != "point":  # the click settings decide nothing else: box and tag runs still resume
+            d.pop("point_placement")
+            d.pop("background_clicks")
         if d["preset"] == "quick":  # its name until 2026-12-01: runs started then still resume
             d["preset"] = "cpu-quick"
         d["dataset"] = str(Path(self.dataset).resolve())

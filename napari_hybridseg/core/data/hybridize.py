@@ -39,6 +39,7 @@ __all__ = [
     "corrupt_points",
     "make_hybrid",
     "points_from_mask",
+    "POINT_PLACEMENTS",
 ]
 
 WEAK_KINDS = ("box", "point", "tag")
@@ -116,31 +117,65 @@ def boxes_from_mask(mask: np.ndarray, *, min_size: int = MIN_COMPONENT, id_prefi
     return out
 
 
-def points_from_mask(mask: np.ndarray, rng: np.random.Generator, *, min_size: int = MIN_COMPONENT,
-                     id_prefix: str | None = None) -> list[Point]:
-    """One simulated interior click per component of each label value.
+#: where a simulated click lands inside its object (:func:`points_from_mask`)
+POINT_PLACEMENTS = ("anywhere", "deep")
 
-    The click is drawn (seeded) among the component's pixels that lie at
-    least half its maximal depth from its border, as an annotator clicks
-    well inside an object but not always at its centre. Coordinates are the
-    pixel centre. ``id_prefix`` as in :func:`boxes_from_mask` (``<prefix>-p0``...).
+
+def points_from_mask(mask: np.ndarray, rng: np.random.Generator, *, min_size: int = MIN_COMPONENT,
+                     id_prefix: str | None = None, placement: str = "anywhere",
+                     background: int = 0) -> list[Point]:
+    """One simulated click per component of each label value, and optionally background clicks.
+
+    Parameters
+    ----------
+    mask : (H, W) int array
+        Label values (0 = background).
+    rng : numpy Generator
+        Seeds every draw.
+    min_size : int
+        Components smaller than this (specks) get no click.
+    id_prefix : str, optional
+        As in :func:`boxes_from_mask` (``<prefix>-p0``...).
+    placement : {"anywhere", "deep"}
+        ``"anywhere"`` (default): uniform over the component's pixels that are
+        not on its border, so that many clicks land near the boundary, as a
+        user clicks where it is quick; ``"deep"``: among the pixels at least half
+        the component's maximal depth from its border (the benchmark's clicks
+        before 2026-12-02).
+    background : int
+        Negative clicks per image, uniform over the background at least ~5% of
+        the image size from every object (none where no such pixel exists).
+
+    Coordinates are pixel centres.
     """
     from scipy.ndimage import distance_transform_edt
 
+    if placement not in POINT_PLACEMENTS:
+        raise ValueError(f"placement must be one of {', '.join(POINT_PLACEMENTS)}, got {placement!r}")
     out = []
     mask = np.asarray(mask)
+
+    def add(pt: Point) -> None:
+        if id_prefix is not None:
+            pt.id = f"{id_prefix}-p{len(out)}"
+        out.append(pt)
+
     for value in label_values(mask):
         binary = mask == value
         depth = distance_transform_edt(np.pad(binary, 1))[1:-1, 1:-1]
         for (r0, c0, _, _), crop in components(binary, min_size):
             coords = np.argwhere(crop) + (r0, c0)
             d = depth[coords[:, 0], coords[:, 1]]
-            deep = coords[d >= 0.5 * d.max()]
-            r, c = deep[rng.integers(len(deep))]
-            pt = Point(c + 0.5, r + 0.5, label=int(value), positive=True)
-            if id_prefix is not None:
-                pt.id = f"{id_prefix}-p{len(out)}"
-            out.append(pt)
+            keep = d >= 0.5 * d.max() if placement == "deep" else d >= min(2.0, d.max())
+            r, c = coords[keep][rng.integers(int(keep.sum()))]
+            add(Point(c + 0.5, r + 0.5, label=int(value), positive=True))
+    if background > 0 and (mask == 0).any():
+        far = distance_transform_edt(mask == 0) >= max(3.0, 0.05 * min(mask.shape))
+        cand = np.argwhere(far)
+        label = label_values(mask)[0] if label_values(mask) else 1
+        for _ in range(int(background) if len(cand) else 0):
+            r, c = cand[rng.integers(len(cand))]
+            add(Point(c + 0.5, r + 0.5, label=int(label), positive=False))
     return out
 
 
@@ -299,7 +334,8 @@ def _implying_tags(sample: Sample, collection: Collection) -> list[str]:
     return out
 
 
-def _make_weak(sample: Sample, collection: Collection, weak: str, rng: np.random.Generator, min_size: int) -> None:
+def _make_weak(sample: Sample, collection: Collection, weak: str, rng: np.random.Generator, min_size: int,
+               clicks: dict | None = None) -> None:
     truth = sample.reference_mask
     present = label_values(truth)
     if weak == "tag":
@@ -314,8 +350,9 @@ def _make_weak(sample: Sample, collection: Collection, weak: str, rng: np.random
         sample.points = []
     else:
         sample.boxes = []
-        sample.points = points_from_mask(truth, rng, min_size=min_size, id_prefix=sample.id)
-        sample.meta["simulated_points"] = True
+        clicks = clicks or {"placement": "anywhere", "background": 0}
+        sample.points = points_from_mask(truth, rng, min_size=min_size, id_prefix=sample.id, **clicks)
+        sample.meta["simulated_points"] = dict(clicks)
     # an image with nothing to box or click says "nothing here": keep that as an "absent" tag
     absent = [t for t in _implying_tags(sample, collection) if collection.tag_def(t).implies is TagImplies.ABSENT]
     if not sample.boxes and not sample.points:
@@ -333,6 +370,8 @@ def make_hybrid(
     seed: int = 0,
     ids: Iterable[str] | None = None,
     min_component: int = MIN_COMPONENT,
+    point_placement: str = "anywhere",
+    background_clicks: int = 0,
 ) -> Collection:
     """A hybrid copy of ``collection``: few masks, weak labels for the rest, known label noise.
 
@@ -367,6 +406,11 @@ def make_hybrid(
         they are.
     min_component : int
         Speck size in pixels for deriving boxes and points. Default 50.
+    point_placement : {"anywhere", "deep"}
+        Where a simulated click lands in its object (:func:`points_from_mask`);
+        default "anywhere" (near the boundary as often as a user clicks there).
+    background_clicks : int
+        Negative (background) clicks added to each point image. Default 0.
 
     Returns
     -------
@@ -396,6 +440,11 @@ def make_hybrid(
     order = rng.permutation(len(pool))
     strong_ids = {pool[i] for i in order[:n_strong]}
 
+    if point_placement not in POINT_PLACEMENTS:
+        raise ValueError(f"point_placement must be one of {', '.join(POINT_PLACEMENTS)}, got {point_placement!r}")
+    if background_clicks < 0:
+        raise ValueError(f"background_clicks must be >= 0, got {background_clicks}")
+    clicks = {"placement": point_placement, "background": int(background_clicks)}
     weak_ids = []
     for sid in pool:
         s = out[sid]
@@ -404,7 +453,7 @@ def make_hybrid(
             continue
         s.reference_mask, s.mask = s.mask, None
         s.corrupted, s.corruption = False, None
-        _make_weak(s, out, weak, rng, min_component)
+        _make_weak(s, out, weak, rng, min_component, clicks)
         s.meta["weak_kind"] = weak
         weak_ids.append(sid)
 
@@ -448,5 +497,6 @@ def make_hybrid(
         "strong_fraction": strong_fraction, "weak": weak, "noise": noise, "seed": seed,
         "min_component": min_component, "pool": len(pool), "strong": len(strong_ids),
         "weak_samples": len(weak_ids), "corrupted": done,
+        **({"clicks": clicks} if weak == "point" else {}),
     }
     return out

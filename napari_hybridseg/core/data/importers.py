@@ -282,6 +282,8 @@ def import_dataset(
     weak: str = "box",
     noise: float = 0.0,
     seed: int = 0,
+    point_placement: str = "anywhere",
+    background_clicks: int = 0,
     progress: Progress | None = None,
 ) -> Collection:
     """Import a dataset folder as a collection (nothing is written; see ``save_project``).
@@ -311,7 +313,7 @@ def import_dataset(
         the 8- or 16-bit range when the values reach it, else any non-zero value).
     binary_masks : bool, optional
         Older spelling: ``True`` is ``masks="binary"``, ``False`` ``masks="labels"``.
-    strong_fraction, weak, noise, seed
+    strong_fraction, weak, noise, seed, point_placement, background_clicks
         If ``strong_fraction`` is given, the imported collection is passed to
         :func:`~.hybridize.make_hybrid` with these arguments.
     progress : callable, optional
@@ -353,5 +355,6 @@ def import_dataset(
     if strong_fraction is not None:
         from napari_hybridseg.core.data.hybridize import make_hybrid
 
-        collection = make_hybrid(collection, strong_fraction=strong_fraction, weak=weak, noise=noise, seed=seed)
+        collection = make_hybrid(collection, strong_fraction=strong_fraction, weak=weak, noise=noise, seed=seed,
+                                 point_placement=point_placement, background_clicks=background_clicks)
     return collection
