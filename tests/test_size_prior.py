@@ -96,3 +96,19 @@ def test_points_on_small_objects_do_not_paint_the_whole_image():
     print("median area ratio by size-prior weight", ratios)
     assert ratios[0.0] > 4, f"the control no longer spills ({ratios}); the test lost its point"
     assert ratios[1.0] < 2, ratios
+
+
+def test_the_start_report_says_which_size_range_each_class_gets():
+    from napari_hybridseg.core.data.synthetic import Spec, point_at_centre, small_disk_rgb, strong, synthetic_collection
+    from napari_hybridseg.core.training.config import ModelConfig, TrainConfig
+    from napari_hybridseg.core.training.reports import StartReport
+    from napari_hybridseg.core.training.trainer import train
+
+    paint = small_disk_rgb(32, (0.02, 0.04))
+    col = synthetic_collection([Spec("s0", paint, strong), Spec("s1", paint, strong),
+                                Spec("w0", paint, point_at_centre)])
+    cfg = TrainConfig(model=ModelConfig(input_size=32, encoder_weights=None), steps=1, batch_size=2, dcr=False,
+                      dii=False, preview_every=0)
+    start = next(r for r in train(col, cfg) if isinstance(r, StartReport))
+    note = next(n for n in start.notes if n.startswith("size prior"))
+    assert "lesion:" in note and "from 2 mask(s)" in note

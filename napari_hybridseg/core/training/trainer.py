@@ -283,6 +283,9 @@ class Session:
             self.notes.append(f"{counts[Role.UNLABELED]} unlabeled image(s) unused: they enter through DCR only")
         if cfg.dii.enabled and counts[Role.WEAK]:
             self.notes.append(f"DII updates every {st.tau} steps ({cfg.dii.scorer} scorer)")
+        if cfg.loss.size_prior and counts[Role.WEAK] and st.size_prior is not None and st.size_prior.active:
+            names = [c.name for c in sorted(st.collection.classes, key=lambda c: c.value)]
+            self.notes.append("size prior on weak images: " + "; ".join(st.size_prior.describe(names)))
         return StartReport(device=st.dev.label, total_steps=st.total_steps, start_step=st.start_step,
                            n_strong=counts[Role.STRONG], n_weak=counts[Role.WEAK],
                            n_unlabeled=counts[Role.UNLABELED],
