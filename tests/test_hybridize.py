@@ -219,7 +219,7 @@ def test_simulated_clicks_land_near_the_boundary_too_and_background_clicks_are_f
     d_any = np.array([depth[int(p.y), int(p.x)] for p in anywhere])
     d_deep = np.array([depth[int(p.y), int(p.x)] for p in deep])
     assert (d_any >= 1).all() and (d_deep >= 10).all()  # always inside
-    assert (d_any < 5).mean() > 0.25  # a quarter of the area lies within 5 px of a radius-20 disk's edge
+    assert (d_any < 5).mean() > 0.2  # 29% measured over 2,000 draws; "deep" clicks: none
     pts = points_from_mask(mask, rng, background=3, id_prefix="x")
     neg = [p for p in pts if not p.positive]
     assert len(pts) == 4 and len(neg) == 3 and [p.id for p in pts] == ["x-p0", "x-p1", "x-p2", "x-p3"]
