@@ -166,39 +166,65 @@ def _check_images(collection) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Train with the run folder and the project locked: a second `hybridseg train` on either is told who runs."""
+    """Train with the run folder and the project locked: a second `hybridseg train` on either is told who runs.
+
+    Started by torchrun (``WORLD_SIZE`` > 1), every process trains its slice of
+    each batch (:mod:`napari_hybridseg.core.training.distributed`); only rank 0
+    takes the locks, writes the run folder and the project's weights, and prints.
+    """
     from napari_hybridseg.core.data.locks import FolderLock, LockedError
+    from napari_hybridseg.core.training import distributed
 
     if not (args.project / "project.json").is_file():
         _load(args.project)
+    dist = distributed.from_env(args.device) if distributed.is_launched() else None
     out: Path = args.out
     existed = out.exists()
+    main = dist is None or dist.is_main
     locks = [FolderLock(out, ".hybridseg.lock", "run folder"),
-             FolderLock(args.project, ".hybridseg-train.lock", "project (being trained)")]
+             FolderLock(args.project, ".hybridseg-train.lock", "project (being trained)")] if main else []
     try:
-        for lock in locks:
-            lock.acquire()
-        return _train(args)
-    except LockedError as exc:
-        raise CLIError(str(exc), code=1) from exc
+        try:
+            for lock in locks:
+                lock.acquire()
+        except LockedError as exc:
+            if dist is not None:
+                dist.all_ok(False)  # the other ranks give up too (in _train's agreement)
+            raise CLIError(str(exc), code=1) from exc
+        return _train(args, dist)
     finally:
         for lock in reversed(locks):
             lock.release()
         # a run that never started leaves no folder behind
-        if not existed and out.is_dir() and [p.name for p in out.iterdir()] == [locks[0].path.name]:
+        if main and not existed and out.is_dir() and [p.name for p in out.iterdir()] == [locks[0].path.name]:
             locks[0].path.unlink(missing_ok=True)
             out.rmdir()
+        if dist is not None:
+            dist.close()
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, dist=None) -> int:
     from napari_hybridseg.core.training.trainer import run
 
-    config = build_config(args)
-    collection = _load(args.project)
-    _check_images(collection)
-    out: Path = args.out
-    done = run(collection, config, out, callback=_Progress(args.quiet), init_from=_init_from(args, out))
-    _summarise(done, collection, args)
+    main = dist is None or dist.is_main
+    try:
+        if dist is not None:
+            args.device = dist.device  # cuda:<LOCAL_RANK> or cpu
+        config = build_config(args)
+        collection = _load(args.project)
+        _check_images(collection)
+        out: Path = args.out
+        init_from = _init_from(args, out)
+    except BaseException:
+        if dist is not None:
+            dist.all_ok(False)
+        raise
+    if dist is not None and not dist.all_ok(True):
+        raise CLIError(f"process {dist.rank}: another process of the run could not start (see its message)", code=1)
+    done = run(collection, config, out if main else None, callback=_Progress(args.quiet, silent=not main),
+               init_from=init_from, dist=dist)
+    if main:
+        _summarise(done, collection, args)
     return 130 if done.reason == "stopped" else 0
 
 
@@ -216,15 +242,21 @@ def _init_from(args: argparse.Namespace, out: Path) -> Path | None:
 
 
 class _Progress:
-    """The trainer's reports on stderr: a header, a tqdm bar (unless quiet) and a line per DII update."""
+    """The trainer's reports on stderr: a header, a tqdm bar (unless quiet) and a line per DII update.
 
-    def __init__(self, quiet: bool):
+    ``silent``: nothing at all (the other ranks of a distributed run).
+    """
+
+    def __init__(self, quiet: bool, silent: bool = False):
         self.quiet = quiet
+        self.silent = silent
         self.bar = None
 
     def __call__(self, report) -> None:
         from napari_hybridseg.core.training import reports as R
 
+        if self.silent:
+            return
         if isinstance(report, R.StartReport):
             self.start(report)
         elif isinstance(report, R.StepReport) and not report.paused:

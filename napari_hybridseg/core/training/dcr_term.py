@@ -32,8 +32,8 @@ class DCRTerm:
         mask = dcr_mod.cutmix_boxes(bsz, h, w, st.rng)
         xm = dcr_mod.cutmix(batch.x, perm, mask)
         with st.dev.autocast():
-            la, _ = forward(st.nets[0], xm)
-            lb, _ = forward(st.nets[1], xm)
+            la, _ = forward(st.train_nets[0], xm)
+            lb, _ = forward(st.train_nets[1], xm)
         pair_gamma = 0.5 * (gamma + gamma[perm])
         lam = st.config.dcr.cps_lambda * dcr_mod.rampup(step - st.start_step, st.rampup)
         known = batch.target != IGNORE

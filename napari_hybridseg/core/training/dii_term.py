@@ -59,7 +59,14 @@ class DIITerm:
         ys = torch.stack([st.prepared[strong[i]].target for i in pick]).to(dev)
         ts = torch.stack([st.prepared[strong[i]].tag_target for i in pick]).to(dev)
         aux_w = st.loss_weights.aux
-        items = [st.prepared[k] for k in weak]
+        # a distributed run scores its own span of the weak set (the scores are gathered below)
+        lo, hi = (0, len(weak)) if st.dist is None else st.dist.span(len(weak))
+        if st.dist is not None:
+            st.dist.broadcast_buffers(net)  # every rank scores with rank 0's BatchNorm statistics
+        items = [st.prepared[k] for k in weak[lo:hi]]
+        if not items:  # fewer weak samples than ranks: this one has nothing to score
+            dots = st.dist.gather_scores(torch.zeros(0))
+            return self._step(step, weak, dots)
         xw = torch.stack([p.image for p in items])
         yw = torch.stack([p.target for p in items]).to(dev)
         pw = torch.stack([p.present for p in items]).to(dev)
@@ -84,9 +91,18 @@ class DIITerm:
             # bf16 features gave scores correlated 0.99994 with float32 ones, 1.6x faster
             dots = dii_mod.last_layer_scores(net, xs, strong_fn, xw, instance_fn, chunk=chunk,
                                              feature_autocast=st.dev.autocast, equalise=equalise)
+        if st.dist is not None:
+            dots = st.dist.gather_scores(dots)  # every rank's span, in order: the same scores on every rank
+        return self._step(step, weak, dots)
+
+    def _step(self, step: int, weak: list[str], dots: torch.Tensor) -> WeightsReport:
+        """The bank's step from every weak sample's score; the new weights into ``collection.sample_weights``."""
+        st = self.state
         # dL_S/dgamma_k ~ -g_S . g_k (inverse Hessian ~ identity), at a scale that does not drift with the loss
         dots = dii_mod.normalise_scores(dots.double())
         values = st.bank.step({k: -float(d) for k, d in zip(weak, dots.cpu().tolist())})
+        if st.dist is not None:
+            st.dist.compare_gammas(values)  # recorded in run.json: every rank must hold the same
         for k, v in values.items():
             st.collection.sample_weights.setdefault(k, WeightState(v)).record(step, v)
         return WeightsReport(step=step, sample_weights=dict(values))

@@ -105,6 +105,10 @@ class RunRecord:
         are pre-resized copies (the benchmark), measured otherwise.
     pixel_weight_summary : dict or None
         Per non-strong sample, how the pixel weights treated it (pixel weights on).
+    distributed : dict or None
+        A distributed run's processes, batch slices and the largest difference
+        of a gamma between ranks (:meth:`~.distributed.Distributed.record`);
+        absent for one process.
     format : int
         :data:`RUN_FORMAT`.
     """
@@ -125,6 +129,7 @@ class RunRecord:
     input_size: int
     train_scale: float
     pixel_weight_summary: dict | None = None
+    distributed: dict | None = None
     format: int = field(default=RUN_FORMAT)
 
     @classmethod
@@ -147,8 +152,9 @@ class RunRecord:
         """The JSON object (``format`` first, as format 1 files had it; no summary key without pixel weights)."""
         d = asdict(self)
         out = {"format": d.pop("format"), **d}
-        if out["pixel_weight_summary"] is None:
-            del out["pixel_weight_summary"]
+        for optional in ("pixel_weight_summary", "distributed"):
+            if out[optional] is None:
+                del out[optional]
         return out
 
 

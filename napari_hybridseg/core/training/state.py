@@ -76,6 +76,14 @@ class RunState:
     tau: int = 1
     rampup: int = 1
     size_prior: SizePrior | None = None
+    #: a distributed run's :class:`~.distributed.Distributed` (None: one process) and the DDP wrappers of ``nets``
+    dist: object | None = None
+    ddp_nets: list[torch.nn.Module] = field(default_factory=list)
+
+    @property
+    def train_nets(self) -> list[torch.nn.Module]:
+        """What the training forward goes through: the DDP wrappers of a distributed run, else ``nets``."""
+        return self.ddp_nets or self.nets
 
     @property
     def size(self) -> int:

@@ -124,6 +124,8 @@ class TrainStep:
         ids = st.sampler.sample(st.ids(Role.STRONG), st.ids(Role.WEAK), st.ids(Role.UNLABELED))
         self.supervised.size_prior = st.size_prior  # new strong masks may have changed it
         items = [augment(st.prepared[i], st.rng) if cfg.augment else st.prepared[i] for i in ids]
+        if st.dist is not None:  # every rank drew (and augmented) the global batch: it trains on its slice
+            items = st.dist.shard(items)
         batch = collate(items).to(st.dev.device)
         gamma = st.gamma_of(batch.ids, batch.roles)
         lr = self.schedule.at(step)
@@ -133,7 +135,7 @@ class TrainStep:
         total = torch.zeros((), device=st.dev.device)
         logged: dict[str, float] = {}
         with st.dev.autocast():
-            outs = [forward(net, batch.x) for net in st.nets]
+            outs = [forward(net, batch.x) for net in st.train_nets]
         pw = self.pixel_term.compute(step, batch, outs[0][0], gamma, lr) if self.pixel_term is not None else None
         affinity = self.supervised.affinity(batch)
         for n, (logits, aux) in enumerate(outs):

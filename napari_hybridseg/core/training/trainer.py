@@ -33,19 +33,23 @@ This module holds the loop and its commands (:class:`Session`).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
 
 import torch
+from torch.distributed import DistError
 
 from napari_hybridseg.core.data.collection import Collection, Role
-from napari_hybridseg.core.errors import ConfigError, NoStrongMaskError
+from napari_hybridseg.core.errors import ConfigError, NoStrongMaskError, RunError
 from napari_hybridseg.core.network.device import release
 from napari_hybridseg.core.training.checkpointer import Checkpointer
 from napari_hybridseg.core.training.config import TrainConfig
 from napari_hybridseg.core.training.dcr_term import DCRTerm
 from napari_hybridseg.core.training.dii_term import DIITerm
+from napari_hybridseg.core.training.distributed import Distributed
+from napari_hybridseg.core.training.distributed import check_config as check_distributed
 from napari_hybridseg.core.training.pixel_term import PixelWeightTerm
 from napari_hybridseg.core.training.previews import Previewer
 from napari_hybridseg.core.training.reports import (
@@ -87,7 +91,7 @@ def _validate(collection: Collection, config: TrainConfig) -> None:
 
 def train(collection: Collection, config: TrainConfig, run_dir: str | Path | None = None, *,
           init_from: str | Path | None = None, preview_ids: Iterable[str] = (),
-          train_scale: float | None = None) -> Trainer:
+          train_scale: float | None = None, dist: Distributed | None = None) -> Trainer:
     """Train on ``collection``; a generator of reports that takes commands through ``send()``.
 
     Cheap checks run at once (so a bad request fails before a worker thread
@@ -115,6 +119,9 @@ def train(collection: Collection, config: TrainConfig, run_dir: str | Path | Non
         the caller knows it better than the trainer: the benchmark trains on
         pre-resized copies and passes the scale of the original images.
         None (default): the median over the prepared samples.
+    dist : Distributed, optional
+        This process's place in a distributed run (:func:`.distributed.from_env`);
+        None (default): one process. Only rank 0 should be given ``run_dir``.
 
     Yields
     ------
@@ -133,8 +140,9 @@ def train(collection: Collection, config: TrainConfig, run_dir: str | Path | Non
         (At the first ``next()``) an image or label that cannot be used.
     """
     _validate(collection, config)
+    check_distributed(config, dist)
     session = Session(collection, config, None if run_dir is None else Path(run_dir),
-                       None if init_from is None else Path(init_from), tuple(preview_ids), train_scale)
+                       None if init_from is None else Path(init_from), tuple(preview_ids), train_scale, dist)
     return session.loop()
 
 
@@ -146,19 +154,22 @@ def run(collection: Collection, config: TrainConfig, run_dir: str | Path | None 
     ``None``) is sent back to the trainer, so a callback can stop the run.
     Called from the main thread, Ctrl-C (SIGINT) and SIGTERM (``kill``, a
     scheduler's stop, a logout) stop cleanly: the current step is finished, a
-    checkpoint written and the DoneReport returned; a second signal interrupts at once.
+    checkpoint written and the DoneReport returned; a second signal interrupts at once
+    (in a distributed run, only 5 s after the first: a terminal's Ctrl-C reaches each
+    process twice, from the terminal and from torchrun).
     """
     import signal
     import threading
 
     gen = train(collection, config, run_dir, **kwargs)
-    interrupted: list[bool] = []
+    distributed = kwargs.get("dist") is not None
+    interrupted: list[float] = []
     previous: dict = {}
     if threading.current_thread() is threading.main_thread():
         def on_signal(signum, frame):  # noqa: ARG001
-            if interrupted:  # a second Ctrl-C: the user does not want to wait for the step
-                raise KeyboardInterrupt
-            interrupted.append(True)
+            if interrupted and (not distributed or time.monotonic() - interrupted[0] > 5.0):
+                raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait for the step
+            interrupted.append(time.monotonic())
 
         for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
             if sig is not None:
@@ -187,8 +198,11 @@ class Session:
     """
 
     def __init__(self, collection: Collection, config: TrainConfig, run_dir: Path | None,
-                 init_from: Path | None, preview_ids: tuple[str, ...], train_scale: float | None = None):
+                 init_from: Path | None, preview_ids: tuple[str, ...], train_scale: float | None = None,
+                 dist: Distributed | None = None):
         self.collection = collection
+        self.dist = dist
+        self.completed = 0  # the last step whose update finished (a distributed run's rescue checkpoint)
         self.train_scale = train_scale
         self.config = config
         self.run_dir = run_dir
@@ -225,6 +239,11 @@ class Session:
         """Build the state and the parts that use it (the order of :func:`~.state.build_state` is kept)."""
         cfg = self.config
         st = self.state = build_state(self.collection, cfg, self.run_dir, self.init_from)
+        if self.dist is not None:
+            wrapped = [self.dist.wrap(net) for net in st.nets]  # DDP: rank 0's parameters on every rank
+            st.nets, st.ddp_nets = [w[0] for w in wrapped], [w[1] for w in wrapped]
+            st.dist = self.dist
+            st.dev = dataclasses.replace(st.dev, label=f"{st.dev.label} {self.dist.label}")
         opt = cfg.optim
         self.schedule = LRSchedule(opt.lr, opt.warmup_steps, opt.lr_schedule, cfg.steps, st.start_step)
         self.pixel_term = PixelWeightTerm(st) if cfg.pixel.mode == "exact" else None
@@ -243,7 +262,7 @@ class Session:
         st = self.state
         self.accept((yield self._start_report()))
         self.sps: float | None = None
-        step = st.start_step
+        step = self.completed = st.start_step
         last_ckpt = None
         reason = "finished"
         self.checkpointer.last_t = time.perf_counter()
@@ -254,6 +273,8 @@ class Session:
             last_ckpt = self.checkpointer.write(step).path
         try:
             while step < st.total_steps:
+                if self.dist is not None and self.dist.any(self.stop_requested):  # all ranks stop at one step
+                    self.stop_requested = True
                 if self.stop_requested:
                     reason = "stopped"
                     break
@@ -273,8 +294,26 @@ class Session:
             self.release()
             yield DoneReport(step=step, reason=reason, checkpoint=last_ckpt,
                              wall_s=time.perf_counter() - t_start)
+        except DistError as exc:
+            if self.dist is None:
+                raise
+            raise self._rank_lost(exc) from exc
         finally:
             self.release()
+
+    def _rank_lost(self, exc: BaseException) -> RunError:
+        """A collective failed (another rank died or hung): rank 0 checkpoints the last completed step."""
+        where = ""
+        if self.run_dir is not None:
+            try:
+                report = self.checkpointer.write(self.completed)
+                where = f"; checkpoint of step {self.completed} in {report.path}"
+            except Exception as write_exc:  # noqa: BLE001 - the message says what happened to the checkpoint
+                where = f"; the checkpoint of step {self.completed} could not be written ({write_exc})"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return RunError(f"process {self.dist.rank} of {self.dist.world_size}: another process of the run "
+                        f"stopped answering at step {self.completed + 1} ({first}){where}; see the first "
+                        "process's error for the cause")
 
     def _start_report(self) -> StartReport:
         st, cfg = self.state, self.config
@@ -296,6 +335,9 @@ class Session:
         st, cfg = self.state, self.config
         t0 = time.perf_counter()
         losses = self.train_step(step)
+        self.completed = step
+        if self.dist is not None:
+            losses = self.dist.mean_losses(losses)  # the logged terms of the global batch
         dt = time.perf_counter() - t0
         if st.threads is not None:
             st.threads.record(dt)
