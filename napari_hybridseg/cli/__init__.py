@@ -16,7 +16,7 @@ import sys
 __all__ = ["CLIError", "main"]
 
 #: verb modules, in the order their verbs appear in ``--help``
-VERB_MODULES = ("import_cmd", "train_cmd", "demo_cmd", "bench_cmd", "speed_cmd", "perf_cmd")
+VERB_MODULES = ("import_cmd", "train_cmd", "export_cmd", "demo_cmd", "bench_cmd", "speed_cmd", "perf_cmd")
 
 
 class CLIError(Exception):

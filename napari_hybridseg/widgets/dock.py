@@ -140,6 +140,7 @@ class HybridSegWidget(TrainingControl, ReviewActions, ExportActions, QWidget):
         self.review_panel.export_pred_btn.clicked.connect(self._ask_export_predictions)
         self.review_panel.export_csv_btn.clicked.connect(self._ask_export_csv)
         self.review_panel.export_model_btn.clicked.connect(self._ask_export_model)
+        self.review_panel.export_bioimageio_btn.clicked.connect(self._ask_export_bioimageio)
         self.session.annotations_edited.connect(self._on_edited)
         self.session.sample_changed.connect(self._on_sample_changed)
         self.session.collection_changed.connect(self._on_collection_changed)

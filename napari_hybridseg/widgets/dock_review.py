@@ -195,6 +195,26 @@ class ExportActions:
         shutil.copytree(run_dir, target, dirs_exist_ok=True)
         return target
 
+    def export_bioimageio(self, path: str | Path):
+        """Write the last run as a bioimage.io package at ``path`` (in a worker thread; core does the work).
+
+        Returns the worker (``worker.returned`` gives the package's path).
+        """
+        run_dir = self.session.run_dir
+        if run_dir is None:
+            raise RuntimeError("no trained model yet: press Train first")
+
+        def work():
+            from napari_hybridseg.core.prediction.bioimageio_export import export_bioimageio
+
+            return export_bioimageio(run_dir, path).path
+
+        worker = make_worker(work, connect={"errored": self._on_predict_error},
+                             progress={"total": 0, "desc": "HybridSeg bioimage.io export"})
+        worker.returned.connect(lambda out: _messages.notify("info", f"Wrote the bioimage.io package {out}"))
+        worker.start()
+        return worker
+
     def export_predictions(self, dest: str | Path, *, roles: tuple[Role, ...] | None = None):
         """Predict every image with the last model and write ``dest/<id>.png`` (in a worker thread).
 
@@ -245,6 +265,12 @@ class ExportActions:
         dest = QFileDialog.getExistingDirectory(self, "Folder to copy the model into")
         if dest:
             self._guard(lambda: _messages.notify("info", f"Model copied to {self.export_model(dest)}"))
+
+    def _ask_export_bioimageio(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "bioimage.io model package", "model.bioimageio.zip",
+                                              "bioimage.io package (*.zip)")
+        if path:
+            self._guard(lambda: self.export_bioimageio(path))
 
     @staticmethod
     def _guard(fn: Callable[[], Any]) -> None:

@@ -87,7 +87,11 @@ class ReviewPanel(QWidget):
         grid.addWidget(self.accept_btn, 0, 1)
         grid.addWidget(self.export_pred_btn, 1, 0)
         grid.addWidget(self.export_csv_btn, 1, 1)
-        grid.addWidget(self.export_model_btn, 2, 0, 1, 2)
+        self.export_bioimageio_btn = QPushButton("Export for bioimage.io…")
+        self.export_bioimageio_btn.setToolTip("Write the last model as a bioimage.io package (.zip) for other tools: "
+                                              "TorchScript weights, test image, classes, citations, learned weights")
+        grid.addWidget(self.export_model_btn, 2, 0)
+        grid.addWidget(self.export_bioimageio_btn, 2, 1)
         layout.addLayout(grid)
 
         self.table.cellClicked.connect(self._on_row_clicked)
