@@ -342,6 +342,22 @@ def test_export_predictions_writes_one_png_per_image(widget, qtbot, tmp_path):
     assert labels.shape == (48, 48) and set(np.unique(labels)) <= {0, 1} and labels.any()
 
 
+def test_review_panel_exports_a_bioimageio_package(widget, qtbot, tmp_path):
+    pytest.importorskip("bioimageio.core")
+    from napari_hybridseg.cli import main
+    from napari_hybridseg.core.prediction.bioimageio_export import check_package
+
+    run = tmp_path / "real-run"  # a real (tiny) run: the export traces its network
+    assert main(["train", str(tmp_path / "proj"), "--out", str(run), "--steps", "1", "--size", "32",
+                 "--batch-size", "2", "--no-dcr", "--quiet", "--no-save-weights"]) == 0
+    widget.session.run_dir = run
+    assert widget.review_panel.export_bioimageio_btn.text().startswith("Export for bioimage.io")
+    worker = widget.export_bioimageio(tmp_path / "model.zip")
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    assert check_package(tmp_path / "model.zip", reproduce=False) == ""
+
+
 def test_no_widget_module_imports_torch():
     import subprocess
     import sys

@@ -178,6 +178,8 @@ def run_train(args: argparse.Namespace) -> int:
     if not (args.project / "project.json").is_file():
         _load(args.project)
     dist = distributed.from_env(args.device) if distributed.is_launched() else None
+    if dist is not None:
+        distributed.quiet_sigterm()  # torchrun's SIGTERM after another rank failed: let this one say why
     out: Path = args.out
     existed = out.exists()
     main = dist is None or dist.is_main

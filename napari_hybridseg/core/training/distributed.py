@@ -56,7 +56,8 @@ import torch
 
 from napari_hybridseg.core.errors import ConfigError, RunError
 
-__all__ = ["LAUNCHER_VARIABLES", "Distributed", "check_config", "from_env", "is_launched"]
+__all__ = ["LAUNCHER_VARIABLES", "Distributed", "check_config", "from_env", "is_launched", "lost_rank",
+           "quiet_sigterm"]
 
 #: the variables torchrun (torch.distributed.run) sets for every process it starts
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -204,6 +205,26 @@ class Distributed:
                 dist.destroy_process_group()
 
 
+def lost_rank(exc: BaseException) -> bool:
+    """``exc`` is a collective that failed because another rank died or stopped answering.
+
+    torch raises :class:`torch.distributed.DistError` for most, but gloo's
+    "Connection reset by peer" / "Connection closed by peer" come as a plain
+    RuntimeError naming gloo; the trainer's own errors (a diverged loss) are not.
+    """
+    from torch.distributed import DistError
+
+    from napari_hybridseg.core.errors import HybridsegError
+
+    if isinstance(exc, HybridsegError):
+        return False
+    if isinstance(exc, DistError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(k in text for k in ("gloo", "NCCL", "Connection reset",
+                                                                      "Connection closed", "ProcessGroup"))
+
+
 def check_config(config, dist: Distributed | None) -> None:
     """What a distributed run refuses: a batch that does not split evenly, the pixel-weight meta step.
 
@@ -222,6 +243,22 @@ def check_config(config, dist: Distributed | None) -> None:
         raise ConfigError("pixel.mode", "MLB-Seg pixel weights are not available in distributed training yet "
                           "(their meta step needs the strong gradient of the global batch); train them on one "
                           "process, or use pixel.mode=off", "off")
+
+
+def quiet_sigterm() -> None:
+    """SIGTERM only noted, for the rest of this process (call it in the main thread of a distributed run).
+
+    torchrun sends SIGTERM to every other rank as soon as one fails; the
+    trainer's own handler (:func:`~.trainer.run`) turns it into a Stop, and
+    this one keeps it from killing the process while it writes its rescue
+    checkpoint and prints what happened. torchrun still ends a process that
+    does not exit (SIGKILL after its grace period).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
 
 
 def from_env(device: str = "auto", *, timeout_s: float = 600.0, environ=None) -> Distributed | None:

@@ -39,7 +39,6 @@ from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
 
 import torch
-from torch.distributed import DistError
 
 from napari_hybridseg.core.data.collection import Collection, Role
 from napari_hybridseg.core.errors import ConfigError, NoStrongMaskError, RunError
@@ -48,7 +47,7 @@ from napari_hybridseg.core.training.checkpointer import Checkpointer
 from napari_hybridseg.core.training.config import TrainConfig
 from napari_hybridseg.core.training.dcr_term import DCRTerm
 from napari_hybridseg.core.training.dii_term import DIITerm
-from napari_hybridseg.core.training.distributed import Distributed
+from napari_hybridseg.core.training.distributed import Distributed, lost_rank
 from napari_hybridseg.core.training.distributed import check_config as check_distributed
 from napari_hybridseg.core.training.pixel_term import PixelWeightTerm
 from napari_hybridseg.core.training.previews import Previewer
@@ -294,8 +293,8 @@ class Session:
             self.release()
             yield DoneReport(step=step, reason=reason, checkpoint=last_ckpt,
                              wall_s=time.perf_counter() - t_start)
-        except DistError as exc:
-            if self.dist is None:
+        except RuntimeError as exc:
+            if self.dist is None or not lost_rank(exc):
                 raise
             raise self._rank_lost(exc) from exc
         finally:
