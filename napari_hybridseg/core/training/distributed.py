@@ -305,6 +305,9 @@ def from_env(device: str = "auto", *, timeout_s: float = 600.0, environ=None) ->
     else:
         backend, dev = "gloo", "cpu"
     if not dist.is_initialized():
-        kwargs = {"device_id": torch.device(dev)} if cuda else {}
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
+        try:  # binding the GPU at init (torch >= 2.3) lets NCCL connect eagerly
+            kwargs = {"device_id": torch.device(dev)} if cuda else {}
+            dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
+        except TypeError:
+            dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return Distributed(rank, world, local_rank, local_world, backend, dev)
