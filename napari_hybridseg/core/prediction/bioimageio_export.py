@@ -124,6 +124,12 @@ napari-hybridseg.
 
 Step {record.get('step')} of {record.get('total_steps')}, on {record.get('device', '?')};
 the settings are in the attached `run.json`. Encoder weights: {json.dumps(record.get('encoder_weights', {}))}.
+
+## Validation
+
+This package was checked with bioimageio.spec (format) and bioimageio.core (the test input gives the
+test output) when it was written. It carries no accuracy figures: measure them on held-out images of
+your own (napari-hybridseg's `hybridseg bench` does it for its own runs).
 """
 
 
