@@ -37,8 +37,8 @@ class SupervisedLoss:
     """Strong terms at weight 1 plus every weak term times gamma, averaged over the batch.
 
     ``size_prior`` (with a weight ``size_weight`` > 0) adds the size prior on
-    the weak rows (:mod:`~napari_hybridseg.core.supervision.size_prior`), also
-    times gamma; the run replaces it when strong masks change.
+    the weak rows without boxes (:mod:`~napari_hybridseg.core.supervision.size_prior`),
+    also times gamma; the run replaces it when strong masks change.
     """
 
     def __init__(self, loss_weights: LossWeights, size_prior: SizePrior | None = None, size_weight: float = 0.0):
@@ -89,9 +89,12 @@ class SupervisedLoss:
                 pair = box_pairwise(probs, affinity, [batch.boxes[i] for i in idx])
                 terms["pair"] = lw.pairwise * (g * pair).sum() / b
                 total = total + terms["pair"]
-            if self.size_weight and self.size_prior is not None and self.size_prior.active:
+            # the size prior is the negative evidence points and tags lack; a box has its own (outside
+            # every box is background), and the prior there moved DII's weights of wrong boxes up
+            no_box = torch.tensor([not len(batch.boxes[i]) for i in idx], device=logits.device)
+            if self.size_weight and self.size_prior is not None and self.size_prior.active and no_box.any():
                 size = size_prior_loss(logits[weak].float().softmax(1), self.size_prior, batch.present[weak])
-                terms["size"] = self.size_weight * (g * size).sum() / b
+                terms["size"] = self.size_weight * (g * size * no_box).sum() / b
                 total = total + terms["size"]
         return total, terms
 
