@@ -59,6 +59,8 @@ def test_supervised_loss_weighs_weak_rows_by_gamma_and_strong_rows_at_one():
 
 
 def test_size_prior_term_acts_on_point_rows_only_not_on_boxes():
+    from dataclasses import replace
+
     import numpy as np
 
     from napari_hybridseg.core.network.models import forward
@@ -70,14 +72,15 @@ def test_size_prior_term_acts_on_point_rows_only_not_on_boxes():
     logits, aux = forward(st.nets[0], batch.x)
     tight = SizePrior(np.array([0.0, 1e-4]), np.array([1.0, 1e-3]), np.array([0, 2]))  # any prediction is too big
     ones = torch.ones(len(batch.ids))
-    boxes_only = SupervisedLoss(st.loss_weights, tight, 1.0)(logits, aux, batch, ones)[1]
+    on, off = SupervisedLoss(replace(st.loss_weights, size=1.0)), SupervisedLoss(replace(st.loss_weights, size=0.0))
+    boxes_only = on(logits, aux, batch, ones, size_prior=tight)[1]
     assert "size" not in boxes_only  # every weak row of this collection has a box
     for i, r in enumerate(batch.roles):
         if r is Role.WEAK:
             batch.boxes[i] = np.zeros((0, 5), np.int64)  # now a row without a box: the prior applies
-    terms = SupervisedLoss(st.loss_weights, tight, 1.0)(logits, aux, batch, ones)[1]
+    terms = on(logits, aux, batch, ones, size_prior=tight)[1]
     assert float(terms["size"]) > 0
-    assert "size" not in SupervisedLoss(st.loss_weights, tight, 0.0)(logits, aux, batch, ones)[1]
+    assert "size" not in off(logits, aux, batch, ones, size_prior=tight)[1]
 
 
 def test_dcr_term_is_ramped_cps_and_draws_from_the_run_generator():

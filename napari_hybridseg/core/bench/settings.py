@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from napari_hybridseg.core.data.hybridize import POINT_PLACEMENTS
 from napari_hybridseg.core.training.config import PRESETS, TrainConfig
 from napari_hybridseg.core.training.config import preset as make_preset
 
@@ -134,8 +135,9 @@ class BenchSettings:
             raise ValueError(f"strong_fraction must be in (0, 1], got {self.strong_fraction}")
         if not 0.0 <= self.noise < 1.0:
             raise ValueError(f"noise must be in [0, 1), got {self.noise}")
-        if self.point_placement not in ("anywhere", "deep"):
-            raise ValueError(f"point_placement must be 'anywhere' or 'deep', got {self.point_placement!r}")
+        if self.point_placement not in POINT_PLACEMENTS:
+            raise ValueError(f"point_placement must be one of {', '.join(POINT_PLACEMENTS)}, "
+                             f"got {self.point_placement!r}")
         if self.background_clicks < 0:
             raise ValueError(f"background_clicks must be >= 0, got {self.background_clicks}")
         if self.weak not in ("box", "point", "tag"):

@@ -160,7 +160,8 @@ def points_from_mask(mask: np.ndarray, rng: np.random.Generator, *, min_size: in
             pt.id = f"{id_prefix}-p{len(out)}"
         out.append(pt)
 
-    for value in label_values(mask):
+    values = label_values(mask)
+    for value in values:
         binary = mask == value
         depth = distance_transform_edt(np.pad(binary, 1))[1:-1, 1:-1]
         for (r0, c0, _, _), crop in components(binary, min_size):
@@ -172,7 +173,7 @@ def points_from_mask(mask: np.ndarray, rng: np.random.Generator, *, min_size: in
     if background > 0 and (mask == 0).any():
         far = distance_transform_edt(mask == 0) >= max(3.0, 0.05 * min(mask.shape))
         cand = np.argwhere(far)
-        label = label_values(mask)[0] if label_values(mask) else 1
+        label = values[0] if values else 1
         for _ in range(int(background) if len(cand) else 0):
             r, c = cand[rng.integers(len(cand))]
             add(Point(c + 0.5, r + 0.5, label=int(label), positive=False))

@@ -47,6 +47,8 @@ class LossWeights:
     mil: float = 1.0
     aux: float = 0.4
     pairwise: float = 1.0
+    #: the size prior on weak images without boxes (``core/supervision/size_prior.py``; the step applies it)
+    size: float = 1.0
 
 
 def pixel_ce(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

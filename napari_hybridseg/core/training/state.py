@@ -148,7 +148,8 @@ def build_state(collection: Collection, config: TrainConfig, run_dir: Path | Non
     # a competing CPU job must not collapse the step time: the thread count follows measured throughput
     threads = ThreadTuner.for_device(dev.device, cfg.threads or None)
     model_config = model_config_for(cfg.model, collection)
-    loss_weights = LossWeights(cfg.loss.box_tightness, cfg.loss.mil, cfg.loss.aux, cfg.loss.box_pairwise)
+    loss_weights = LossWeights(cfg.loss.box_tightness, cfg.loss.mil, cfg.loss.aux, cfg.loss.box_pairwise,
+                               cfg.loss.size_prior)
     st = RunState(collection, cfg, run_dir, init_from, rng, dev, threads, model_config, loss_weights)
     try:
         _build(st)

@@ -36,15 +36,13 @@ __all__ = ["SupervisedLoss", "TrainStep"]
 class SupervisedLoss:
     """Strong terms at weight 1 plus every weak term times gamma, averaged over the batch.
 
-    ``size_prior`` (with a weight ``size_weight`` > 0) adds the size prior on
-    the weak rows without boxes (:mod:`~napari_hybridseg.core.supervision.size_prior`),
-    also times gamma; the run replaces it when strong masks change.
+    A ``size_prior`` given to the call (with ``loss_weights.size`` > 0) adds the
+    size prior on the weak rows without boxes
+    (:mod:`~napari_hybridseg.core.supervision.size_prior`), also times gamma.
     """
 
-    def __init__(self, loss_weights: LossWeights, size_prior: SizePrior | None = None, size_weight: float = 0.0):
+    def __init__(self, loss_weights: LossWeights):
         self.loss_weights = loss_weights
-        self.size_prior = size_prior
-        self.size_weight = float(size_weight)
 
     def affinity(self, batch) -> torch.Tensor | None:
         """Colour affinities of the weak rows (for the pairwise term in boxes), or None without boxes."""
@@ -56,7 +54,8 @@ class SupervisedLoss:
         with torch.no_grad():
             return colour_affinity(denormalise(batch.x[weak].float()))
 
-    def __call__(self, logits, aux, batch, gamma, affinity=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, logits, aux, batch, gamma, affinity=None,
+                 size_prior: SizePrior | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(total, terms)`` of one network's output on ``batch``.
 
         ``affinity`` (from :meth:`affinity`) adds BoxInst's pairwise term on the
@@ -92,9 +91,9 @@ class SupervisedLoss:
             # the size prior is the negative evidence points and tags lack; a box has its own (outside
             # every box is background), and the prior there moved DII's weights of wrong boxes up
             no_box = torch.tensor([not len(batch.boxes[i]) for i in idx], device=logits.device)
-            if self.size_weight and self.size_prior is not None and self.size_prior.active and no_box.any():
-                size = size_prior_loss(logits[weak].float().softmax(1), self.size_prior, batch.present[weak])
-                terms["size"] = self.size_weight * (g * size * no_box).sum() / b
+            if lw.size and size_prior is not None and size_prior.active and no_box.any():
+                size = size_prior_loss(logits[weak].float().softmax(1), size_prior, batch.present[weak])
+                terms["size"] = lw.size * (g * size * no_box).sum() / b
                 total = total + terms["size"]
         return total, terms
 
@@ -117,7 +116,7 @@ class TrainStep:
     def __init__(self, state, schedule: LRSchedule, pixel_term=None, dcr_term=None):
         self.state = state
         self.schedule = schedule
-        self.supervised = SupervisedLoss(state.loss_weights, state.size_prior, state.config.loss.size_prior)
+        self.supervised = SupervisedLoss(state.loss_weights)
         self.pixel_term = pixel_term
         self.dcr_term = dcr_term
 
@@ -125,7 +124,6 @@ class TrainStep:
         st = self.state
         cfg = st.config
         ids = st.sampler.sample(st.ids(Role.STRONG), st.ids(Role.WEAK), st.ids(Role.UNLABELED))
-        self.supervised.size_prior = st.size_prior  # new strong masks may have changed it
         items = [augment(st.prepared[i], st.rng) if cfg.augment else st.prepared[i] for i in ids]
         if st.dist is not None:  # every rank drew (and augmented) the global batch: it trains on its slice
             items = st.dist.shard(items)
@@ -142,7 +140,7 @@ class TrainStep:
         pw = self.pixel_term.compute(step, batch, outs[0][0], gamma, lr) if self.pixel_term is not None else None
         affinity = self.supervised.affinity(batch)
         for n, (logits, aux) in enumerate(outs):
-            sup, terms = self.supervised(logits, aux, batch, gamma, affinity)
+            sup, terms = self.supervised(logits, aux, batch, gamma, affinity, st.size_prior)
             total = total + sup
             if pw is not None:
                 pw_loss, pw_terms = pw.loss_for(n, logits)
