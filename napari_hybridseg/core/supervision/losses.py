@@ -49,6 +49,8 @@ class LossWeights:
     pairwise: float = 1.0
     #: the size prior on weak images without boxes (``core/supervision/size_prior.py``; the step applies it)
     size: float = 1.0
+    #: the anchor's background on open weak images (``core/supervision/anchor.py``; the step applies it)
+    anchor: float = 1.0
 
 
 def pixel_ce(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

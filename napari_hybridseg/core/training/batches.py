@@ -41,6 +41,8 @@ class Prepared:
     tag_target: torch.Tensor  # float32 (K-1,), -1 = unknown
     original_shape: tuple[int, int] = (0, 0)
     box_ids: list[str] = field(default_factory=list)
+    #: bool (s, s): background the anchor gave an open weak label (``core/supervision/anchor.py``); None: none yet
+    anchor: torch.Tensor | None = None
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Batch:
     present: torch.Tensor  # (B, K) bool
     absent: torch.Tensor  # (B, K) bool
     tag_target: torch.Tensor  # (B, K-1)
+    anchor: torch.Tensor | None = None  # (B, s, s) bool; None: no row has an anchor
 
     @property
     def is_strong(self) -> torch.Tensor:
@@ -69,6 +72,8 @@ class Batch:
     def to(self, device: torch.device) -> Batch:
         move = {k: getattr(self, k).to(device, non_blocking=True)
                 for k in ("x", "target", "certainty", "init_label", "present", "absent", "tag_target")}
+        if self.anchor is not None:
+            move["anchor"] = self.anchor.to(device, non_blocking=True)
         return Batch(ids=self.ids, roles=self.roles, boxes=self.boxes, **move)
 
 
@@ -146,6 +151,8 @@ def augment(item: Prepared, rng: np.random.Generator) -> Prepared:
     small (+-10% contrast, +-0.1 brightness in normalised units).
     """
     image, maps, boxes = item.image, [item.target, item.certainty, item.init_label], item.boxes
+    if item.anchor is not None:
+        maps.append(item.anchor)
     size = image.shape[-1]
     for axis in (0, 1):
         if rng.random() < 0.5:
@@ -161,13 +168,19 @@ def augment(item: Prepared, rng: np.random.Generator) -> Prepared:
     contrast = 1.0 + rng.uniform(-0.1, 0.1)
     bright = rng.uniform(-0.1, 0.1)
     image = image * contrast + bright
-    return Prepared(item.id, item.role, image.contiguous(), *[m.contiguous() for m in maps], boxes=boxes,
+    maps = [m.contiguous() for m in maps]
+    return Prepared(item.id, item.role, image.contiguous(), *maps[:3], boxes=boxes,
                     present=item.present, absent=item.absent, tag_target=item.tag_target,
-                    original_shape=item.original_shape, box_ids=item.box_ids)
+                    original_shape=item.original_shape, box_ids=item.box_ids,
+                    anchor=maps[3] if len(maps) > 3 else None)
 
 
 def collate(items: Iterable[Prepared]) -> Batch:
     items = list(items)
+    anchor = None
+    if any(i.anchor is not None for i in items):
+        anchor = torch.stack([i.anchor if i.anchor is not None else torch.zeros(i.target.shape, dtype=torch.bool)
+                              for i in items])
     return Batch(
         ids=[i.id for i in items],
         roles=[i.role for i in items],
@@ -179,6 +192,7 @@ def collate(items: Iterable[Prepared]) -> Batch:
         present=torch.stack([i.present for i in items]),
         absent=torch.stack([i.absent for i in items]),
         tag_target=torch.stack([i.tag_target for i in items]),
+        anchor=anchor,
     )
 
 

@@ -197,6 +197,13 @@ class LossConfig(_Section):
         Default 1; 0 turns it off.
     size_margin : float
         The strong masks' range of sizes widened to ``[min / m, max * m]`` (>= 1). Default 2.
+    anchor : float
+        Weight of the anchor's background on weak images without boxes
+        (``core/supervision/anchor.py``). Default 1; 0 turns it off (and the wait before it).
+    anchor_after : int or None
+        Steps the open weak images (clicks, "present" tags) wait while the network
+        learns the strong masks before the anchor labels their background;
+        None: a quarter of the run's steps.
     """
 
     PREFIX = "loss"
@@ -208,10 +215,13 @@ class LossConfig(_Section):
     point_radius: float | None = None
     size_prior: float = 1.0
     size_margin: float = 2.0
+    anchor: float = 1.0
+    anchor_after: int | None = None
 
     def __post_init__(self):
-        for name in ("box_tightness", "box_pairwise", "mil", "aux", "size_prior"):
+        for name in ("box_tightness", "box_pairwise", "mil", "aux", "size_prior", "anchor"):
             _number(self._name(name), getattr(self, name), low=0)
+        _number(self._name("anchor_after"), self.anchor_after, low=1, integer=True, optional=True)
         _number(self._name("point_radius"), self.point_radius, low=0, low_open=True, optional=True)
         _number(self._name("size_margin"), self.size_margin, low=1)
 

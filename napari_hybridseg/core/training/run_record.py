@@ -109,6 +109,9 @@ class RunRecord:
         A distributed run's processes, batch slices and the largest difference
         of a gamma between ranks (:meth:`~.distributed.Distributed.record`);
         absent for one process.
+    anchor : list of str or None
+        One line per time the anchor labelled the background of open weak
+        images (``core/supervision/anchor.py``); absent when it never did.
     format : int
         :data:`RUN_FORMAT`.
     """
@@ -130,6 +133,7 @@ class RunRecord:
     train_scale: float
     pixel_weight_summary: dict | None = None
     distributed: dict | None = None
+    anchor: list[str] | None = None
     format: int = field(default=RUN_FORMAT)
 
     @classmethod
@@ -152,7 +156,7 @@ class RunRecord:
         """The JSON object (``format`` first, as format 1 files had it; no summary key without pixel weights)."""
         d = asdict(self)
         out = {"format": d.pop("format"), **d}
-        for optional in ("pixel_weight_summary", "distributed"):
+        for optional in ("pixel_weight_summary", "distributed", "anchor"):
             if out[optional] is None:
                 del out[optional]
         return out

@@ -76,6 +76,8 @@ class RunState:
     tau: int = 1
     rampup: int = 1
     size_prior: SizePrior | None = None
+    #: one line per anchoring (:class:`~.anchor_term.AnchorTerm`), for the run record
+    anchor_log: list[str] = field(default_factory=list)
     #: a distributed run's :class:`~.distributed.Distributed` (None: one process) and the DDP wrappers of ``nets``
     dist: object | None = None
     ddp_nets: list[torch.nn.Module] = field(default_factory=list)
@@ -149,7 +151,7 @@ def build_state(collection: Collection, config: TrainConfig, run_dir: Path | Non
     threads = ThreadTuner.for_device(dev.device, cfg.threads or None)
     model_config = model_config_for(cfg.model, collection)
     loss_weights = LossWeights(cfg.loss.box_tightness, cfg.loss.mil, cfg.loss.aux, cfg.loss.box_pairwise,
-                               cfg.loss.size_prior)
+                               cfg.loss.size_prior, cfg.loss.anchor)
     st = RunState(collection, cfg, run_dir, init_from, rng, dev, threads, model_config, loss_weights)
     try:
         _build(st)

@@ -26,6 +26,7 @@ from napari_hybridseg.core.supervision.losses import (
     strong_loss,
     weak_losses,
 )
+from napari_hybridseg.core.supervision.anchor import anchor_loss
 from napari_hybridseg.core.supervision.size_prior import SizePrior, size_prior_loss
 from napari_hybridseg.core.training.batches import augment, collate, denormalise
 from napari_hybridseg.core.training.schedule import LRSchedule
@@ -38,7 +39,9 @@ class SupervisedLoss:
 
     A ``size_prior`` given to the call (with ``loss_weights.size`` > 0) adds the
     size prior on the weak rows without boxes
-    (:mod:`~napari_hybridseg.core.supervision.size_prior`), also times gamma.
+    (:mod:`~napari_hybridseg.core.supervision.size_prior`), also times gamma;
+    rows with an anchor (``batch.anchor``) get its background term
+    (:mod:`~napari_hybridseg.core.supervision.anchor`), times gamma too.
     """
 
     def __init__(self, loss_weights: LossWeights):
@@ -95,6 +98,10 @@ class SupervisedLoss:
                 size = size_prior_loss(logits[weak].float().softmax(1), size_prior, batch.present[weak])
                 terms["size"] = lw.size * (g * size * no_box).sum() / b
                 total = total + terms["size"]
+            if lw.anchor and batch.anchor is not None and batch.anchor[weak].any():
+                an = anchor_loss(logits[weak], batch.anchor[weak])
+                terms["anchor"] = lw.anchor * (g * an).sum() / b
+                total = total + terms["anchor"]
         return total, terms
 
 
@@ -111,10 +118,13 @@ class TrainStep:
         MLB-Seg pixel weights (``pixel_weights="exact"``).
     dcr_term : DCRTerm, optional
         Cross pseudo supervision of the two networks (``dcr``).
+    anchor_term : AnchorTerm, optional
+        Which weak samples wait for the anchor (:class:`~.anchor_term.AnchorTerm`).
     """
 
-    def __init__(self, state, schedule: LRSchedule, pixel_term=None, dcr_term=None):
+    def __init__(self, state, schedule: LRSchedule, pixel_term=None, dcr_term=None, anchor_term=None):
         self.state = state
+        self.anchor_term = anchor_term
         self.schedule = schedule
         self.supervised = SupervisedLoss(state.loss_weights)
         self.pixel_term = pixel_term
@@ -123,7 +133,11 @@ class TrainStep:
     def __call__(self, step: int) -> dict[str, float]:
         st = self.state
         cfg = st.config
-        ids = st.sampler.sample(st.ids(Role.STRONG), st.ids(Role.WEAK), st.ids(Role.UNLABELED))
+        weak = st.ids(Role.WEAK)
+        held = self.anchor_term.held_back(step) if self.anchor_term is not None else set()
+        if held:
+            weak = [k for k in weak if k not in held]
+        ids = st.sampler.sample(st.ids(Role.STRONG), weak, st.ids(Role.UNLABELED))
         items = [augment(st.prepared[i], st.rng) if cfg.augment else st.prepared[i] for i in ids]
         if st.dist is not None:  # every rank drew (and augmented) the global batch: it trains on its slice
             items = st.dist.shard(items)

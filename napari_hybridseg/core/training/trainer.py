@@ -43,6 +43,7 @@ import torch
 from napari_hybridseg.core.data.collection import Collection, Role
 from napari_hybridseg.core.errors import ConfigError, NoStrongMaskError, RunError
 from napari_hybridseg.core.network.device import release
+from napari_hybridseg.core.training.anchor_term import AnchorTerm
 from napari_hybridseg.core.training.checkpointer import Checkpointer
 from napari_hybridseg.core.training.config import TrainConfig
 from napari_hybridseg.core.training.dcr_term import DCRTerm
@@ -246,7 +247,9 @@ class Session:
         opt = cfg.optim
         self.schedule = LRSchedule(opt.lr, opt.warmup_steps, opt.lr_schedule, cfg.steps, st.start_step)
         self.pixel_term = PixelWeightTerm(st) if cfg.pixel.mode == "exact" else None
-        self.train_step = TrainStep(st, self.schedule, self.pixel_term, DCRTerm(st) if cfg.dcr.enabled else None)
+        self.anchor = AnchorTerm(st)
+        self.train_step = TrainStep(st, self.schedule, self.pixel_term, DCRTerm(st) if cfg.dcr.enabled else None,
+                                    self.anchor)
         self.dii = DIITerm(st)
         self.previewer = Previewer(st)
         pixel = self.pixel_term
@@ -270,6 +273,8 @@ class Session:
             # a new run folder is a valid run from the start: killed (kill -9, power) before its first
             # periodic checkpoint, it still holds a model `predict` reads and `--resume` continues
             last_ckpt = self.checkpointer.write(step).path
+        if self.anchor.due(step):  # a continued run: its network has trained, anchor before the first step
+            self._anchor(step)
         try:
             while step < st.total_steps:
                 if self.dist is not None and self.dist.any(self.stop_requested):  # all ranks stop at one step
@@ -324,6 +329,13 @@ class Session:
         if cfg.loss.size_prior and counts[Role.WEAK] and st.size_prior is not None and st.size_prior.active:
             names = [c.name for c in sorted(st.collection.classes, key=lambda c: c.value)]
             self.notes.append("size prior on weak images: " + "; ".join(st.size_prior.describe(names)))
+        n_open = len(self.anchor.open_ids()) if self.anchor.enabled else 0
+        if n_open:
+            when = ("before the first step (a continued run)" if self.anchor.continued else
+                    f"after {self.anchor.every} steps in which they wait while the network learns the strong masks")
+            self.notes.append(f"{n_open} weak image(s) say where objects are but not where they are not (clicks, "
+                              f"'present' tags): their background comes from the network's prediction {when} "
+                              "(loss.anchor; docs/training.md)")
         return StartReport(device=st.dev.label, total_steps=st.total_steps, start_step=st.start_step,
                            n_strong=counts[Role.STRONG], n_weak=counts[Role.WEAK],
                            n_unlabeled=counts[Role.UNLABELED],
@@ -350,6 +362,8 @@ class Session:
             report = self.dii.update(step)
             if report is not None:
                 self.accept((yield report))
+        if self.anchor.due(step):
+            self._anchor(step)
         want = list(self.pending_previews)
         self.pending_previews.clear()
         if self.preview_ids and cfg.preview_every and step % cfg.preview_every == 0:
@@ -361,6 +375,12 @@ class Session:
             self.accept((yield report))
             return report.path
         return None
+
+    def _anchor(self, step: int) -> None:
+        """Label the open weak images' background (:class:`~.anchor_term.AnchorTerm`), noted in the run record."""
+        line = self.anchor.compute(step)
+        if line:
+            self.state.anchor_log.append(line)
 
     def _final_checkpoint(self, step: int) -> Generator[Report, object, str | None]:
         """The last checkpoint (and the pixel-weight pictures of a run that trained); returns its path."""
