@@ -75,8 +75,14 @@ def test_anchor_loss_is_the_mean_background_ce_over_anchor_pixels_and_pushes_the
 
 
 def _points_collection(n_weak=6, with_box=False):
-    from napari_hybridseg.core.data.synthetic import Spec, box_around, point_at_centre, small_disk_rgb, strong
-    from napari_hybridseg.core.data.synthetic import synthetic_collection
+    from napari_hybridseg.core.data.synthetic import (
+        Spec,
+        box_around,
+        point_at_centre,
+        small_disk_rgb,
+        strong,
+        synthetic_collection,
+    )
 
     paint = small_disk_rgb(32, (0.03, 0.06))
     specs = [Spec(f"s{i}", paint, strong) for i in range(3)]

@@ -18,6 +18,7 @@ import torch
 from napari_hybridseg.core.data.collection import Role
 from napari_hybridseg.core.errors import DivergedError
 from napari_hybridseg.core.network.models import forward
+from napari_hybridseg.core.supervision.anchor import anchor_loss
 from napari_hybridseg.core.supervision.losses import (
     LossWeights,
     aux_tag_loss,
@@ -26,7 +27,6 @@ from napari_hybridseg.core.supervision.losses import (
     strong_loss,
     weak_losses,
 )
-from napari_hybridseg.core.supervision.anchor import anchor_loss
 from napari_hybridseg.core.supervision.size_prior import SizePrior, size_prior_loss
 from napari_hybridseg.core.training.batches import augment, collate, denormalise
 from napari_hybridseg.core.training.schedule import LRSchedule
