@@ -69,8 +69,9 @@ def test_no_range_no_loss_and_gradient_shrinks_an_oversized_prediction():
 
 @pytest.mark.slow
 def test_points_on_small_objects_do_not_paint_the_whole_image():
-    """Issue 19's test: one click per small object (1-3% of the image) on most images; without the
-    size prior the naive prediction spills over the image, with it it covers less than twice the truth."""
+    """Issue 19's test: one click per small object (1-3% of the image) on most images. With neither kind
+    of negative evidence the naive prediction spills over the image; the size prior alone, the anchor
+    alone (``core/supervision/anchor.py``) and both (the default) keep it under twice the truth."""
     import tempfile
 
     from napari_hybridseg.core.data.synthetic import Spec, point_at_centre, small_disk_rgb, strong, synthetic_collection
@@ -83,19 +84,23 @@ def test_points_on_small_objects_do_not_paint_the_whole_image():
     specs = [Spec(f"s{i}", paint, strong) for i in range(3)]
     specs += [Spec(f"w{i}", paint, point_at_centre) for i in range(24)]
     ratios = {}
-    for weight in (0.0, 1.0):
+    arms = {"neither": (0.0, 0.0), "size prior": (1.0, 0.0), "anchor": (0.0, 1.0), "both": (1.0, 1.0)}
+    for name, (size, anchor) in arms.items():
         col = synthetic_collection(specs, seed=0)
         cfg = TrainConfig(model=ModelConfig(input_size=64), steps=60, batch_size=8, dcr=False, dii=False,
-                          preview_every=0, seed=0, precision="fp32", loss=LossConfig(size_prior=weight))
+                          preview_every=0, seed=0, precision="fp32",
+                          loss=LossConfig(size_prior=size, anchor=anchor))
         with tempfile.TemporaryDirectory() as d:
             for _ in train(col, cfg, d):
                 pass
             pred = Predictor.load(d, device="cpu", threads=2).predict_many(
                 {s.id: s for s in col if s.id.startswith("w")})
-        ratios[weight] = np.median([(p > 0).sum() / (col[k].reference_mask > 0).sum() for k, p in pred.items()])
-    print("median area ratio by size-prior weight", ratios)
-    assert ratios[0.0] > 4, f"the control no longer spills ({ratios}); the test lost its point"
-    assert ratios[1.0] < 2, ratios
+        ratios[name] = np.median([(p > 0).sum() / (col[k].reference_mask > 0).sum() for k, p in pred.items()])
+    print("median predicted / true area", ratios)
+    assert ratios["neither"] > 4, f"the control no longer spills ({ratios}); the test lost its point"
+    assert ratios["size prior"] < 2, ratios
+    assert ratios["anchor"] < 2, ratios
+    assert ratios["both"] < 2, ratios
 
 
 def test_the_start_report_says_which_size_range_each_class_gets():
