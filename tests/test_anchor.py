@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from napari_hybridseg.core.supervision.anchor import anchor_background, anchor_loss, exclusion_radii, is_open
+from napari_hybridseg.core.supervision.anchor import (
+    anchor_background,
+    anchor_foreground,
+    anchor_labels,
+    anchor_loss,
+    exclusion_radii,
+    is_open,
+)
 from napari_hybridseg.core.supervision.targets import IGNORE
 
 
@@ -50,6 +57,26 @@ def test_anchor_is_predicted_background_away_from_the_clicks_and_never_overrides
     assert not a[target != IGNORE].any()  # the label's own pixels keep their labels
     far = (pred == 0) & (np.hypot(yy - 30, xx - 30) > 8) & (target == IGNORE)
     assert a[far].all()
+
+
+def test_anchor_foreground_is_the_predicted_part_a_click_touches_never_a_missed_or_wrong_one():
+    h = w = 40
+    pred = _disk(h, w, 10, 10, 5) | _disk(h, w, 30, 30, 5)  # two predicted objects
+    target = np.full((h, w), IGNORE, np.int64)
+    target[9:12, 9:12] = 1  # a click on the first
+    target[20, 2] = 1  # a (wrong) click on background
+    fg = anchor_foreground(_probs_from(pred.astype(np.int64)), torch.from_numpy(target),
+                           torch.tensor([False, True])).numpy()
+    first = _disk(h, w, 10, 10, 5).astype(bool) & (target == IGNORE)
+    assert (fg[first] == 1).all()
+    assert (fg[_disk(h, w, 30, 30, 5).astype(bool)] == IGNORE).all()  # no click: nothing
+    assert (fg[target != IGNORE] == IGNORE).all()  # the label's own pixels keep their labels
+    lab = anchor_labels(_probs_from(pred.astype(np.int64)), torch.from_numpy(target), torch.tensor([False, True]),
+                        np.array([0.0, 3.0]), foreground=True).numpy()
+    assert (lab[first] == 1).all() and (lab == 0).any()
+    off = anchor_labels(_probs_from(pred.astype(np.int64)), torch.from_numpy(target), torch.tensor([False, True]),
+                        np.array([0.0, 3.0])).numpy()
+    assert not (off == 1).any()  # off by default: background only
 
 
 def test_a_present_tag_the_network_does_not_see_gets_no_anchor():

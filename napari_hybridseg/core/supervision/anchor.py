@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from napari_hybridseg.core.supervision.targets import IGNORE
 
-__all__ = ["anchor_background", "anchor_loss", "exclusion_radii", "is_open"]
+__all__ = ["anchor_background", "anchor_foreground", "anchor_labels", "anchor_loss", "exclusion_radii", "is_open"]
 
 
 def exclusion_radii(masks: Iterable[np.ndarray], n_channels: int) -> np.ndarray:
@@ -104,12 +104,55 @@ def anchor_background(probs: torch.Tensor, target: torch.Tensor, present: torch.
     return torch.from_numpy(keep)
 
 
+def anchor_foreground(probs: torch.Tensor, target: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Pixels the anchor calls foreground, ``(H, W)`` int8 (a class index; IGNORE elsewhere).
+
+    Per class with clicks: the connected components (8-connected) of the
+    network's argmax of that class that touch a click of that class, minus
+    the pixels the label already fixes. A click the network does not see
+    (a wrong one, on background) adds nothing beyond its own disk.
+    """
+    from skimage.measure import label as cc_label
+
+    pred = probs.argmax(0).cpu().numpy()
+    tgt = target.cpu().numpy()
+    out = np.full(tgt.shape, IGNORE, dtype=np.int8)
+    present = np.asarray(present.cpu() if torch.is_tensor(present) else present, dtype=bool)
+    for ch in range(1, probs.shape[0]):
+        clicks = tgt == ch
+        if not (present[ch] and clicks.any()):
+            continue
+        comp = cc_label(pred == ch, connectivity=2)
+        touched = np.unique(comp[clicks & (comp > 0)])
+        if len(touched):
+            out[np.isin(comp, touched) & (tgt == IGNORE)] = ch
+    return torch.from_numpy(out)
+
+
+def anchor_labels(probs: torch.Tensor, target: torch.Tensor, present: torch.Tensor, radii: np.ndarray,
+                  *, foreground: bool = False) -> torch.Tensor:
+    """The anchor of one open weak image, ``(H, W)`` int8: 0 background, a class index, IGNORE elsewhere."""
+    out = torch.full(target.shape, IGNORE, dtype=torch.int8)
+    out[anchor_background(probs, target, present, radii)] = 0
+    if foreground:
+        fg = anchor_foreground(probs, target, present)
+        out[fg != IGNORE] = fg[fg != IGNORE]
+    return out
+
+
 def anchor_loss(logits: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy to background over each sample's anchor pixels, ``(B,)``; 0 for a sample with none."""
-    a = anchor.bool()
+    """Mean cross-entropy over each sample's anchor pixels, ``(B,)``; 0 for a sample with none.
+
+    ``anchor`` is ``(B, H, W)``: int labels (IGNORE where the anchor says
+    nothing, :func:`anchor_labels`) or bool (True = background).
+    """
+    if anchor.dtype == torch.bool:
+        labels = torch.where(anchor, 0, IGNORE).long()
+    else:
+        labels = anchor.long()
+    a = labels != IGNORE
     if not a.any():
         return logits.new_zeros(logits.shape[0], dtype=torch.float32)
-    cost = F.cross_entropy(logits.float(), torch.zeros(a.shape, dtype=torch.long, device=logits.device),
-                           reduction="none")
+    cost = F.cross_entropy(logits.float(), labels.clamp_min(0).to(logits.device), reduction="none")
     n = a.flatten(1).sum(1).clamp_min(1)
-    return (cost * a).flatten(1).sum(1) / n
+    return (cost * a.to(cost.device)).flatten(1).sum(1) / n

@@ -21,7 +21,7 @@ import torch
 
 from napari_hybridseg.core.data.collection import Role
 from napari_hybridseg.core.network.models import forward
-from napari_hybridseg.core.supervision.anchor import anchor_background, exclusion_radii, is_open
+from napari_hybridseg.core.supervision.anchor import anchor_labels, exclusion_radii, is_open
 
 __all__ = ["AnchorTerm"]
 
@@ -91,8 +91,9 @@ class AnchorTerm:
                     logits, _ = forward(net, x)
                 probs = logits.float().softmax(1).cpu()
                 for p, pr in zip(part, probs):
-                    p.anchor = anchor_background(pr, p.target, p.present, radii)
-                    fractions.append(float(p.anchor.float().mean()))
+                    p.anchor = anchor_labels(pr, p.target, p.present, radii,
+                                             foreground=st.config.loss.anchor_foreground)
+                    fractions.append(float((p.anchor == 0).float().mean()))
         finally:
             net.train(was)
         self.anchored_at = step

@@ -20,7 +20,7 @@ from napari_hybridseg.core.data.collection import Collection, Role, Sample
 from napari_hybridseg.core.data.images import ImageError, resize_image, to_float_rgb
 from napari_hybridseg.core.errors import TrainingDataError
 from napari_hybridseg.core.network.models import IMAGENET_MEAN, IMAGENET_STD
-from napari_hybridseg.core.supervision.targets import make_targets
+from napari_hybridseg.core.supervision.targets import IGNORE, make_targets
 
 __all__ = ["Batch", "BatchSampler", "Prepared", "augment", "collate", "denormalise", "normalise", "prepare_sample"]
 
@@ -41,7 +41,8 @@ class Prepared:
     tag_target: torch.Tensor  # float32 (K-1,), -1 = unknown
     original_shape: tuple[int, int] = (0, 0)
     box_ids: list[str] = field(default_factory=list)
-    #: bool (s, s): background the anchor gave an open weak label (``core/supervision/anchor.py``); None: none yet
+    #: int8 (s, s): what the anchor gave an open weak label, 0 background, a class, IGNORE elsewhere
+    #: (``core/supervision/anchor.py``); None: none yet
     anchor: torch.Tensor | None = None
 
 
@@ -59,7 +60,7 @@ class Batch:
     present: torch.Tensor  # (B, K) bool
     absent: torch.Tensor  # (B, K) bool
     tag_target: torch.Tensor  # (B, K-1)
-    anchor: torch.Tensor | None = None  # (B, s, s) bool; None: no row has an anchor
+    anchor: torch.Tensor | None = None  # (B, s, s) int8, IGNORE = nothing; None: no row has an anchor
 
     @property
     def is_strong(self) -> torch.Tensor:
@@ -179,7 +180,7 @@ def collate(items: Iterable[Prepared]) -> Batch:
     items = list(items)
     anchor = None
     if any(i.anchor is not None for i in items):
-        anchor = torch.stack([i.anchor if i.anchor is not None else torch.zeros(i.target.shape, dtype=torch.bool)
+        anchor = torch.stack([i.anchor if i.anchor is not None else torch.full(i.target.shape, IGNORE, dtype=torch.int8)
                               for i in items])
     return Batch(
         ids=[i.id for i in items],

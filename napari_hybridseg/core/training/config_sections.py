@@ -204,6 +204,9 @@ class LossConfig(_Section):
         Steps the open weak images (clicks, "present" tags) wait while the network
         learns the strong masks before the anchor labels their background;
         None: a quarter of the run's steps.
+    anchor_foreground : bool
+        The anchor also labels foreground: the connected part of the network's
+        prediction of a class that touches a click of that class. Default off.
     """
 
     PREFIX = "loss"
@@ -217,11 +220,13 @@ class LossConfig(_Section):
     size_margin: float = 2.0
     anchor: float = 1.0
     anchor_after: int | None = None
+    anchor_foreground: bool = False
 
     def __post_init__(self):
         for name in ("box_tightness", "box_pairwise", "mil", "aux", "size_prior", "anchor"):
             _number(self._name(name), getattr(self, name), low=0)
         _number(self._name("anchor_after"), self.anchor_after, low=1, integer=True, optional=True)
+        _flag(self._name("anchor_foreground"), self.anchor_foreground)
         _number(self._name("point_radius"), self.point_radius, low=0, low_open=True, optional=True)
         _number(self._name("size_margin"), self.size_margin, low=1)
 

@@ -28,6 +28,7 @@ from napari_hybridseg.core.supervision.losses import (
     weak_losses,
 )
 from napari_hybridseg.core.supervision.size_prior import SizePrior, size_prior_loss
+from napari_hybridseg.core.supervision.targets import IGNORE
 from napari_hybridseg.core.training.batches import augment, collate, denormalise
 from napari_hybridseg.core.training.schedule import LRSchedule
 
@@ -98,7 +99,7 @@ class SupervisedLoss:
                 size = size_prior_loss(logits[weak].float().softmax(1), size_prior, batch.present[weak])
                 terms["size"] = lw.size * (g * size * no_box).sum() / b
                 total = total + terms["size"]
-            if lw.anchor and batch.anchor is not None and batch.anchor[weak].any():
+            if lw.anchor and batch.anchor is not None and (batch.anchor[weak] != IGNORE).any():
                 an = anchor_loss(logits[weak], batch.anchor[weak])
                 terms["anchor"] = lw.anchor * (g * an).sum() / b
                 total = total + terms["anchor"]
