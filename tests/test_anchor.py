@@ -31,11 +31,13 @@ def test_exclusion_radius_is_the_median_equivalent_radius_of_each_class_objects(
     assert radii[2] == pytest.approx(np.sqrt((b == 2).sum() / np.pi))
 
 
-def test_only_labels_without_boxes_that_say_a_class_is_present_are_open():
-    present = np.array([False, True])
-    assert is_open(np.zeros((0, 5)), present)
-    assert not is_open(np.array([[1, 0, 0, 4, 4]]), present)  # a box says where the object is not
-    assert not is_open(np.zeros((0, 5)), np.array([False, False]))  # absent tags: already all background
+def test_only_click_labels_without_boxes_are_open():
+    clicks = np.full((8, 8), IGNORE)
+    clicks[3:5, 3:5] = 1
+    assert is_open(np.zeros((0, 5)), clicks)
+    assert not is_open(np.array([[1, 0, 0, 4, 4]]), clicks)  # a box says where the object is not
+    assert not is_open(np.zeros((0, 5)), np.zeros((8, 8)))  # absent tags: already all background
+    assert not is_open(np.zeros((0, 5)), np.full((8, 8), IGNORE))  # a "present" tag alone: the size prior's job
 
 
 def _probs_from(pred, k=2):

@@ -40,16 +40,17 @@ class AnchorTerm:
         self.state = state
         cfg = state.config
         self.enabled = bool(cfg.loss.anchor)
-        self.every = int(cfg.loss.anchor_after or max(1, cfg.steps // 4))
+        # a teacher still inside the learning-rate warm-up has not learnt the strong masks yet
+        self.every = int(cfg.loss.anchor_after or max(1, cfg.steps // 4, cfg.optim.warmup_steps))
         self.continued = state.init_from is not None and state.start_step > 0
         self.first = state.start_step if self.continued else state.start_step + self.every
         self.anchored_at: int | None = None
         self.last_counts: tuple[int, float] = (0, 0.0)
 
     def open_ids(self) -> list[str]:
-        """Weak samples whose label leaves the background open (no box; clicks or "present" tags)."""
+        """Weak samples whose label leaves the background open (no box; clicks)."""
         st = self.state
-        return [k for k in st.ids(Role.WEAK) if is_open(st.prepared[k].boxes, st.prepared[k].present.numpy())]
+        return [k for k in st.ids(Role.WEAK) if is_open(st.prepared[k].boxes, st.prepared[k].target)]
 
     def pending(self) -> list[str]:
         """Open weak samples without an anchor yet."""

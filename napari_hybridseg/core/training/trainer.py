@@ -333,8 +333,8 @@ class Session:
         if n_open:
             when = ("before the first step (a continued run)" if self.anchor.continued else
                     f"after {self.anchor.every} steps in which they wait while the network learns the strong masks")
-            self.notes.append(f"{n_open} weak image(s) say where objects are but not where they are not (clicks, "
-                              f"'present' tags): their background comes from the network's prediction {when} "
+            self.notes.append(f"{n_open} weak image(s) say where objects are but not where they are not "
+                              f"(clicks): their background comes from the network's prediction {when} "
                               "(loss.anchor; docs/training.md)")
         return StartReport(device=st.dev.label, total_steps=st.total_steps, start_step=st.start_step,
                            n_strong=counts[Role.STRONG], n_weak=counts[Role.WEAK],
