@@ -205,3 +205,14 @@ def test_anchor_off_means_no_wait_and_no_term(monkeypatch):
     _drive(session)
     assert any(k.startswith("p") for k in drawn[0])
     assert all(p.anchor is None for p in session.state.prepared.values())
+
+
+def test_a_run_shorter_than_the_warm_up_neither_waits_nor_anchors():
+    """8 steps end before the first anchor (the warm-up's 20 steps): the click images train from step 1."""
+    from napari_hybridseg.core.training.trainer import Session
+
+    session = Session(_points_collection(), _cfg(), None, None, ())
+    list(_drive(session))
+    assert not session.anchor.enabled and not session.anchor.held_back(1)
+    assert not session.state.anchor_log
+    assert all(p.anchor is None for p in session.state.prepared.values())

@@ -10,8 +10,9 @@ later are anchored at the next multiple of that interval by the network of
 that moment. A continued run (``init_from``) anchors before its first step:
 its network has already trained.
 
-With no open weak image (every box, tag-absent or strong-only collection)
-the term does nothing and a run is what it was without it.
+With no open weak image (every box, tag or strong-only collection), or a
+run too short to reach its first anchor (``steps`` <= the warm-up), the term
+does nothing and a run is what it was without it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class AnchorTerm:
         self.every = int(cfg.loss.anchor_after or max(1, cfg.steps // 4, cfg.optim.warmup_steps))
         self.continued = state.init_from is not None and state.start_step > 0
         self.first = state.start_step if self.continued else state.start_step + self.every
+        # a run too short to reach its first anchor trains the click images as before, from step 1
+        self.enabled = self.enabled and (self.continued or self.first < state.start_step + cfg.steps)
         self.anchored_at: int | None = None
         self.last_counts: tuple[int, float] = (0, 0.0)
 
