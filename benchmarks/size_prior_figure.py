@@ -97,7 +97,7 @@ def main(out: str) -> None:
     axes[0, 2].contour(col["w0"].reference_mask, [0.5], colors="lime", linewidths=1)
     axes[0, 2].plot([p.x - 0.5 for p in s.points], [p.y - 0.5 for p in s.points], "r+", ms=10)
     axes[0, 2].set_title("image, truth (green), click (+)", fontsize=9)
-    t = make_targets(s, col, s.shape).target.numpy()
+    t = np.asarray(make_targets(s, col, s.shape).target)
     anchored = runs["anchor"][2].get("w0")
     if anchored is not None:
         shown = np.where(t >= 0, (t > 0).astype(float), np.where(anchored, 0.0, 0.5))
