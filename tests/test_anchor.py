@@ -95,7 +95,7 @@ def test_anchor_loss_is_the_mean_background_ce_over_anchor_pixels_and_pushes_the
     logits = torch.zeros(2, 2, 4, 4, requires_grad=True)
     anchor = torch.zeros(2, 4, 4, dtype=torch.bool)
     anchor[0, :2] = True
-    loss = anchor_loss(logits, anchor)
+    loss = anchor_loss(logits, torch.where(anchor, 0, IGNORE).to(torch.int8))  # background there, nothing elsewhere
     assert loss[0].item() == pytest.approx(np.log(2), rel=1e-5) and loss[1].item() == 0
     loss.sum().backward()
     g = logits.grad[0]
@@ -130,13 +130,11 @@ def _cfg(**loss):
                        loss=LossConfig(**loss))
 
 
-def test_clicks_wait_for_the_strong_masks_then_get_their_anchor(monkeypatch):
+def _record_batches(monkeypatch) -> list[list[str]]:
+    """The ids of every batch the training step collates, in order (filled as the run goes)."""
     from napari_hybridseg.core.training import step as step_mod
-    from napari_hybridseg.core.training.reports import StartReport
-    from napari_hybridseg.core.training.trainer import Session
 
-    col = _points_collection(with_box=True)
-    drawn: list[tuple[int, list[str]]] = []
+    drawn: list[list[str]] = []
     real = step_mod.collate
 
     def spy(items):
@@ -145,6 +143,15 @@ def test_clicks_wait_for_the_strong_masks_then_get_their_anchor(monkeypatch):
         return real(items)
 
     monkeypatch.setattr(step_mod, "collate", spy)
+    return drawn
+
+
+def test_clicks_wait_for_the_strong_masks_then_get_their_anchor(monkeypatch):
+    from napari_hybridseg.core.training.reports import StartReport
+    from napari_hybridseg.core.training.trainer import Session
+
+    col = _points_collection(with_box=True)
+    drawn = _record_batches(monkeypatch)
     session = Session(col, _cfg(anchor_after=3), None, None, ())
     reports = list(_drive(session))
     start = next(r for r in reports if isinstance(r, StartReport))
@@ -189,18 +196,9 @@ def test_without_open_weak_images_the_anchor_changes_nothing():
 
 
 def test_anchor_off_means_no_wait_and_no_term(monkeypatch):
-    from napari_hybridseg.core.training import step as step_mod
     from napari_hybridseg.core.training.trainer import Session
 
-    drawn: list[list[str]] = []
-    real = step_mod.collate
-
-    def spy(items):
-        items = list(items)
-        drawn.append([i.id for i in items])
-        return real(items)
-
-    monkeypatch.setattr(step_mod, "collate", spy)
+    drawn = _record_batches(monkeypatch)
     session = Session(_points_collection(), _cfg(anchor=0, anchor_after=3), None, None, ())
     _drive(session)
     assert any(k.startswith("p") for k in drawn[0])

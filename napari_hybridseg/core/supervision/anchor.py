@@ -70,7 +70,6 @@ def is_open(boxes, target) -> bool:
     """
     if boxes is not None and len(boxes):
         return False
-    target = target.numpy() if torch.is_tensor(target) else np.asarray(target)
     return bool((target > 0).any())
 
 
@@ -149,13 +148,10 @@ def anchor_labels(probs: torch.Tensor, target: torch.Tensor, present: torch.Tens
 def anchor_loss(logits: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over each sample's anchor pixels, ``(B,)``; 0 for a sample with none.
 
-    ``anchor`` is ``(B, H, W)``: int labels (IGNORE where the anchor says
-    nothing, :func:`anchor_labels`) or bool (True = background).
+    ``anchor`` is ``(B, H, W)`` int labels, IGNORE where the anchor says
+    nothing (:func:`anchor_labels`).
     """
-    if anchor.dtype == torch.bool:
-        labels = torch.where(anchor, 0, IGNORE).long()
-    else:
-        labels = anchor.long()
+    labels = anchor.long()
     a = labels != IGNORE
     if not a.any():
         return logits.new_zeros(logits.shape[0], dtype=torch.float32)

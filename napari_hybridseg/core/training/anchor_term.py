@@ -2,9 +2,9 @@
 
 See :mod:`napari_hybridseg.core.supervision.anchor` for what the anchor is and
 why. This term holds the schedule: during the first ``loss.anchor_after``
-steps (default a quarter of the run) the open weak images are left out of the
-batches, so network 1 learns the strong masks (and the weak images that
-carry their own negative evidence: boxes, absent tags) undisturbed; after that
+steps (default a quarter of the run, at least the learning-rate warm-up) the
+open weak images (clicks, no box) are left out of the batches, so network 1
+learns the strong masks (and the other weak images) undisturbed; after that
 step it labels each open image's background once. Images added or edited
 later are anchored at the next multiple of that interval by the network of
 that moment. A continued run (``init_from``) anchors before its first step:
@@ -40,15 +40,12 @@ class AnchorTerm:
     def __init__(self, state):
         self.state = state
         cfg = state.config
-        self.enabled = bool(cfg.loss.anchor)
         # a teacher still inside the learning-rate warm-up has not learnt the strong masks yet
         self.every = int(cfg.loss.anchor_after or max(1, cfg.steps // 4, cfg.optim.warmup_steps))
         self.continued = state.init_from is not None and state.start_step > 0
         self.first = state.start_step if self.continued else state.start_step + self.every
         # a run too short to reach its first anchor trains the click images as before, from step 1
-        self.enabled = self.enabled and (self.continued or self.first < state.start_step + cfg.steps)
-        self.anchored_at: int | None = None
-        self.last_counts: tuple[int, float] = (0, 0.0)
+        self.enabled = bool(cfg.loss.anchor) and (self.continued or self.first < state.start_step + cfg.steps)
 
     def open_ids(self) -> list[str]:
         """Weak samples whose label leaves the background open (no box; clicks)."""
@@ -100,8 +97,6 @@ class AnchorTerm:
                     fractions.append(float((p.anchor == 0).float().mean()))
         finally:
             net.train(was)
-        self.anchored_at = step
-        self.last_counts = (len(ids), float(np.median(fractions)))
         named = ", ".join(f"{r:.1f}" for r in radii[1:])
         return (f"step {step}: background anchored on {len(ids)} open weak image(s) (median "
-                f"{100 * self.last_counts[1]:.0f}% of each image; exclusion radius around clicks {named} px)")
+                f"{100 * np.median(fractions):.0f}% of each image; exclusion radius around clicks {named} px)")

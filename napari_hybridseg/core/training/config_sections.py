@@ -201,9 +201,9 @@ class LossConfig(_Section):
         Weight of the anchor's background on weak images without boxes
         (``core/supervision/anchor.py``). Default 1; 0 turns it off (and the wait before it).
     anchor_after : int or None
-        Steps the open weak images (clicks, "present" tags) wait while the network
+        Steps the open weak images (clicks, no box) wait while the network
         learns the strong masks before the anchor labels their background;
-        None: a quarter of the run's steps.
+        None: a quarter of the run's steps, at least ``optim.warmup_steps``.
     anchor_foreground : bool
         The anchor also labels foreground: the connected part of the network's
         prediction of a class that touches a click of that class. Default off.
