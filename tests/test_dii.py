@@ -190,3 +190,79 @@ def test_bf16_features_give_nearly_the_float32_scores():
     assert fp32.dtype == bf16.dtype == torch.float32
     assert not torch.equal(fp32, bf16)  # the features did run in bf16
     assert torch.corrcoef(torch.stack([fp32, bf16]))[0, 1] > 0.99
+
+
+# -- the evidence rule (dii.update="evidence", the default) ------------------------------------------------------
+def test_robust_z_standardises_within_each_stratum_and_lets_the_minority_stand_out():
+    from napari_hybridseg.core.methods.dii import robust_z
+
+    rng = np.random.default_rng(0)
+    # two strata on different scales and centres (e.g. "present" and "absent" tags under a foreground bias)
+    a = np.r_[rng.normal(5.0, 1.0, 40), [-5.0, -6.0]]  # two outliers far below their stratum
+    b = rng.normal(-100.0, 10.0, 40)
+    z = np.array(robust_z(np.r_[a, b], ["a"] * len(a) + ["b"] * len(b)))
+    za, zb = z[: len(a)], z[len(a):]
+    assert abs(np.median(za)) < 1e-9 and abs(np.median(zb)) < 1e-9  # each stratum centred on its own median
+    assert 0.6 < np.std(zb) < 1.6  # and on its own spread, whatever the scale
+    assert za[-2:].max() < -5  # the outliers stand out; the median and MAD ignore them
+    # without strata the second stratum's offset decides everything
+    pooled = np.array(robust_z(np.r_[a, b], ["x"] * (len(a) + len(b))))
+    assert pooled[len(a):].max() < pooled[: len(a) - 2].min()
+
+
+def test_robust_z_pools_small_strata_and_gives_no_evidence_without_spread():
+    from napari_hybridseg.core.methods.dii import robust_z
+
+    z = robust_z([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], ["a", "b", "c", "a", "b", "c"], min_size=3)
+    assert z == robust_z([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], ["x"] * 6)  # every stratum too small: one pool
+    assert robust_z([2.0, 2.0, 2.0, 2.0], ["a"] * 4) == [0.0] * 4
+    assert robust_z([1.0, 9.0], ["a", "a"]) == [0.0, 0.0]  # fewer than 3: no evidence
+    with pytest.raises(ValueError):
+        robust_z([1.0, 2.0], ["a"])
+
+
+def test_evidence_bank_accumulates_the_magnitude_not_only_the_sign():
+    from napari_hybridseg.core.methods.dii import EvidenceBank
+
+    bank = EvidenceBank(init=0.5, decay=0.5, outlier_z=3.0)
+    bank.sync(["clean", "wrong", "noisy"], initial={"noisy": 0.8})
+    assert bank.values() == {"clean": 0.5, "wrong": 0.5, "noisy": 0.8}  # nothing counted yet: where they started
+    v = bank.observe({"clean": 0.4, "wrong": -4.5, "noisy": -0.3})
+    assert v["clean"] == 1.0 and v["wrong"] == 0.0 and v["noisy"] == pytest.approx(0.9)
+    # one contrary update halves the evidence, it does not flip the weight (EMA, decay 0.5)
+    v = bank.observe({"clean": -1.2, "wrong": 0.0, "noisy": -0.3})
+    assert v["clean"] == pytest.approx(1 + (0.5 * 0.4 - 0.5 * 1.2) / 3)
+    assert v["wrong"] == pytest.approx(max(0.0, 1 - 2.25 / 3))
+    assert all(0.0 <= x <= 1.0 for x in v.values())
+    bank.sync(["clean", "new"])
+    assert set(bank.values()) == {"clean", "new"} and bank.value("new") == 0.5
+
+
+def test_label_strata_follow_the_label_kind_and_the_tag_value():
+    from types import SimpleNamespace
+
+    from napari_hybridseg.core.training.dii_term import label_stratum
+
+    def prep(present, absent):
+        return SimpleNamespace(present=torch.tensor(present), absent=torch.tensor(absent))
+
+    none = prep([False, False, False], [False, False, False])
+    assert label_stratum(SimpleNamespace(boxes=[1], points=[1]), none) == "box"
+    assert label_stratum(SimpleNamespace(boxes=[], points=[1]), none) == "point"
+    tags = SimpleNamespace(boxes=[], points=[])
+    assert label_stratum(tags, prep([False, True, False], [False, False, True])) == "tag:pa"
+    assert label_stratum(tags, prep([False, False, False], [False, True, False])) == "tag:a-"
+    assert label_stratum(tags, none) == "other"
+
+
+def test_strong_dice_pools_images_ignores_ignored_pixels_and_averages_classes():
+    from napari_hybridseg.core.training.dii_term import strong_dice
+
+    target = torch.zeros(2, 4, 4, dtype=torch.long)
+    target[0, :2, :2] = 1  # 4 pixels of class 1
+    target[1, 0, 0] = IGNORE
+    logits = torch.zeros(2, 3, 4, 4)
+    logits[0, 1, :2, :1] = 5.0  # 2 of the 4 found
+    logits[1, 2, 0, 0] = 5.0  # class 2 predicted on an ignored pixel: does not count
+    assert strong_dice(logits, target) == pytest.approx(2 * 2 / (2 + 4))
+    assert strong_dice(torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3, dtype=torch.long)) == 1.0

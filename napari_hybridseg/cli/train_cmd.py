@@ -269,8 +269,9 @@ class _Progress:
         elif isinstance(report, R.WeightsReport) and self.bar is not None:
             values = sorted(report.sample_weights.values())
             if values:
+                gate = f" ({report.gate})" if report.gate else ""
                 self.bar.write(f"step {report.step}: DII weights min {values[0]:.2f} median "
-                               f"{values[len(values) // 2]:.2f} max {values[-1]:.2f}")
+                               f"{values[len(values) // 2]:.2f} max {values[-1]:.2f}{gate}")
         elif isinstance(report, R.DoneReport) and self.bar is not None:
             self.bar.close()
 

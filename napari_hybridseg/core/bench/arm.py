@@ -74,6 +74,7 @@ class _ArmTrace:
         self.step_times: list[float] = []
         self.history: dict[str, list[list[float]]] = {}
         self.gamma: dict[str, float] = {}
+        self.gates: list[str] = []  # one line per DII update: counted or not (the gate)
         self.device: str = "?"
         self.done: DoneReport | None = None
         self.start: StartReport | None = None
@@ -109,6 +110,8 @@ class _ArmTrace:
 
     def _weights(self, report: WeightsReport) -> None:
         self.gamma = dict(report.sample_weights)
+        if report.gate:
+            self.gates.append(f"step {report.step}: {report.gate}")
         for sid, value in report.sample_weights.items():
             # every history starts from the initial weight, so even one update draws a line
             first = self.start.start_step if self.start else 0
@@ -174,6 +177,9 @@ def _weight_quality(result: dict[str, Any], trace: _ArmTrace, weak_ids: list[str
         result.update(gamma_quality({i: gamma[i] for i in weak_ids if i in gamma}, corrupted_weak))
         result["gamma"] = {i: gamma[i] for i in weak_ids if i in gamma}
         result["gamma_history"] = trace.history
+        if trace.gates:
+            result["dii_updates"] = list(trace.gates)
+            result["notes"].append(f"DII updates, seed {config.seed}: " + "; ".join(trace.gates))
     if config.pixel_weights != "off":
         preview = trace.preview
         if preview is not None:

@@ -37,12 +37,14 @@ from torch.func import functional_call, jvp
 from napari_hybridseg.core.network.models import decoder_features, forward
 
 __all__ = [
+    "EvidenceBank",
     "GammaBank",
     "InstanceLoss",
     "default_tau",
     "jvp_scores",
     "last_layer_scores",
     "normalise_scores",
+    "robust_z",
     "strong_gradient_loss",
 ]
 
@@ -146,6 +148,110 @@ class GammaBank:
             m_hat = s.m / (1 - b1**s.t)
             v_hat = s.v / (1 - b2**s.t)
             s.value = float(min(max(s.value - self.lr * m_hat / (math.sqrt(v_hat) + self.eps), 0.0), 1.0))
+        return self.values()
+
+
+def robust_z(scores: Sequence[float], strata: Sequence[str], min_size: int = 8) -> list[float]:
+    """Each score as robust standard deviations from the median of its stratum.
+
+    ``z = (s - median) / (1.4826 MAD)`` within each stratum (label kind, and the
+    tag's value for tags: ``strata[i]`` names sample i's). Why strata: a score
+    that is mostly the network's global foreground bias times the label's own
+    push moves every label of one kind together (all "absent" tags up, all
+    "present" tags down), which says nothing about which labels are wrong and
+    makes weights incomparable across kinds. Why the median and the MAD: the
+    wrong labels are the minority whose scores we want to stand out, so they
+    must not set the centre or the spread. Strata with fewer than ``min_size``
+    samples are pooled; a pool of fewer than 3, or one with no spread, gets
+    z = 0 (no evidence either way).
+
+    >>> [round(v, 2) for v in robust_z([1.0, 2.0, 3.0, 4.0, -20.0], ["a"] * 5, min_size=3)]
+    [-0.67, 0.0, 0.67, 1.35, -14.84]
+    """
+    import numpy as np
+
+    s = np.asarray(scores, dtype=np.float64)
+    keys = list(strata)
+    if len(keys) != len(s):
+        raise ValueError(f"{len(s)} scores but {len(keys)} strata")
+    counts: dict[str, int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    pooled = [k if counts[k] >= min_size else "\0small" for k in keys]
+    z = np.zeros_like(s)
+    for key in set(pooled):
+        idx = np.array([i for i, k in enumerate(pooled) if k == key])
+        if len(idx) < 3:
+            continue
+        v = s[idx]
+        med = np.median(v)
+        spread = 1.4826 * np.median(np.abs(v - med))
+        if not spread > 0:
+            spread = float(v.std())
+        if not spread > 0:
+            continue
+        z[idx] = (v - med) / spread
+    return [float(x) for x in z]
+
+
+@dataclass
+class _Evidence:
+    value: float
+    acc: float | None = None  # the accumulated z; None: no counted update yet
+    n: int = 0
+
+
+@dataclass
+class EvidenceBank:
+    """Per-sample gamma from accumulated, standardised evidence (the default update rule).
+
+    Each counted DII update gives every weak sample a z-score (its alignment with
+    the strong set, :func:`robust_z` within its stratum). The bank keeps an
+    exponential moving average of those z (``decay`` on the old value, the first
+    counted update taken as it is) and sets ``gamma = clip(1 + acc / outlier_z, 0,
+    1)``: a label as aligned as its stratum's median or more weighs 1, one
+    ``outlier_z`` robust SDs below (the usual 3-sigma outlier rule) weighs 0, in
+    between linearly. The magnitude of the evidence, not only its sign, decides
+    the weight, and no single update decides it (the published rule, one Adam
+    step per update in :class:`GammaBank`, moves every gamma by about the
+    learning rate whatever its score: a sign vote). Before the first counted
+    update every gamma stays where it started (``init``, or a continued run's
+    last weight).
+    """
+
+    init: float = 0.5
+    decay: float = 0.5
+    outlier_z: float = 3.0
+    states: dict[str, _Evidence] = field(default_factory=dict)
+
+    def sync(self, ids: Iterable[str], initial: dict[str, float] | None = None) -> None:
+        """Keep exactly ``ids``: new ones start at ``initial[id]`` or ``init``, with no evidence."""
+        ids = list(ids)
+        keep = set(ids)
+        for k in [k for k in self.states if k not in keep]:
+            del self.states[k]
+        for k in ids:
+            if k not in self.states:
+                start = (initial or {}).get(k, self.init)
+                self.states[k] = _Evidence(float(min(max(start, 0.0), 1.0)))
+
+    def value(self, sample_id: str) -> float:
+        return self.states[sample_id].value
+
+    def values(self) -> dict[str, float]:
+        return {k: s.value for k, s in self.states.items()}
+
+    def weight_of(self, acc: float) -> float:
+        """The weight of an accumulated z."""
+        return float(min(max(1.0 + acc / self.outlier_z, 0.0), 1.0))
+
+    def observe(self, z: dict[str, float]) -> dict[str, float]:
+        """Fold one counted update's z-scores into the evidence; the new weights of every sample."""
+        for k, zk in z.items():
+            s = self.states[k]
+            s.acc = float(zk) if s.acc is None else self.decay * s.acc + (1.0 - self.decay) * float(zk)
+            s.n += 1
+            s.value = self.weight_of(s.acc)
         return self.values()
 
 

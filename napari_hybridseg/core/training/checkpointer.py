@@ -68,7 +68,7 @@ class Checkpointer:
                 encoder_weights=self.weights_origin(), device=st.dev.label, dii_tau=st.tau, input_size=st.size,
                 train_scale=self.train_scale(), pixel_weight_summary=self.pixel_summary() or None,
                 distributed=None if st.dist is None else st.dist.record(st.config.batch_size),
-                anchor=list(st.anchor_log) or None)
+                anchor=list(st.anchor_log) or None, dii_updates=list(st.dii_log) or None)
             write_run_record(st.run_dir, record, st.collection)
         return CheckpointReport(step=step, path=str(st.run_dir))
 

@@ -253,6 +253,20 @@ class DIIConfig(_Section):
         Last-layer scorer: g_S = mean of unit-norm per-strong-image gradients. Default True.
     strong_images : int or None
         Strong images behind g_S; None: 4 batches (last-layer), 1 (jvp).
+    update : {"evidence", "adam"}
+        How scores become weights. "evidence" (default): each update's scores
+        as robust z within the label's stratum (kind, tag value), accumulated
+        (``decay``) and mapped to ``clip(1 + z / outlier_z, 0, 1)``, counted
+        only once the gate is open (``gate_dice``). "adam": the published rule,
+        one Adam step (``lr``) per update on the sign-normalised score.
+    decay : float
+        "evidence": weight of the old evidence at each counted update. Default 0.5.
+    outlier_z : float
+        "evidence": robust SDs below the stratum's median at which a weight reaches 0. Default 3.
+    gate_dice : float
+        "evidence": an update counts only when network 1 segments the strong
+        images behind g_S with at least this Dice (it must have learnt the
+        strong set before it judges weak labels by it). Default 0.5; 0 opens it always.
     fixed_weights : dict or None
         Per-weak-sample weights in [0, 1] held for the whole run (benchmark
         control arms ``fixed`` and ``oracle``); needs ``enabled`` off.
@@ -267,6 +281,10 @@ class DIIConfig(_Section):
     init: float = 0.5
     equalise: bool = True
     strong_images: int | None = None
+    update: str = "evidence"
+    decay: float = 0.5
+    outlier_z: float = 3.0
+    gate_dice: float = 0.5
     fixed_weights: dict[str, float] | None = None
 
     def __post_init__(self):
@@ -277,6 +295,10 @@ class DIIConfig(_Section):
         _number(self._name("init"), self.init, low=0, high=1)
         _flag(self._name("equalise"), self.equalise)
         _number(self._name("strong_images"), self.strong_images, low=1, integer=True, optional=True)
+        _choice(self._name("update"), self.update, ("evidence", "adam"))
+        _number(self._name("decay"), self.decay, low=0, high=1)
+        _number(self._name("outlier_z"), self.outlier_z, low=0, low_open=True)
+        _number(self._name("gate_dice"), self.gate_dice, low=0, high=1)
         if self.fixed_weights is not None:
             _check(isinstance(self.fixed_weights, Mapping), self._name("fixed_weights"), self.fixed_weights,
                    "a mapping sample id -> weight, or null")

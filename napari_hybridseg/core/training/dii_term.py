@@ -1,11 +1,16 @@
 """The DII term: every tau steps, re-score every weak sample against the strong set and move its gamma_k.
 
-The score of weak sample k is ``-g_S . g_k`` (the gradient of the strong loss
+The score of weak sample k is ``g_S . g_k`` (the gradient of the strong loss
 against the gradient of k's weak loss, inverse Hessian ~ identity), by the
 last-layer scorer or the full-network JVP scorer
-(:mod:`napari_hybridseg.core.methods.dii`); the bank takes one step per
-update and the new weights go into ``collection.sample_weights`` with their
-history.
+(:mod:`napari_hybridseg.core.methods.dii`). With ``dii.update="evidence"``
+(the default) the scores become robust z within each label's stratum, and an
+update counts only when network 1 segments the strong images it was scored
+against with Dice >= ``dii.gate_dice`` (the gate); the bank accumulates the
+counted z. With ``"adam"`` the bank takes one Adam step per update (the
+published rule, no gate). The new weights go into
+``collection.sample_weights`` with their history; every update leaves a line
+in ``state.dii_log`` (run.json ``dii_updates``).
 """
 
 from __future__ import annotations
@@ -13,11 +18,49 @@ from __future__ import annotations
 import torch
 
 from napari_hybridseg.core.data.collection import Role, WeightState
+from napari_hybridseg.core.supervision.targets import IGNORE
 from napari_hybridseg.core.methods import dii as dii_mod
 from napari_hybridseg.core.supervision.losses import aux_tag_loss, strong_loss, weak_losses
 from napari_hybridseg.core.training.reports import WeightsReport
 
-__all__ = ["DIITerm"]
+__all__ = ["DIITerm", "label_stratum", "strong_dice"]
+
+
+def label_stratum(sample, prepared) -> str:
+    """What kind of label a weak sample has, the unit within which its scores are compared.
+
+    "box" and "point" by the label's kind (a box wins over clicks on one image);
+    tags by what they say per class ("tag:p-" = class 1 present, class 2
+    unknown; "a" absent), so that "present" and "absent" tags, whose scores move
+    apart with the network's foreground bias, are each standardised among
+    their own.
+    """
+    if sample is not None and sample.boxes:
+        return "box"
+    if sample is not None and sample.points:
+        return "point"
+    present, absent = prepared.present.tolist(), prepared.absent.tolist()
+    if any(present) or any(absent):
+        return "tag:" + "".join("p" if p else "a" if a else "-" for p, a in zip(present[1:], absent[1:]))
+    return "other"
+
+
+def strong_dice(logits: torch.Tensor, target: torch.Tensor) -> float:
+    """Foreground Dice of the argmax of ``logits`` (S, C, H, W) against ``target`` (S, H, W), pooled over images.
+
+    Mean over the foreground classes in the target or the prediction;
+    IGNORE pixels do not count; 1.0 when neither has any foreground.
+    """
+    with torch.no_grad():
+        pred = logits.detach().argmax(1)
+        valid = target != IGNORE
+        scores = []
+        for c in range(1, logits.shape[1]):
+            p, t = (pred == c) & valid, (target == c) & valid
+            denom = int(p.sum()) + int(t.sum())
+            if denom:
+                scores.append(2.0 * int((p & t).sum()) / denom)
+        return float(sum(scores) / len(scores)) if scores else 1.0
 
 
 class DIITerm:
@@ -74,8 +117,11 @@ class DIITerm:
         aw = torch.stack([p.absent for p in items]).to(dev)
 
         equalise = cfg.dii.scorer == "last-layer" and cfg.dii.equalise
+        seen: dict[str, float] = {}
 
         def strong_fn(logits, aux):
+            if cfg.dii.scorer == "last-layer":  # the head's own output on the strong images: the gate's Dice
+                seen["dice"] = strong_dice(logits, ys)
             per_image = strong_loss(logits, ys) + aux_w * aux_tag_loss(aux, ts)
             return per_image if equalise else per_image.mean()
 
@@ -93,16 +139,46 @@ class DIITerm:
                                              feature_autocast=st.dev.autocast, equalise=equalise)
         if st.dist is not None:
             dots = st.dist.gather_scores(dots)  # every rank's span, in order: the same scores on every rank
-        return self._step(step, weak, dots)
+        dice = seen.get("dice")
+        if dice is None and cfg.dii.update == "evidence":
+            dice = self._strong_dice(net, xs, ys)
+        return self._step(step, weak, dots, dice)
 
-    def _step(self, step: int, weak: list[str], dots: torch.Tensor) -> WeightsReport:
+    @staticmethod
+    def _strong_dice(net, xs: torch.Tensor, ys: torch.Tensor) -> float:
+        """The gate's Dice by a plain forward (the jvp scorer's strong forward runs inside ``torch.func``)."""
+        from napari_hybridseg.core.network.models import forward
+
+        was = net.training
+        net.eval()
+        try:
+            with torch.no_grad():
+                logits, _ = forward(net, xs.to(ys.device))
+        finally:
+            net.train(was)
+        return strong_dice(logits.float(), ys)
+
+    def _step(self, step: int, weak: list[str], dots: torch.Tensor, dice: float | None = None) -> WeightsReport:
         """The bank's step from every weak sample's score; the new weights into ``collection.sample_weights``."""
         st = self.state
-        # dL_S/dgamma_k ~ -g_S . g_k (inverse Hessian ~ identity), at a scale that does not drift with the loss
-        dots = dii_mod.normalise_scores(dots.double())
-        values = st.bank.step({k: -float(d) for k, d in zip(weak, dots.cpu().tolist())})
+        cfg = st.config
+        if cfg.dii.update == "adam":
+            # dL_S/dgamma_k ~ -g_S . g_k (inverse Hessian ~ identity), at a scale that does not drift with the loss
+            dots = dii_mod.normalise_scores(dots.double())
+            values = st.bank.step({k: -float(d) for k, d in zip(weak, dots.cpu().tolist())})
+            gate = "counted (adam, no gate)"
+        else:
+            strata = [label_stratum(st.collection.samples.get(k), st.prepared[k]) for k in weak]
+            z = dii_mod.robust_z(dots.double().cpu().tolist(), strata)
+            if dice is None or dice >= cfg.dii.gate_dice:
+                values = st.bank.observe(dict(zip(weak, z)))
+                gate = "counted" + ("" if dice is None else f" (strong-set Dice {dice:.2f})")
+            else:
+                values = st.bank.values()
+                gate = f"not counted: strong-set Dice {dice:.2f} < gate {cfg.dii.gate_dice:g}"
+        st.dii_log.append(f"step {step}: {gate}")
         if st.dist is not None:
             st.dist.compare_gammas(values)  # recorded in run.json: every rank must hold the same
         for k, v in values.items():
             st.collection.sample_weights.setdefault(k, WeightState(v)).record(step, v)
-        return WeightsReport(step=step, sample_weights=dict(values))
+        return WeightsReport(step=step, sample_weights=dict(values), gate=gate)

@@ -73,6 +73,8 @@ class WeightsReport:
 
     step: int
     sample_weights: dict[str, float]
+    #: whether this update counted and why ("counted (strong-set Dice 0.72)", "not counted: ...")
+    gate: str = ""
 
 
 @dataclass(frozen=True)

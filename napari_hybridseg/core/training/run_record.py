@@ -112,6 +112,9 @@ class RunRecord:
     anchor : list of str or None
         One line per time the anchor labelled the background of open weak
         images (``core/supervision/anchor.py``); absent when it never did.
+    dii_updates : list of str or None
+        One line per DII update: whether it counted (the gate's strong-set
+        Dice, ``core/training/dii_term.py``); absent without DII updates.
     format : int
         :data:`RUN_FORMAT`.
     """
@@ -134,6 +137,7 @@ class RunRecord:
     pixel_weight_summary: dict | None = None
     distributed: dict | None = None
     anchor: list[str] | None = None
+    dii_updates: list[str] | None = None
     format: int = field(default=RUN_FORMAT)
 
     @classmethod
@@ -156,7 +160,7 @@ class RunRecord:
         """The JSON object (``format`` first, as format 1 files had it; no summary key without pixel weights)."""
         d = asdict(self)
         out = {"format": d.pop("format"), **d}
-        for optional in ("pixel_weight_summary", "distributed", "anchor"):
+        for optional in ("pixel_weight_summary", "distributed", "anchor", "dii_updates"):
             if out[optional] is None:
                 del out[optional]
         return out

@@ -72,7 +72,9 @@ class RunState:
     total_steps: int = 0
     sampler: BatchSampler | None = None
     teacher: object | None = None
-    bank: dii_mod.GammaBank | None = None
+    bank: dii_mod.GammaBank | dii_mod.EvidenceBank | None = None
+    #: one line per DII update (counted or not, and why), for the run record
+    dii_log: list[str] = field(default_factory=list)
     tau: int = 1
     rampup: int = 1
     size_prior: SizePrior | None = None
@@ -205,7 +207,10 @@ def _build(st: RunState) -> None:
 
         st.teacher = MeanTeacher(st.nets[0], decay=cfg.pixel.teacher_decay)
 
-    st.bank = dii_mod.GammaBank(lr=cfg.dii.lr, init=cfg.dii.init)
+    if cfg.dii.update == "adam":
+        st.bank = dii_mod.GammaBank(lr=cfg.dii.lr, init=cfg.dii.init)
+    else:
+        st.bank = dii_mod.EvidenceBank(init=cfg.dii.init, decay=cfg.dii.decay, outlier_z=cfg.dii.outlier_z)
     weak = st.ids(Role.WEAK)
     # fixed per-sample weights (control arms) sit in the bank and are never updated (DII is off)
     st.bank.sync(weak, {**initial_gamma, **(cfg.dii.fixed_weights or {})})
