@@ -193,3 +193,22 @@ def test_weak_losses_per_instance_sum_leaves_out_the_pairwise_prior():
     out = weak_losses(logits, None, target, boxes, present, torch.full((1, 1), -1.0))
     assert "pair" not in out
     assert torch.allclose(out["sum"], out["pce"] + out["box"] + out["mil"] + out["aux"])
+
+
+def test_an_image_whose_every_class_is_absent_counts_its_tag_once():
+    # "normal" in BUSI: the target is all background (partial CE); the absent term must not add it again
+    from napari_hybridseg.core.supervision.losses import absent_loss
+
+    labels = torch.zeros(1, 6, 6, dtype=torch.long)
+    labels[0, :3] = 1
+    logits = confident(labels, k=2)
+    every = torch.tensor([[False, True]])
+    assert absent_loss(logits.softmax(1), every)[0] == 0
+    background = torch.zeros(1, 6, 6, dtype=torch.long)  # what make_targets gives a tag of every class absent
+    terms = weak_losses(logits, None, background, [None], torch.zeros(1, 2, dtype=torch.bool),
+                        torch.zeros(1, 1), absent=every)
+    assert terms["mil"][0] == 0 and terms["pce"][0] > 5  # counted once, by the partial CE
+    # with two classes and only one absent, the term still acts (the other class stays possible)
+    three = confident(labels, k=3).softmax(1)
+    assert absent_loss(three, torch.tensor([[False, True, False]]))[0] > 5
+    assert absent_loss(three, torch.tensor([[False, True, True]]))[0] == 0

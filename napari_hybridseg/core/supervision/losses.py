@@ -236,12 +236,17 @@ def absent_loss(probs: torch.Tensor, absent: torch.Tensor | None, eps: float = 1
     background; when only some are (e.g. "no polyp" in a collection that also
     segments scleral spurs) the other classes stay possible, so the
     probability of each absent class is pushed to 0 everywhere:
-    mean over pixels of ``-log(1 - p_c)``.
+    mean over pixels of ``-log(1 - p_c)``. Samples whose every class is
+    absent get 0 here: their all-background target already says it (with one
+    class, ``-log(1 - p_1)`` is that target's cross-entropy), and counting it
+    twice made a flipped "absent" tag, the most harmful kind, weigh double.
     """
     if absent is None:
         return probs.new_zeros(probs.shape[0])
     want = absent.clone()
     want[:, 0] = False
+    if want.shape[1] > 1:
+        want[absent[:, 1:].all(1)] = False  # every class absent: the partial CE's all-background target has it
     if not want.any():
         return probs.new_zeros(probs.shape[0])
     cost = -(1 - probs).clamp_min(eps).log().flatten(2).mean(2) * want  # (B, K)
