@@ -266,3 +266,16 @@ def test_strong_dice_pools_images_ignores_ignored_pixels_and_averages_classes():
     logits[1, 2, 0, 0] = 5.0  # class 2 predicted on an ignored pixel: does not count
     assert strong_dice(logits, target) == pytest.approx(2 * 2 / (2 + 4))
     assert strong_dice(torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3, dtype=torch.long)) == 1.0
+
+
+def test_the_update_rule_and_its_settings_are_validated_with_the_field_named():
+    from napari_hybridseg.core.errors import ConfigError
+    from napari_hybridseg.core.training.config import TrainConfig, apply_overrides
+
+    cfg = TrainConfig()
+    assert cfg.dii.update == "evidence" and cfg.dii.gate_dice == 0.5
+    assert apply_overrides(cfg, ["dii.update=adam"]).dii.update == "adam"
+    for bad, field in (("dii.update=sgd", "dii.update"), ("dii.outlier_z=0", "dii.outlier_z"),
+                       ("dii.gate_dice=1.5", "dii.gate_dice"), ("dii.decay=-0.1", "dii.decay")):
+        with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+            apply_overrides(cfg, [bad])
