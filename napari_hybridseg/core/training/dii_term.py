@@ -109,7 +109,8 @@ class DIITerm:
         items = [st.prepared[k] for k in weak[lo:hi]]
         if not items:  # fewer weak samples than ranks: this one has nothing to score
             dots = st.dist.gather_scores(torch.zeros(0))
-            return self._step(step, weak, dots)
+            dice = self._strong_dice(net, xs, ys) if cfg.dii.update == "evidence" else None
+            return self._step(step, weak, dots, dice)  # the same gate as the ranks that scored
         xw = torch.stack([p.image for p in items])
         yw = torch.stack([p.target for p in items]).to(dev)
         pw = torch.stack([p.present for p in items]).to(dev)
