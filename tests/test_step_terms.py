@@ -101,10 +101,20 @@ def test_dcr_term_is_ramped_cps_and_draws_from_the_run_generator():
 def test_dii_term_moves_the_weak_weights_and_records_them_every_tau_steps():
     from napari_hybridseg.core.training.dii_term import DIITerm
 
-    st = _state(dcr=False, dii_tau=3)
+    from napari_hybridseg.core.training.config_sections import DIIConfig
+
+    # an untrained network does not pass the gate (strong-set Dice 0.5): the weights stay, the report says why
+    st = _state(dcr=False, dii=DIIConfig(tau=3))
     term = DIITerm(st)
     assert [term.due(s) for s in (1, 2, 3, 6)] == [False, False, True, True]
     report = term.update(3)
+    assert report.gate.startswith("not counted: strong-set Dice")
+    assert set(report.sample_weights.values()) == {0.5} and st.dii_log == [f"step 3: {report.gate}"]
+    # with the gate open the weights move, by the evidence rule
+    st = _state(dcr=False, dii=DIIConfig(tau=3, gate_dice=0.0))
+    term = DIITerm(st)
+    report = term.update(3)
+    assert report.gate.startswith("counted (strong-set Dice")
     assert set(report.sample_weights) == set(st.ids(Role.WEAK))
     assert any(v != 0.5 for v in report.sample_weights.values())
     assert all(st.collection.sample_weights[k].history[-1] == (3, v) for k, v in report.sample_weights.items())
