@@ -99,9 +99,8 @@ def test_dcr_term_is_ramped_cps_and_draws_from_the_run_generator():
 
 
 def test_dii_term_moves_the_weak_weights_and_records_them_every_tau_steps():
-    from napari_hybridseg.core.training.dii_term import DIITerm
-
     from napari_hybridseg.core.training.config_sections import DIIConfig
+    from napari_hybridseg.core.training.dii_term import DIITerm
 
     # an untrained network does not pass the gate (strong-set Dice 0.5): the weights stay, the report says why
     st = _state(dcr=False, dii=DIIConfig(tau=3))

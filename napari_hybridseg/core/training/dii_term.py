@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 
 from napari_hybridseg.core.data.collection import Role, WeightState
-from napari_hybridseg.core.supervision.targets import IGNORE
 from napari_hybridseg.core.methods import dii as dii_mod
 from napari_hybridseg.core.supervision.losses import aux_tag_loss, strong_loss, weak_losses
+from napari_hybridseg.core.supervision.targets import IGNORE
 from napari_hybridseg.core.training.reports import WeightsReport
 
 __all__ = ["DIITerm", "label_stratum", "strong_dice"]
