@@ -106,8 +106,37 @@ class _AdamState:
     t: int = 0
 
 
+class _Bank:
+    """What both weight banks share: per-sample states with a ``value``, keyed by sample id.
+
+    Samples can come and go between updates (the annotator edits while
+    training): :meth:`sync` adds new ids at ``init`` and drops removed ones.
+    Subclasses are dataclasses with ``init`` and ``states`` and name their
+    state type in ``_state``.
+    """
+
+    _state: type
+
+    def sync(self, ids: Iterable[str], initial: dict[str, float] | None = None) -> None:
+        """Keep exactly ``ids``: new ones start at ``initial[id]`` or ``init`` (a fresh state)."""
+        ids = list(ids)
+        keep = set(ids)
+        for k in [k for k in self.states if k not in keep]:
+            del self.states[k]
+        for k in ids:
+            if k not in self.states:
+                start = (initial or {}).get(k, self.init)
+                self.states[k] = self._state(float(min(max(start, 0.0), 1.0)))
+
+    def value(self, sample_id: str) -> float:
+        return self.states[sample_id].value
+
+    def values(self) -> dict[str, float]:
+        return {k: s.value for k, s in self.states.items()}
+
+
 @dataclass
-class GammaBank:
+class GammaBank(_Bank):
     """Per-sample gamma with its own Adam state, keyed by sample id.
 
     Samples can come and go between updates (the annotator edits while
@@ -119,23 +148,7 @@ class GammaBank:
     eps: float = 1e-8
     init: float = 0.5
     states: dict[str, _AdamState] = field(default_factory=dict)
-
-    def sync(self, ids: Iterable[str], initial: dict[str, float] | None = None) -> None:
-        """Keep exactly ``ids``: new ones start at ``initial[id]`` or ``init``."""
-        ids = list(ids)
-        keep = set(ids)
-        for k in [k for k in self.states if k not in keep]:
-            del self.states[k]
-        for k in ids:
-            if k not in self.states:
-                start = (initial or {}).get(k, self.init)
-                self.states[k] = _AdamState(float(min(max(start, 0.0), 1.0)))
-
-    def value(self, sample_id: str) -> float:
-        return self.states[sample_id].value
-
-    def values(self) -> dict[str, float]:
-        return {k: s.value for k, s in self.states.items()}
+    _state = _AdamState
 
     def step(self, grads: dict[str, float]) -> dict[str, float]:
         """One Adam step on every gamma given ``dL_S/dgamma`` per id, then clamp to [0, 1]."""
@@ -202,7 +215,7 @@ class _Evidence:
 
 
 @dataclass
-class EvidenceBank:
+class EvidenceBank(_Bank):
     """Per-sample gamma from accumulated, standardised evidence (the default update rule).
 
     Each counted DII update gives every weak sample a z-score (its alignment with
@@ -223,23 +236,7 @@ class EvidenceBank:
     decay: float = 0.5
     outlier_z: float = 3.0
     states: dict[str, _Evidence] = field(default_factory=dict)
-
-    def sync(self, ids: Iterable[str], initial: dict[str, float] | None = None) -> None:
-        """Keep exactly ``ids``: new ones start at ``initial[id]`` or ``init``, with no evidence."""
-        ids = list(ids)
-        keep = set(ids)
-        for k in [k for k in self.states if k not in keep]:
-            del self.states[k]
-        for k in ids:
-            if k not in self.states:
-                start = (initial or {}).get(k, self.init)
-                self.states[k] = _Evidence(float(min(max(start, 0.0), 1.0)))
-
-    def value(self, sample_id: str) -> float:
-        return self.states[sample_id].value
-
-    def values(self) -> dict[str, float]:
-        return {k: s.value for k, s in self.states.items()}
+    _state = _Evidence
 
     def weight_of(self, acc: float) -> float:
         """The weight of an accumulated z."""
