@@ -194,6 +194,7 @@ def box_far_side(sample: Sample, drawn: Drawn) -> None:
     oy, ox = size - 1 - cy, size - 1 - cx
     if abs(oy - cy) < 2 * r and abs(ox - cx) < 2 * r:
         ox = (cx + size // 2) % size
+    oy, ox = (min(max(c, r), size - 1 - r) for c in (oy, ox))  # wholly inside the image, like a drawn box
     sample.boxes.append(Box(ox - r, oy - r, ox + r + 1, oy + r + 1))
     sample.corrupted, sample.corruption = True, "shifted"
 
