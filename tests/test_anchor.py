@@ -180,19 +180,31 @@ def _drive(session):
         out.append(report)
 
 
-def test_without_open_weak_images_the_anchor_changes_nothing():
-    """A box-only collection trains bit-identically with the anchor on and off (no wait, no term)."""
+def test_without_open_weak_images_the_anchor_changes_nothing(monkeypatch):
+    """A box-only collection trains the same with the anchor on and off: no wait, and no term computed."""
     from napari_hybridseg.core.data.synthetic import Spec, box_around, small_disk_rgb, strong, synthetic_collection
+    from napari_hybridseg.core.training import step as step_mod
     from napari_hybridseg.core.training.trainer import Session
 
+    calls = []
+    real = step_mod.anchor_loss
+    monkeypatch.setattr(step_mod, "anchor_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    drawn = _record_batches(monkeypatch)
     paint = small_disk_rgb(32, (0.03, 0.06))
     specs = [Spec(f"s{i}", paint, strong) for i in range(3)] + [Spec(f"b{i}", paint, box_around) for i in range(5)]
-    finals = []
+    finals, batches, losses = [], [], []
     for anchor in (0.0, 1.0):
         session = Session(synthetic_collection(specs, seed=0), _cfg(anchor=anchor), None, None, ())
         _drive(session)
         finals.append(torch.cat([p.detach().flatten() for p in session.state.nets[0].parameters()]))
-    assert torch.equal(finals[0], finals[1])
+        batches.append(list(drawn)), drawn.clear()
+        losses.append([sorted(t) for _, t in session.state.loss_history])
+    assert calls == []  # no anchor term
+    assert batches[0] == batches[1] and len(batches[0]) == 8  # no image held back: the same batches
+    assert losses[0] == losses[1] and not any("anchor" in t for t in losses[1])
+    # bit-identical on a quiet machine; one CI run beside a concurrent job differed in the last bits (CPU
+    # kernels), which Adam can enlarge on near-zero gradients: the weights are compared loosely
+    assert torch.allclose(finals[0], finals[1], rtol=0, atol=1e-3), (finals[0] - finals[1]).abs().max()
 
 
 def test_anchor_off_means_no_wait_and_no_term(monkeypatch):
