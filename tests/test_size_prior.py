@@ -104,16 +104,28 @@ def test_points_on_small_objects_do_not_paint_the_whole_image():
 
 
 def test_the_start_report_says_which_size_range_each_class_gets():
-    from napari_hybridseg.core.data.synthetic import Spec, point_at_centre, small_disk_rgb, strong, synthetic_collection
+    from napari_hybridseg.core.data.synthetic import (
+        Spec,
+        box_around,
+        point_at_centre,
+        small_disk_rgb,
+        strong,
+        synthetic_collection,
+    )
     from napari_hybridseg.core.training.config import ModelConfig, TrainConfig
     from napari_hybridseg.core.training.reports import StartReport
     from napari_hybridseg.core.training.trainer import train
 
     paint = small_disk_rgb(32, (0.02, 0.04))
-    col = synthetic_collection([Spec("s0", paint, strong), Spec("s1", paint, strong),
-                                Spec("w0", paint, point_at_centre)])
+    specs = [Spec("s0", paint, strong), Spec("s1", paint, strong), Spec("w0", paint, point_at_centre),
+             Spec("b0", paint, box_around)]
     cfg = TrainConfig(model=ModelConfig(input_size=32, encoder_weights=None), steps=1, batch_size=2, dcr=False,
                       dii=False, preview_every=0)
-    start = next(r for r in train(col, cfg) if isinstance(r, StartReport))
+    start = next(r for r in train(synthetic_collection(specs), cfg) if isinstance(r, StartReport))
     note = next(n for n in start.notes if n.startswith("size prior"))
     assert "lesion:" in note and "from 2 mask(s)" in note
+    assert note.startswith("size prior on the 1 weak image(s) without boxes")  # the box image is not one
+    # boxes only: the step applies the prior to none of them, and the report does not claim it does
+    boxes_only = synthetic_collection([specs[0], specs[1], specs[3]])
+    start = next(r for r in train(boxes_only, cfg) if isinstance(r, StartReport))
+    assert not any(n.startswith("size prior") for n in start.notes), start.notes

@@ -326,9 +326,12 @@ class Session:
             self.notes.append(f"{counts[Role.UNLABELED]} unlabeled image(s) unused: they enter through DCR only")
         if cfg.dii.enabled and counts[Role.WEAK]:
             self.notes.append(f"DII updates every {st.tau} steps ({cfg.dii.scorer} scorer)")
-        if cfg.loss.size_prior and counts[Role.WEAK] and st.size_prior is not None and st.size_prior.active:
+        # the step applies the prior to weak images without boxes only (a box is its own negative evidence)
+        n_boxless = sum(1 for k in st.ids(Role.WEAK) if not len(st.prepared[k].boxes))
+        if cfg.loss.size_prior and n_boxless and st.size_prior is not None and st.size_prior.active:
             names = [c.name for c in sorted(st.collection.classes, key=lambda c: c.value)]
-            self.notes.append("size prior on weak images: " + "; ".join(st.size_prior.describe(names)))
+            self.notes.append(f"size prior on the {n_boxless} weak image(s) without boxes: "
+                              + "; ".join(st.size_prior.describe(names)))
         n_open = len(self.anchor.open_ids()) if self.anchor.enabled else 0
         if n_open:
             when = ("before the first step (a continued run)" if self.anchor.continued else
