@@ -66,8 +66,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumes if it holds a run)")
     p.add_argument("--preset", default="quick", choices=PRESETS,
                    help="quick (old name cpu-quick): 128 px Unet/EfficientNet-Lite0 (ImageNet), steps calibrated "
-                        "to ~18 min per run on 2 cores, for development; standard: a fixed step budget (provisional "
-                        "200) for the committed reports, expensive arms on the first seed; gpu: paper scale for a "
+                        "to ~18 min per run on 2 cores, for development; standard: a fixed step budget "
+                        "(400: what fits 90 minutes on 2 cores, short of the plateau) for the committed reports, "
+                        "expensive arms on the first seed; gpu: paper scale for a "
                         "CUDA machine "
                         "(default: %(default)s)")
     p.add_argument("--strong-fraction", type=_fraction_list, default=(0.1,), metavar="F[,F...]",
@@ -96,7 +97,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps (default: auto)")
     p.add_argument("--steps", type=int, metavar="N",
                    help="training steps per arm, the same for every arm and seed (default: quick times a few steps "
-                        "and picks the most that fit its time budget, at most 300; standard: 200, provisional; "
+                        "and picks the most that fit its time budget, at most 300; standard: 400; "
                         "gpu: 4000)")
     p.add_argument("--budget-min", type=float, metavar="M",
                    help="wall-clock budget of one run (one seed, one fraction) in minutes, used to pick --steps "

@@ -79,8 +79,9 @@ def _setup_lines(first: Mapping[str, Any], plan: Mapping[str, Any] | None, by_fr
                      f"single-network step over {cal.get('probe_steps')} probe steps -> {cal.get('steps')} steps "
                      "per arm (every seed runs the same budget)")
     if settings.get("preset") == "standard":
-        lines.append("- the `standard` preset's step budget is PROVISIONAL: the plateau of `all-strong` with the "
-                     "pretrained encoder is still to be measured (docs/benchmark.md)")
+        lines.append("- the `standard` preset's step budget is what fits 90 minutes per dataset on a 2-core CPU, "
+                     "not the plateau of `all-strong`, which needs several times more (measured: docs/benchmark.md, "
+                     "\"The standard preset\"): compare arms within one report")
     for note in settings.get("notes", []):
         lines.append(f"- {note}")
     return lines
