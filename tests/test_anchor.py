@@ -197,7 +197,8 @@ def test_without_open_weak_images_the_anchor_changes_nothing(monkeypatch):
         session = Session(synthetic_collection(specs, seed=0), _cfg(anchor=anchor), None, None, ())
         _drive(session)
         finals.append(torch.cat([p.detach().flatten() for p in session.state.nets[0].parameters()]))
-        batches.append(list(drawn)), drawn.clear()
+        batches.append(list(drawn))
+        drawn.clear()
         losses.append([sorted(t) for _, t in session.state.loss_history])
     assert calls == []  # no anchor term
     assert batches[0] == batches[1] and len(batches[0]) == 8  # no image held back: the same batches
