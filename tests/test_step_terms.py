@@ -98,6 +98,28 @@ def test_dcr_term_is_ramped_cps_and_draws_from_the_run_generator():
     assert all(any(p.grad is not None for p in net.parameters()) for net in st.nets)
 
 
+def test_dcr_on_the_batch_itself_compares_the_two_forwards_without_a_cutmix():
+    from napari_hybridseg.core.methods.dcr import cps_loss, rampup
+    from napari_hybridseg.core.network.models import forward
+    from napari_hybridseg.core.supervision.targets import IGNORE
+    from napari_hybridseg.core.training.config_sections import DCRConfig
+    from napari_hybridseg.core.training.dcr_term import DCRTerm
+
+    st = _state(dcr=DCRConfig(pairs="batch", cps_lambda=2.0))
+    batch = _batch(st)
+    gamma = st.gamma_of(batch.ids, batch.roles)
+    la, lb = (forward(net, batch.x)[0] for net in st.nets)
+    before = st.rng.bit_generator.state["state"]["state"]
+    scaled, cps = DCRTerm(st).loss(1, batch, gamma, (la, lb))
+    assert st.rng.bit_generator.state["state"]["state"] == before  # no permutation, no boxes drawn
+    assert float(cps) == pytest.approx(float(cps_loss(la, lb, gamma, known=batch.target != IGNORE)), rel=1e-6)
+    assert float(scaled) == pytest.approx(2.0 * rampup(1, st.rampup) * float(cps), rel=1e-6)
+    with pytest.raises(ValueError, match="logits"):
+        DCRTerm(st).loss(1, batch, gamma)
+    scaled.backward()
+    assert all(any(p.grad is not None for p in net.parameters()) for net in st.nets)
+
+
 def test_dii_term_moves_the_weak_weights_and_records_them_every_tau_steps():
     from napari_hybridseg.core.training.config_sections import DIIConfig
     from napari_hybridseg.core.training.dii_term import DIITerm

@@ -164,7 +164,7 @@ class TrainStep:
             if n == 0:
                 logged.update({k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()})
         if self.dcr_term is not None and len(st.nets) == 2:
-            scaled, cps = self.dcr_term.loss(step, batch, gamma)
+            scaled, cps = self.dcr_term.loss(step, batch, gamma, (outs[0][0], outs[1][0]))
             total = total + scaled
             logged["cps"] = float(cps.detach())
         self._update(total)
