@@ -515,3 +515,64 @@ def test_weights_without_the_graph_are_the_same_and_cost_no_backward():
     without = exact_pixel_weights(*args, return_details=True, keep_graph=False)
     assert with_graph.logits.requires_grad and not without.logits.requires_grad
     assert torch.equal(with_graph.w_init, without.w_init) and torch.equal(with_graph.w_own, without.w_own)
+
+
+def test_per_image_normalisation_keeps_gamma_as_each_images_mass():
+    from napari_hybridseg.core.methods.pixel_costs import normalise_per_image
+
+    raw_i = torch.tensor([[[1.0, -2.0], [3.0, 0.0]], [[5.0, 5.0], [0.0, 0.0]], [[-1.0, 0.0], [0.0, 0.0]]])
+    raw_o = torch.tensor([[[0.0, 0.0], [0.0, 4.0]], [[0.0, 0.0], [0.0, 10.0]], [[0.0, -3.0], [0.0, 0.0]]])
+    gamma = torch.tensor([1.0, 0.1, 1.0])
+    a, b = normalise_per_image(raw_i, raw_o, gamma)
+    mass = (a + b).flatten(1).sum(1)
+    # image k carries gamma_k / B: a distrusted image keeps its low weight whatever its batch holds
+    assert mass.tolist() == pytest.approx([1.0 / 3, 0.1 / 3, 0.0])
+    assert float(a[0, 1, 0]) == pytest.approx(3.0 / 8 / 3)  # inside an image: the share of its positive mass
+    assert (a >= 0).all() and (b >= 0).all()
+    # the batch-wide normalisation gives the same batch the unit mass in proportion to gamma * raw
+    w_i, w_o = normalise_weights(raw_i * gamma.view(-1, 1, 1), raw_o * gamma.view(-1, 1, 1))
+    assert float((w_i + w_o).sum()) == pytest.approx(1.0)
+
+
+def test_truth_mass_compares_the_weight_per_wrong_pixel_with_that_per_right_pixel():
+    from napari_hybridseg.core.training.pixel_term import TruthMass
+
+    ref = torch.tensor([[[1, 1], [0, -1]]], dtype=torch.int8)  # -1: no truth there
+    y_init = torch.tensor([[[1, 0], [1, 1]]])  # wrong at (0,1) and (1,0)
+    w_init = torch.tensor([[[0.1, 0.4], [0.2, 9.0]]])
+    tm = TruthMass()
+    assert tm.result() is None
+    tm.add(ref, y_init, y_init, w_init, torch.zeros_like(w_init))
+    res = tm.result()
+    assert res["steps"] == 1
+    assert res["init"]["wrong_vs_right"] == pytest.approx(((0.4 + 0.2) / 2) / 0.1)
+    assert res["own"]["wrong_vs_right"] is None  # no weight on right y^ pixels
+    # a pixel held fixed does not compete and is left out
+    tm2 = TruthMass()
+    free = torch.tensor([[[True, False], [True, True]]])
+    tm2.add(ref, y_init, y_init, w_init, w_init, free)
+    assert tm2.result()["wrong_vs_right"] == pytest.approx(0.2 / 0.1)
+
+
+def test_a_run_records_its_training_pixel_weights_against_the_reference_masks(tmp_path):
+    import json
+
+    from _hybrid_data import make_collection
+
+    from napari_hybridseg.core.training.config import ModelConfig, TrainConfig
+    from napari_hybridseg.core.training.trainer import train
+
+    col = make_collection(n_strong=2, n_weak=4, n_corrupt=2)
+    assert all(s.reference_mask is not None for s in col.weak)
+    for normalise in ("batch", "image"):
+        cfg = TrainConfig(model=ModelConfig(encoder_weights=None, input_size=32), steps=4, batch_size=4,
+                          device="cpu", precision="fp32", threads=1, preview_every=0, checkpoint_every=0,
+                          dcr=False, pixel_weights="exact", ple=False, teacher=False, seed=0,
+                          **{"pixel.normalise": normalise})
+        out = tmp_path / normalise
+        for _ in train(col.copy(), cfg, out):
+            pass
+        truth = json.loads((out / "run.json").read_text())["pixel_weight_truth"]
+        assert truth["steps"] == 4
+        assert truth["init"]["n_wrong"] > 0 and truth["init"]["n_right"] > 0
+        assert truth["wrong_vs_right"] is None or truth["wrong_vs_right"] >= 0

@@ -3,6 +3,8 @@ convergence curve), then score it on the test and validation images."""
 
 from __future__ import annotations
 
+import json
+
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -160,6 +162,15 @@ def _score(predictor: Any, samples: Mapping[str, Sample], labels: list[int] | No
                                 labels=labels, n_boot=n_boot, seed=seed)
 
 
+def _pixel_truth_from_run_dir(run_dir: Path) -> dict | None:
+    """``run.json``'s ``pixel_weight_truth`` (the training weights against the true masks), or None."""
+    path = Path(run_dir) / "run.json"
+    try:
+        return json.loads(path.read_text()).get("pixel_weight_truth")
+    except (OSError, ValueError):
+        return None
+
+
 def _weight_quality(result: dict[str, Any], trace: _ArmTrace, weak_ids: list[str], run_dir: Path) -> None:
     """Add to ``result`` how the arm's fixed, learned (DII) and pixel weights treat corrupted labels."""
     config, data = trace.config, trace.data
@@ -189,6 +200,11 @@ def _weight_quality(result: dict[str, Any], trace: _ArmTrace, weak_ids: list[str
         else:
             result["pixel_weight_wrong_vs_right"] = float("nan")
             result["notes"].append("the trainer sent no pixel-weight maps: pixel_weight_wrong_vs_right not measured")
+        truth = _pixel_truth_from_run_dir(run_dir)
+        if truth is not None:  # the weights the loss used, every step of the run (not the preview maps)
+            result["pixel_weight_training"] = truth
+            ratio = truth.get("wrong_vs_right")
+            result["pixel_weight_training_wrong_vs_right"] = float("nan") if ratio is None else float(ratio)
 
 
 def run_arm(

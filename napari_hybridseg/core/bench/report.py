@@ -149,6 +149,22 @@ def _fraction_lines(f: str, agg: Mapping[str, Any], runs: list) -> list[str]:
         lines.append(f"| `{a}` | {_fmt(r['sec_per_step_median'])} | {_fmt(r['sec_per_step_mean'])} | {rel} "
                      f"| {_fmt(r['wall_s_mean'], 0)} |")
     lines.append("")
+    pix = []
+    for run in runs:
+        for a, r in run["arms"].items():
+            t = r.get("pixel_weight_training")
+            if t:
+                pix.append(f"| `{a}` | {run['split'].get('seed')} | {_fmt(t.get('wrong_vs_right'), 2)} "
+                           f"| {_fmt((t.get('init') or {}).get('wrong_vs_right'), 2)} "
+                           f"| {_fmt((t.get('own') or {}).get('wrong_vs_right'), 2)} "
+                           f"| {_fmt(r.get('pixel_weight_wrong_vs_right'), 2)} | {t.get('steps')} |")
+    if pix:
+        lines += ["### Pixel weights against the truth", "",
+                  "| arm | seed | wrong / right, training weights | on y~ | on y^ | preview maps (last step) "
+                  "| steps measured |", "|---|---|---|---|---|---|---|", *pix, "",
+                  "Mean weight the loss put on a wrong target pixel over that on a right one, summed over every "
+                  "step of the run (competing pixels only; < 1: wrong pixels are down-weighted). The preview "
+                  "column is the older measure on a few maps after the last step.", ""]
     conv = []
     for a in CURVE_ARMS:
         for run in runs:

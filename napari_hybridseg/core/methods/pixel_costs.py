@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["fill_ignored", "normalise_weights", "pixel_cost_grads", "pixel_costs", "weight_maps_at",
+__all__ = ["fill_ignored", "normalise_per_image", "normalise_weights", "pixel_cost_grads", "pixel_costs", "weight_maps_at",
            "weight_summary"]
 
 
@@ -117,6 +117,31 @@ def normalise_weights(
     if not torch.isfinite(total) or total <= 0:
         return torch.zeros_like(a), torch.zeros_like(b)
     return a / total, b / total
+
+
+def normalise_per_image(raw_init: Tensor, raw_own: Tensor, gamma: Tensor | None = None,
+                        take_part: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """Each image's ``max(w~, 0)`` at unit mass over its two maps, times its gamma, over the number of images.
+
+    The batch-wide :func:`normalise_weights` leaves only the ratio of the gammas
+    inside one batch: a batch of distrusted images gets the same unit mass as
+    a batch of trusted ones. Here the weights only say where inside an image
+    the mass goes; how much an image counts is its gamma, explicitly: image k
+    carries ``gamma_k / B`` (all 0 where nothing of it is positive), so the
+    pixel loss is the mean over images of gamma times a weighted mean cost.
+    Returns float32 tensors, detached.
+    """
+    a = raw_init.detach().float().clamp_min(0)
+    b = raw_own.detach().float().clamp_min(0)
+    if take_part is not None:
+        a = a * take_part[0]
+        b = b * take_part[1]
+    n = a.shape[0]
+    total = (a.flatten(1).sum(1) + b.flatten(1).sum(1)).view(-1, 1, 1)
+    ok = torch.isfinite(total) & (total > 0)
+    g = torch.ones_like(total) if gamma is None else gamma.detach().float().to(a.device).view(-1, 1, 1)
+    scale = torch.where(ok, g / (total.clamp_min(1e-30) * max(n, 1)), torch.zeros_like(total))
+    return torch.nan_to_num(a * scale), torch.nan_to_num(b * scale)
 
 
 # -- for reports and the run record ----------------------------------------------

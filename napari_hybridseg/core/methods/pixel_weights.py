@@ -126,6 +126,7 @@ from napari_hybridseg.core.methods.dual_forward import (
 from napari_hybridseg.core.methods.pixel_costs import (
     _valid,
     fill_ignored,
+    normalise_per_image,
     normalise_weights,
     pixel_cost_grads,
     pixel_costs,
@@ -137,6 +138,7 @@ __all__ = [
     "PixelWeights",
     "exact_pixel_weights",
     "fill_ignored",
+    "normalise_per_image",
     "normalise_weights",
     "pixel_costs",
     "pixel_cost_grads",

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from napari_hybridseg.core.data.collection import Collection, Role, Sample
-from napari_hybridseg.core.data.images import ImageError, resize_image, to_float_rgb
+from napari_hybridseg.core.data.images import ImageError, resize_image, resize_labels, to_float_rgb
 from napari_hybridseg.core.errors import TrainingDataError
 from napari_hybridseg.core.network.models import IMAGENET_MEAN, IMAGENET_STD
-from napari_hybridseg.core.supervision.targets import IGNORE, make_targets
+from napari_hybridseg.core.supervision.targets import IGNORE, make_targets, mask_to_index
 
 __all__ = ["Batch", "BatchSampler", "Prepared", "augment", "collate", "denormalise", "normalise", "prepare_sample"]
 
@@ -44,6 +44,10 @@ class Prepared:
     #: int8 (s, s): what the anchor gave an open weak label, 0 background, a class, IGNORE elsewhere
     #: (``core/supervision/anchor.py``); None: none yet
     anchor: torch.Tensor | None = None
+    #: int8 (s, s): the true mask as class indices, for a weak or unlabeled sample that carries one
+    #: (``Sample.reference_mask``: the benchmark, the synthetic demo); never a training signal, only what
+    #: the pixel-weight term measures its weights against. None: no reference.
+    reference: torch.Tensor | None = None
 
 
 @dataclass
@@ -61,6 +65,7 @@ class Batch:
     absent: torch.Tensor  # (B, K) bool
     tag_target: torch.Tensor  # (B, K-1)
     anchor: torch.Tensor | None = None  # (B, s, s) int8, IGNORE = nothing; None: no row has an anchor
+    reference: torch.Tensor | None = None  # (B, s, s) int8 true class indices, IGNORE = none; None: no row has one
 
     @property
     def is_strong(self) -> torch.Tensor:
@@ -73,8 +78,9 @@ class Batch:
     def to(self, device: torch.device) -> Batch:
         move = {k: getattr(self, k).to(device, non_blocking=True)
                 for k in ("x", "target", "certainty", "init_label", "present", "absent", "tag_target")}
-        if self.anchor is not None:
-            move["anchor"] = self.anchor.to(device, non_blocking=True)
+        for k in ("anchor", "reference"):
+            if getattr(self, k) is not None:
+                move[k] = getattr(self, k).to(device, non_blocking=True)
         return Batch(ids=self.ids, roles=self.roles, boxes=self.boxes, **move)
 
 
@@ -119,6 +125,7 @@ def prepare_sample(sample: Sample, collection: Collection, size: int, *,
                          f"{shape}; redraw or re-import the mask")
     small = resize_image(rgb, (size, size))
     t = make_targets(sample, collection, (size, size), point_radius=point_radius, original_shape=shape)
+    reference = _reference(sample, collection, size)
     return Prepared(
         id=sample.id,
         role=sample.role,
@@ -132,7 +139,24 @@ def prepare_sample(sample: Sample, collection: Collection, size: int, *,
         tag_target=torch.from_numpy(t.tag_target),
         original_shape=shape,
         box_ids=list(t.box_ids),
+        reference=reference,
     )
+
+
+def _reference(sample: Sample, collection: Collection, size: int) -> torch.Tensor | None:
+    """A weak or unlabeled sample's true mask as class indices at training size (a measurement aid only).
+
+    None for a strong sample, without a reference mask, or when the reference
+    cannot be read as classes: it never stops training.
+    """
+    ref = sample.reference_mask
+    if ref is None or sample.role is Role.STRONG or np.ndim(ref) != 2:
+        return None
+    try:
+        index = mask_to_index(np.asarray(ref), collection, sample.id)
+    except TrainingDataError:
+        return None
+    return torch.from_numpy(np.ascontiguousarray(resize_labels(index, (size, size))).astype(np.int8))
 
 
 def _flip_boxes(boxes: np.ndarray, axis: int, size: int) -> np.ndarray:
@@ -152,8 +176,8 @@ def augment(item: Prepared, rng: np.random.Generator) -> Prepared:
     small (+-10% contrast, +-0.1 brightness in normalised units).
     """
     image, maps, boxes = item.image, [item.target, item.certainty, item.init_label], item.boxes
-    if item.anchor is not None:
-        maps.append(item.anchor)
+    extra = [k for k in ("anchor", "reference") if getattr(item, k) is not None]
+    maps += [getattr(item, k) for k in extra]
     size = image.shape[-1]
     for axis in (0, 1):
         if rng.random() < 0.5:
@@ -173,15 +197,12 @@ def augment(item: Prepared, rng: np.random.Generator) -> Prepared:
     return Prepared(item.id, item.role, image.contiguous(), *maps[:3], boxes=boxes,
                     present=item.present, absent=item.absent, tag_target=item.tag_target,
                     original_shape=item.original_shape, box_ids=item.box_ids,
-                    anchor=maps[3] if len(maps) > 3 else None)
+                    **dict(zip(extra, maps[3:])))
 
 
 def collate(items: Iterable[Prepared]) -> Batch:
     items = list(items)
-    anchor = None
-    if any(i.anchor is not None for i in items):
-        anchor = torch.stack([i.anchor if i.anchor is not None else torch.full(i.target.shape, IGNORE, dtype=torch.int8)
-                              for i in items])
+    anchor, reference = _stack_optional(items, "anchor"), _stack_optional(items, "reference")
     return Batch(
         ids=[i.id for i in items],
         roles=[i.role for i in items],
@@ -194,7 +215,16 @@ def collate(items: Iterable[Prepared]) -> Batch:
         absent=torch.stack([i.absent for i in items]),
         tag_target=torch.stack([i.tag_target for i in items]),
         anchor=anchor,
+        reference=reference,
     )
+
+
+def _stack_optional(items: list[Prepared], name: str) -> torch.Tensor | None:
+    """The items' optional int8 map ``name`` stacked (IGNORE for an item without one); None if none has it."""
+    if all(getattr(i, name) is None for i in items):
+        return None
+    return torch.stack([getattr(i, name) if getattr(i, name) is not None
+                        else torch.full(i.target.shape, IGNORE, dtype=torch.int8) for i in items])
 
 
 class BatchSampler:

@@ -32,11 +32,15 @@ class Checkpointer:
         The record's ``train_scale`` as the caller knows it (the benchmark
         trains on pre-resized copies: the scale of the original images);
         None: measured from the prepared samples.
+    pixel_truth : callable, optional
+        Returns the training pixel weights against the truth
+        (:meth:`~.pixel_term.TruthMass.result`), or None.
     """
 
-    def __init__(self, state, pixel_summary=None, train_scale: float | None = None):
+    def __init__(self, state, pixel_summary=None, train_scale: float | None = None, pixel_truth=None):
         self.state = state
         self.pixel_summary = pixel_summary or dict
+        self.pixel_truth = pixel_truth or (lambda: None)
         self.given_train_scale = train_scale
         self.last_t = time.perf_counter()
 
@@ -67,6 +71,7 @@ class Checkpointer:
                 loss_history=st.loss_history, model=st.model_config.to_dict(),
                 encoder_weights=self.weights_origin(), device=st.dev.label, dii_tau=st.tau, input_size=st.size,
                 train_scale=self.train_scale(), pixel_weight_summary=self.pixel_summary() or None,
+                pixel_weight_truth=self.pixel_truth(),
                 distributed=None if st.dist is None else st.dist.record(st.config.batch_size),
                 anchor=list(st.anchor_log) or None, dii_updates=list(st.dii_log) or None)
             write_run_record(st.run_dir, record, st.collection)

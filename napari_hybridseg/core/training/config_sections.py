@@ -374,6 +374,11 @@ class PixelWeightConfig(_Section):
         The virtual step's alpha (> 0); None: the optimiser's lr.
     unlabeled_refresh : int
         Steps between snapshots that label unlabeled images. Default 50.
+    normalise : {"batch", "image"}
+        ``"batch"`` (default, MLB-Seg's): unit mass over the whole batch, gamma
+        inside the raw weights, so only the ratio of the gammas within a batch
+        survives. ``"image"``: unit mass per image, times its gamma
+        (:func:`~napari_hybridseg.core.methods.pixel_costs.normalise_per_image`).
     """
 
     PREFIX = "pixel"
@@ -388,6 +393,7 @@ class PixelWeightConfig(_Section):
     teacher_decay: float = 0.99
     meta_lr: float | None = None
     unlabeled_refresh: int = 50
+    normalise: str = "batch"
 
     def __post_init__(self):
         _choice(self._name("mode"), self.mode, ("off", "exact"))
@@ -396,6 +402,7 @@ class PixelWeightConfig(_Section):
         _number(self._name("teacher_decay"), self.teacher_decay, low=0, high=1, high_open=True)
         _number(self._name("meta_lr"), self.meta_lr, low=0, low_open=True, optional=True)
         _number(self._name("unlabeled_refresh"), self.unlabeled_refresh, low=0, integer=True)
+        _choice(self._name("normalise"), self.normalise, ("batch", "image"))
 
 
 SECTIONS: dict[str, type[_Section]] = {"model": ModelConfig, "optim": OptimConfig, "loss": LossConfig,

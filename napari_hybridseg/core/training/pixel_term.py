@@ -22,7 +22,63 @@ from napari_hybridseg.core.network.models import forward
 from napari_hybridseg.core.supervision.losses import strong_loss
 from napari_hybridseg.core.supervision.targets import UNKNOWN
 
-__all__ = ["PixelWeightStep", "PixelWeightTerm"]
+__all__ = ["PixelWeightStep", "PixelWeightTerm", "TruthMass"]
+
+
+class TruthMass:
+    """The training weights against the truth, over the whole run: mean weight per wrong vs per right pixel.
+
+    Fed, at every step, the weights the loss used and the true classes of
+    the rows that carry a reference mask (the benchmark's weak images). A
+    target pixel is *wrong* where the target (y~ or y^) differs from the
+    truth; only pixels that compete (not held fixed) count. Each step's
+    weights are added as they are, so every step counts with the mass it
+    put in the loss.
+    """
+
+    KEYS = ("init", "own")
+
+    def __init__(self):
+        self.sums = {k: {"wrong": 0.0, "right": 0.0, "n_wrong": 0, "n_right": 0} for k in self.KEYS}
+        self.steps = 0
+
+    def add(self, reference, y_init, y_own, w_init, w_own, free=None) -> None:
+        known = reference.long() != -1
+        if free is not None:
+            known = known & free.to(known.device)
+        if not known.any():
+            return
+        self.steps += 1
+        ref = reference.long()
+        for key, y, w in (("init", y_init, w_init), ("own", y_own, w_own)):
+            wrong = known & (y.long() != ref)
+            right = known & (y.long() == ref)
+            w = w.detach().float()
+            acc = self.sums[key]
+            acc["wrong"] += float(w[wrong].sum())
+            acc["right"] += float(w[right].sum())
+            acc["n_wrong"] += int(wrong.sum())
+            acc["n_right"] += int(right.sum())
+
+    def result(self) -> dict | None:
+        """``{"wrong_vs_right": ..., "init": {...}, "own": {...}, "steps": n}``; None when nothing was measured."""
+        if not self.steps:
+            return None
+        out: dict = {"steps": self.steps}
+        tot = {"wrong": 0.0, "right": 0.0, "n_wrong": 0, "n_right": 0}
+        for key in self.KEYS:
+            acc = self.sums[key]
+            out[key] = {**acc, "wrong_vs_right": _ratio(acc)}
+            for k in tot:
+                tot[k] += acc[k]
+        out["wrong_vs_right"] = _ratio(tot)
+        return out
+
+
+def _ratio(acc: dict) -> float | None:
+    if not acc["n_wrong"] or not acc["n_right"] or acc["right"] <= 0:
+        return None
+    return (acc["wrong"] / acc["n_wrong"]) / (acc["right"] / acc["n_right"])
 
 
 class PixelWeightStep:
@@ -98,6 +154,7 @@ class PixelWeightTerm:
     def __init__(self, state):
         self.state = state
         self.summary: dict[str, dict] = {}
+        self.truth = TruthMass()
         self.refresh_net: torch.nn.Module | None = None  # initial labels of unlabeled images
         self.refreshed_at: int | None = None
 
@@ -133,22 +190,30 @@ class PixelWeightTerm:
         else:
             y_own = logits[other].detach().argmax(1)
         fixed = (batch.certainty[other] != UNKNOWN) if cfg.fix_certain else None
+        per_image = cfg.normalise == "image"
         with st.dev.autocast():  # the meta forward/backward in the run's precision; the JVP is always fp32
             pw = pwm.exact_pixel_weights(
                 net, x_w, y_init, y_own, None, None, batch.x[strong], batch.target[strong],
                 lambda z, y: strong_loss(z.float(), y).mean(), cfg.meta_lr or lr,
-                sample_gamma=gamma[other], fixed_init=fixed, return_details=True, keep_graph=False,
-                equalise_strong=cfg.equalise,
+                sample_gamma=None if per_image else gamma[other], fixed_init=fixed, return_details=True,
+                keep_graph=False, equalise_strong=cfg.equalise,
             )
+        w_init, w_own = pw.w_init, pw.w_own
+        if per_image:  # raw_* are 0 where a pixel does not take part
+            w_init, w_own = pwm.normalise_per_image(pw.raw_init, pw.raw_own, gamma[other])
         if st.teacher is not None:
             with st.dev.autocast():
                 extra["teacher"] = st.teacher.mse(logits[other].float(), x_w).float()
-        self.record(batch, other, pw.w_init, pw.w_own)
+        self.record(batch, other, w_init, w_own)
+        reference = getattr(batch, "reference", None)  # a Batch, or a test's stand-in without one
+        if reference is not None:
+            free = None if fixed is None else ~fixed
+            self.truth.add(reference[other], y_init, y_own, w_init, w_own, free)
         # self-generated targets (own and PLE predictions, the teacher) come in as the network learns from
         # the strong masks: the same sigmoid ramp-up as CPS, as in the mean teacher (and MLB-Seg, whose
         # initial labels for unlabeled images come from a model first trained on the strong set)
         scale = dcr_mod.rampup(step - st.start_step, st.rampup) if cfg.rampup else 1.0
-        return PixelWeightStep(other, y_init, y_own, pw.w_init, pw.w_own, extra, scale)
+        return PixelWeightStep(other, y_init, y_own, w_init, w_own, extra, scale)
 
     def after_update(self) -> None:
         """After the optimiser step: the mean teacher follows network 1."""

@@ -105,6 +105,11 @@ class RunRecord:
         are pre-resized copies (the benchmark), measured otherwise.
     pixel_weight_summary : dict or None
         Per non-strong sample, how the pixel weights treated it (pixel weights on).
+    pixel_weight_truth : dict or None
+        The pixel weights the loss used, against the true masks of the weak
+        images that carry one (the benchmark's), over the whole run: mean
+        weight per wrong target pixel over that per right one
+        (:class:`~.pixel_term.TruthMass`); absent otherwise.
     distributed : dict or None
         A distributed run's processes, batch slices and the largest difference
         of a gamma between ranks (:meth:`~.distributed.Distributed.record`);
@@ -135,6 +140,7 @@ class RunRecord:
     input_size: int
     train_scale: float
     pixel_weight_summary: dict | None = None
+    pixel_weight_truth: dict | None = None
     distributed: dict | None = None
     anchor: list[str] | None = None
     dii_updates: list[str] | None = None
@@ -160,7 +166,7 @@ class RunRecord:
         """The JSON object (``format`` first, as format 1 files had it; no summary key without pixel weights)."""
         d = asdict(self)
         out = {"format": d.pop("format"), **d}
-        for optional in ("pixel_weight_summary", "distributed", "anchor", "dii_updates"):
+        for optional in ("pixel_weight_summary", "pixel_weight_truth", "distributed", "anchor", "dii_updates"):
             if out[optional] is None:
                 del out[optional]
         return out

@@ -254,7 +254,8 @@ class Session:
         self.previewer = Previewer(st)
         pixel = self.pixel_term
         self.checkpointer = Checkpointer(st, (lambda: pixel.summary) if pixel is not None else None,
-                                         train_scale=self.train_scale)
+                                         train_scale=self.train_scale,
+                                         pixel_truth=(lambda: pixel.truth.result()) if pixel is not None else None)
 
     # -- the generator -------------------------------------------------------
     def loop(self) -> Trainer:
