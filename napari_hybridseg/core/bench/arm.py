@@ -4,7 +4,6 @@ convergence curve), then score it on the test and validation images."""
 from __future__ import annotations
 
 import json
-
 import statistics
 import time
 from collections.abc import Callable, Mapping

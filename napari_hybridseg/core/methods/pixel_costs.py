@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["fill_ignored", "normalise_per_image", "normalise_weights", "pixel_cost_grads", "pixel_costs", "weight_maps_at",
-           "weight_summary"]
+__all__ = ["fill_ignored", "normalise_per_image", "normalise_weights", "pixel_cost_grads", "pixel_costs",
+           "weight_maps_at", "weight_summary"]
 
 
 # -- per-pixel costs -----------------------------------------------------------
