@@ -73,6 +73,7 @@ SPEED_ARMS: tuple[Arm, ...] = (
     Arm("one network + DII", {"dii": True, "dcr": False}),
     Arm("DCR (two networks)", {"dii": False, "dcr": True}),
     Arm("DCR + DII", {"dii": True, "dcr": True}),
+    Arm("  same, CPS on the batch (no CutMix)", {"dii": True, "dcr": True, "dcr.pairs": "batch"}),
     Arm("DCR + DII + pixel weights", {"dii": True, "dcr": True, "pixel_weights": "exact"}),
     Arm("  same, PLE consistency", {"dii": True, "dcr": True, "pixel_weights": "exact", "ple_consistency": True}),
 )

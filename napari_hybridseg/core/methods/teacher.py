@@ -1,14 +1,17 @@
 """Mean teacher (MLB-Seg): an EMA copy of the network fed noisy inputs; an MSE term pulls the student to it.
 
-Where the teacher enters (as in the original MLB-Seg code):
+Where the teacher enters in this trainer
+(:class:`~napari_hybridseg.core.training.pixel_term.PixelWeightTerm`):
 
 * the term ``MSE(softmax(student(x)), softmax(teacher(x + noise)))`` (weight 1)
-  is one of the *unweighted* terms: it is in the virtual step of the pixel
-  weights (``virtual_loss_fn`` of :func:`.pixel_weights.exact_pixel_weights`,
-  together with the PLE consistency term) and in the real loss. That is how it
-  "stabilises the weight maps": theta' is moved toward the slowly-changing
-  teacher before the meta gradient is taken, so the weights depend less on
-  the last noisy step;
+  is in the **real loss only**. The original MLB-Seg code also puts it into
+  the virtual step of the pixel weights (theta' pulled toward the teacher
+  before the meta gradient is taken, which "stabilises the weight maps"); the
+  trainer passes no ``virtual_loss_fn`` (U = 0, theta' = theta, the
+  learning-to-reweight choice), because that costs another forward and
+  backward of the non-strong rows every step. :func:`.pixel_weights.exact_pixel_weights`
+  takes it (``virtual_loss_fn``) for experiments: on the synthetic set it
+  sharpened the down-weighting at the same Dice (docs/pixel-weights.md);
 * y^ (PLE) is the student's own enhanced prediction, as in the original
   code. :meth:`MeanTeacher.probabilities` may serve instead as the source of
   y^ or of the unlabeled images' initial labels (steadier, one step behind);
