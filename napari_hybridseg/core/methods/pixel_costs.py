@@ -99,6 +99,16 @@ def fill_ignored(init_label: Tensor, logits: Tensor, ignore: int = -1) -> tuple[
 
 
 # -- normalisation -------------------------------------------------------------
+def _positive(raw_init: Tensor, raw_own: Tensor, take_part: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+    """``max(w~, 0)`` of both maps as detached float32, 0 where a pixel does not take part."""
+    a = raw_init.detach().float().clamp_min(0)
+    b = raw_own.detach().float().clamp_min(0)
+    if take_part is not None:
+        a = a * take_part[0]
+        b = b * take_part[1]
+    return a, b
+
+
 def normalise_weights(
     raw_init: Tensor, raw_own: Tensor, take_part: tuple[Tensor, Tensor] | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -107,11 +117,7 @@ def normalise_weights(
     ``take_part`` (two bool masks) zeroes pixels that do not take part before
     the sum. Returns float32 tensors, detached.
     """
-    a = raw_init.detach().float().clamp_min(0)
-    b = raw_own.detach().float().clamp_min(0)
-    if take_part is not None:
-        a = a * take_part[0]
-        b = b * take_part[1]
+    a, b = _positive(raw_init, raw_own, take_part)
     total = a.sum() + b.sum()
     # 0-safe: a batch where following any pixel would hurt the strong batch gets no pixel loss at all
     if not torch.isfinite(total) or total <= 0:
@@ -131,11 +137,7 @@ def normalise_per_image(raw_init: Tensor, raw_own: Tensor, gamma: Tensor | None 
     pixel loss is the mean over images of gamma times a weighted mean cost.
     Returns float32 tensors, detached.
     """
-    a = raw_init.detach().float().clamp_min(0)
-    b = raw_own.detach().float().clamp_min(0)
-    if take_part is not None:
-        a = a * take_part[0]
-        b = b * take_part[1]
+    a, b = _positive(raw_init, raw_own, take_part)
     n = a.shape[0]
     total = (a.flatten(1).sum(1) + b.flatten(1).sum(1)).view(-1, 1, 1)
     ok = torch.isfinite(total) & (total > 0)

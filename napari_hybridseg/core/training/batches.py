@@ -100,8 +100,12 @@ def denormalise(x: torch.Tensor) -> torch.Tensor:
 
 
 def prepare_sample(sample: Sample, collection: Collection, size: int, *,
-                   point_radius: float | None = None) -> Prepared:
+                   point_radius: float | None = None, with_reference: bool = False) -> Prepared:
     """Load, resize and convert one sample to training tensors.
+
+    ``with_reference``: also bring a weak or unlabeled sample's reference mask
+    (:attr:`Prepared.reference`, what the pixel-weight term measures itself
+    against); off, nothing reads it and it is not made.
 
     Raises
     ------
@@ -125,7 +129,7 @@ def prepare_sample(sample: Sample, collection: Collection, size: int, *,
                          f"{shape}; redraw or re-import the mask")
     small = resize_image(rgb, (size, size))
     t = make_targets(sample, collection, (size, size), point_radius=point_radius, original_shape=shape)
-    reference = _reference(sample, collection, size)
+    reference = _reference(sample, collection, size) if with_reference else None
     return Prepared(
         id=sample.id,
         role=sample.role,

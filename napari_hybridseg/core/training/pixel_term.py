@@ -20,7 +20,7 @@ from napari_hybridseg.core.methods import pixel_weights as pwm
 from napari_hybridseg.core.methods import ple as ple_mod
 from napari_hybridseg.core.network.models import forward
 from napari_hybridseg.core.supervision.losses import strong_loss
-from napari_hybridseg.core.supervision.targets import UNKNOWN
+from napari_hybridseg.core.supervision.targets import IGNORE, UNKNOWN
 
 __all__ = ["PixelWeightStep", "PixelWeightTerm", "TruthMass"]
 
@@ -43,13 +43,13 @@ class TruthMass:
         self.steps = 0
 
     def add(self, reference, y_init, y_own, w_init, w_own, free=None) -> None:
-        known = reference.long() != -1
+        ref = reference.long()
+        known = ref != IGNORE
         if free is not None:
             known = known & free.to(known.device)
         if not known.any():
             return
         self.steps += 1
-        ref = reference.long()
         for key, y, w in (("init", y_init, w_init), ("own", y_own, w_own)):
             wrong = known & (y.long() != ref)
             right = known & (y.long() == ref)

@@ -101,7 +101,8 @@ class RunState:
     def prepare(self, sample: Sample) -> None:
         """Resize and encode one sample for training (replaces an earlier preparation)."""
         self.prepared[sample.id] = prepare_sample(sample, self.collection, self.size,
-                                                  point_radius=self.config.loss.point_radius)
+                                                  point_radius=self.config.loss.point_radius,
+                                                  with_reference=self.config.pixel.mode == "exact")
 
     def update_size_prior(self) -> None:
         """The size range of each class from the prepared strong masks (:class:`SizePrior`)."""
