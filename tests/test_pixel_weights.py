@@ -576,3 +576,52 @@ def test_a_run_records_its_training_pixel_weights_against_the_reference_masks(tm
         assert truth["steps"] == 4
         assert truth["init"]["n_wrong"] > 0 and truth["init"]["n_right"] > 0
         assert truth["wrong_vs_right"] is None or truth["wrong_vs_right"] >= 0
+
+
+def test_initial_label_from_a_strong_set_model_keeps_the_weak_label_and_cuts_boxes_to_what_it_sees():
+    from napari_hybridseg.core.methods.pixel_costs import initial_from_model
+    from napari_hybridseg.core.supervision.targets import IGNORE, KNOWN_BG, KNOWN_FG, UNKNOWN
+
+    # one row, 1 x 5: certain background, a box of class 2 over three pixels, a click of class 1
+    init = torch.tensor([[[0, 2, 2, 2, 1]]])
+    cert = torch.tensor([[[KNOWN_BG, UNKNOWN, UNKNOWN, UNKNOWN, KNOWN_FG]]])
+    pred = torch.tensor([[[2, 2, 0, 1, 0]]])  # the model: class 2 at 0-1, background at 2, class 1 at 3
+    logits = F.one_hot(pred, 3).permute(0, 3, 1, 2).float()
+    got = initial_from_model(init, cert, logits, IGNORE, UNKNOWN)
+    # certain pixels keep the label whatever the model says; the box keeps class 2 only where the model sees 2
+    assert got.tolist() == [[[0, 2, 0, 0, 1]]]
+    # where the label says nothing ("present" tag, unlabeled image) y~ is the model's prediction
+    none = torch.full_like(init, IGNORE)
+    assert initial_from_model(none, torch.full_like(cert, UNKNOWN), logits, IGNORE, UNKNOWN).tolist() == \
+        pred.tolist()
+    # one-channel (binary) logits: foreground where the logit is positive
+    one = torch.tensor([[[[3.0, -1.0, 2.0, -2.0, -5.0]]]])
+    assert initial_from_model(torch.tensor([[[0, 1, 1, 1, 1]]]), cert, one, IGNORE, UNKNOWN).tolist() == \
+        [[[0, 0, 1, 0, 1]]]
+
+
+def test_pixel_term_from_a_strong_set_model_waits_for_it_then_labels_from_one_frozen_snapshot(tmp_path):
+    from _hybrid_data import make_collection
+
+    from napari_hybridseg.core.training.config import ModelConfig, TrainConfig
+    from napari_hybridseg.core.training.reports import StepReport
+    from napari_hybridseg.core.training.trainer import train
+
+    col = make_collection(n_strong=2, n_weak=4, n_corrupt=2)
+    cfg = TrainConfig(model=ModelConfig(encoder_weights=None, input_size=32), steps=8, batch_size=4,
+                      device="cpu", precision="fp32", threads=1, preview_every=0, checkpoint_every=0,
+                      dcr=False, pixel_weights="exact", ple=False, teacher=False, seed=0, warmup_steps=0,
+                      **{"pixel.initial": "strong-model"})
+    gen = train(col.copy(), cfg)
+    steps = [r for r in gen if isinstance(r, StepReport) and not r.paused]
+    assert len(steps) == 8
+    # the network counts as having learnt the strong masks after a quarter of the run (2 steps): no
+    # pixel term before, one after
+    assert ["pixel" in r.losses for r in steps] == [False, False] + [True] * 6
+    # and a run that starts from a trained network takes the pixel term from its first step
+    from napari_hybridseg.core.training.pixel_term import PixelWeightTerm
+
+    class Stand:  # what PixelWeightTerm reads of a continued run's state
+        config, init_from, start_step = cfg, tmp_path, 40
+
+    assert PixelWeightTerm(Stand()).starts_after == 40

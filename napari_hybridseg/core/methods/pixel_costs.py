@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["fill_ignored", "normalise_per_image", "normalise_weights", "pixel_cost_grads", "pixel_costs",
-           "weight_maps_at", "weight_summary"]
+__all__ = ["fill_ignored", "initial_from_model", "normalise_per_image", "normalise_weights", "pixel_cost_grads",
+           "pixel_costs", "weight_maps_at", "weight_summary"]
 
 
 # -- per-pixel costs -----------------------------------------------------------
@@ -96,6 +96,43 @@ def fill_ignored(init_label: Tensor, logits: Tensor, ignore: int = -1) -> tuple[
         pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
     known = init_label != ignore
     return torch.where(known, init_label.long(), pred), known
+
+
+def initial_from_model(init_label: Tensor, certainty: Tensor, logits: Tensor, ignore: int = -1,
+                       unknown: int = 0) -> Tensor:
+    """Initial label y~ from a model that learnt the strong set (MLB-Seg's y~), kept inside the weak label.
+
+    Where the weak label is certain (outside every box, a click's disk, an
+    "absent" tag) y~ is the label; inside a box (labelled, not certain) it is
+    the box's class where the model predicts that class and background
+    elsewhere (the box intersected with what the model sees); where the
+    label says nothing ("present" tags, unlabeled images) it is the model's
+    prediction.
+
+    Parameters
+    ----------
+    init_label : Tensor
+        (B, H, W) int, :attr:`Targets.init_label` (``ignore`` where unknown).
+    certainty : Tensor
+        (B, H, W) :attr:`Targets.certainty` (``unknown`` where the label is not certain).
+    logits : Tensor
+        (B, K, H, W) the model's predictions of the same rows (detached internally).
+    ignore, unknown : int
+        :data:`targets.IGNORE` and :data:`targets.UNKNOWN`.
+
+    Returns
+    -------
+    Tensor
+        (B, H, W) long.
+    """
+    with torch.no_grad():
+        pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+    init = init_label.long()
+    certain = certainty != unknown
+    labelled = init != ignore
+    in_box = labelled & ~certain & (init > 0)
+    out = torch.where(labelled, init, pred)
+    return torch.where(in_box, torch.where(pred == init, init, torch.zeros_like(init)), out)
 
 
 # -- normalisation -------------------------------------------------------------

@@ -126,6 +126,7 @@ from napari_hybridseg.core.methods.dual_forward import (
 from napari_hybridseg.core.methods.pixel_costs import (
     _valid,
     fill_ignored,
+    initial_from_model,
     normalise_per_image,
     normalise_weights,
     pixel_cost_grads,
@@ -138,6 +139,7 @@ __all__ = [
     "PixelWeights",
     "exact_pixel_weights",
     "fill_ignored",
+    "initial_from_model",
     "normalise_per_image",
     "normalise_weights",
     "pixel_costs",

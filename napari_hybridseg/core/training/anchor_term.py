@@ -24,7 +24,22 @@ from napari_hybridseg.core.data.collection import Role
 from napari_hybridseg.core.network.models import forward
 from napari_hybridseg.core.supervision.anchor import anchor_labels, exclusion_radii, is_open
 
-__all__ = ["AnchorTerm"]
+__all__ = ["AnchorTerm", "strong_set_learnt"]
+
+
+def strong_set_learnt(state, after: int | None = None) -> tuple[int, int, bool]:
+    """When network 1 counts as having learnt the strong masks: ``(interval, step, continued)``.
+
+    The interval is ``after`` or a quarter of the run, at least the
+    learning-rate warm-up (a network still inside the warm-up has not learnt
+    the strong masks yet); the step is the first one after the start plus
+    that interval, or the start itself in a continued run (``init_from``),
+    whose network has already trained.
+    """
+    cfg = state.config
+    every = int(after or max(1, cfg.steps // 4, cfg.optim.warmup_steps))
+    continued = state.init_from is not None and state.start_step > 0
+    return every, (state.start_step if continued else state.start_step + every), continued
 
 
 class AnchorTerm:
@@ -40,10 +55,7 @@ class AnchorTerm:
     def __init__(self, state):
         self.state = state
         cfg = state.config
-        # a teacher still inside the learning-rate warm-up has not learnt the strong masks yet
-        self.every = int(cfg.loss.anchor_after or max(1, cfg.steps // 4, cfg.optim.warmup_steps))
-        self.continued = state.init_from is not None and state.start_step > 0
-        self.first = state.start_step if self.continued else state.start_step + self.every
+        self.every, self.first, self.continued = strong_set_learnt(state, cfg.loss.anchor_after)
         # a run too short to reach its first anchor trains the click images as before, from step 1
         self.enabled = bool(cfg.loss.anchor) and (self.continued or self.first < state.start_step + cfg.steps)
 

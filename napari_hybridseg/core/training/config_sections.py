@@ -379,6 +379,17 @@ class PixelWeightConfig(_Section):
         inside the raw weights, so only the ratio of the gammas within a batch
         survives. ``"image"``: unit mass per image, times its gamma
         (:func:`~napari_hybridseg.core.methods.pixel_costs.normalise_per_image`).
+    initial : {"label", "strong-model"}
+        Where y~ comes from. ``"label"`` (default): the weak label, its unknown
+        pixels filled by the current network (unlabeled images: a snapshot
+        refreshed every ``unlabeled_refresh`` steps). ``"strong-model"``
+        (MLB-Seg's): a snapshot of network 1 taken once it has learnt the
+        strong masks (the anchor's moment: a quarter of the run, at least the
+        warm-up; at once in a continued run) fills the unknown pixels and
+        unlabeled images, and a box's interior keeps its class only where
+        the snapshot sees it
+        (:func:`~napari_hybridseg.core.methods.pixel_costs.initial_from_model`);
+        the pixel term starts then and ramps up from there.
     """
 
     PREFIX = "pixel"
@@ -394,6 +405,7 @@ class PixelWeightConfig(_Section):
     meta_lr: float | None = None
     unlabeled_refresh: int = 50
     normalise: str = "batch"
+    initial: str = "label"
 
     def __post_init__(self):
         _choice(self._name("mode"), self.mode, ("off", "exact"))
@@ -403,6 +415,7 @@ class PixelWeightConfig(_Section):
         _number(self._name("meta_lr"), self.meta_lr, low=0, low_open=True, optional=True)
         _number(self._name("unlabeled_refresh"), self.unlabeled_refresh, low=0, integer=True)
         _choice(self._name("normalise"), self.normalise, ("batch", "image"))
+        _choice(self._name("initial"), self.initial, ("label", "strong-model"))
 
 
 SECTIONS: dict[str, type[_Section]] = {"model": ModelConfig, "optim": OptimConfig, "loss": LossConfig,

@@ -21,6 +21,7 @@ from napari_hybridseg.core.methods import ple as ple_mod
 from napari_hybridseg.core.network.models import forward
 from napari_hybridseg.core.supervision.losses import strong_loss
 from napari_hybridseg.core.supervision.targets import IGNORE, UNKNOWN
+from napari_hybridseg.core.training.anchor_term import strong_set_learnt
 
 __all__ = ["PixelWeightStep", "PixelWeightTerm", "TruthMass"]
 
@@ -157,6 +158,10 @@ class PixelWeightTerm:
         self.truth = TruthMass()
         self.refresh_net: torch.nn.Module | None = None  # initial labels of unlabeled images
         self.refreshed_at: int | None = None
+        #: pixel.initial="strong-model": the snapshot of network 1 that gives y~, taken after step ``starts_after``
+        self.strong_model: torch.nn.Module | None = None
+        self.from_strong_model = state.config.pixel.initial == "strong-model"
+        self.starts_after = strong_set_learnt(state)[1] if self.from_strong_model else state.start_step
 
     def compute(self, step: int, batch, logits, gamma, lr) -> PixelWeightStep | None:
         """This step's weights from network 1's ``logits`` of ``batch``; None without strong or other rows."""
@@ -164,16 +169,20 @@ class PixelWeightTerm:
         cfg = st.config.pixel
         strong = torch.tensor([r is Role.STRONG for r in batch.roles], device=logits.device)
         other = ~strong
-        if not other.any() or not strong.any():
+        if not other.any() or not strong.any() or step <= self.starts_after:
             return None
         net = st.nets[0]
         x_w = batch.x[other]
-        fill = logits[other].detach()
-        unl = torch.tensor([r is Role.UNLABELED for r in batch.roles], device=logits.device)[other]
-        if unl.any():
-            fill = fill.clone()
-            fill[unl] = self._refreshed_logits(step, x_w[unl]).to(fill.dtype)
-        y_init, _ = pwm.fill_ignored(batch.init_label[other], fill)
+        if self.from_strong_model:
+            y_init = pwm.initial_from_model(batch.init_label[other], batch.certainty[other],
+                                            self._strong_model_logits(x_w), IGNORE, UNKNOWN)
+        else:
+            fill = logits[other].detach()
+            unl = torch.tensor([r is Role.UNLABELED for r in batch.roles], device=logits.device)[other]
+            if unl.any():
+                fill = fill.clone()
+                fill[unl] = self._refreshed_logits(step, x_w[unl]).to(fill.dtype)
+            y_init, _ = pwm.fill_ignored(batch.init_label[other], fill)
         extra: dict[str, torch.Tensor] = {}
         if cfg.ple:
             # the views are pseudo-label inputs, not data: batch statistics, but network 1's running statistics
@@ -212,13 +221,23 @@ class PixelWeightTerm:
         # self-generated targets (own and PLE predictions, the teacher) come in as the network learns from
         # the strong masks: the same sigmoid ramp-up as CPS, as in the mean teacher (and MLB-Seg, whose
         # initial labels for unlabeled images come from a model first trained on the strong set)
-        scale = dcr_mod.rampup(step - st.start_step, st.rampup) if cfg.rampup else 1.0
+        scale = dcr_mod.rampup(step - self.starts_after, st.rampup) if cfg.rampup else 1.0
         return PixelWeightStep(other, y_init, y_own, w_init, w_own, extra, scale)
 
     def after_update(self) -> None:
         """After the optimiser step: the mean teacher follows network 1."""
         if self.state.teacher is not None:
             self.state.teacher.update(self.state.nets[0])
+
+    def _strong_model_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the snapshot of network 1 taken once it learnt the strong masks (at the first call)."""
+        st = self.state
+        if self.strong_model is None:
+            self.strong_model = copy.deepcopy(st.nets[0]).eval()
+            for p in self.strong_model.parameters():
+                p.requires_grad_(False)
+        with torch.no_grad(), st.dev.autocast():
+            return forward(self.strong_model, x)[0].float()
 
     def _refreshed_logits(self, step: int, x: torch.Tensor) -> torch.Tensor:
         """Logits of the snapshot of network 1 that labels unlabeled images (re-taken every N steps)."""
