@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
 #: flags every recorded train run uses: seeded, one thread, fp32, every method term on
-TRAIN_FLAGS = ["--seed", "0", "--pixel-weights", "exact", "--precision", "fp32", "--threads", "1",
+TRAIN_FLAGS = ["--seed", "0", "--dcr", "--pixel-weights", "exact", "--precision", "fp32", "--threads", "1",
                "--no-save-weights", "--quiet"]
 
 

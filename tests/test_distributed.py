@@ -28,7 +28,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 #: docs/training.md ("Scaling out"): a gamma of a 2-process CPU run is within this of the one-process run's
 GAMMA_TOLERANCE = 0.05
-TINY = ["--steps", "6", "--size", "32", "--batch-size", "4", "--dii-tau", "2", "--quiet", "--no-save-weights"]
+# DCR on: the second network, CPS and both networks' gradients are what DDP must keep in step
+TINY = ["--steps", "6", "--size", "32", "--batch-size", "4", "--dii-tau", "2", "--dcr", "--quiet", "--no-save-weights"]
 
 
 @pytest.fixture(autouse=True)

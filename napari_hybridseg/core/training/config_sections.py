@@ -318,7 +318,9 @@ class DCRConfig(_Section):
     Parameters
     ----------
     enabled : bool
-        Two networks (default) or one.
+        Two networks, or one (default since 2026-12-03: on the benchmark DCR
+        did not pay for its cost: ``docs/pixel-weights.md``, "Defaults follow
+        the numbers").
     cps_lambda : float
         Weight of the CPS term after ramp-up (>= 0). Default 4.
     rampup_steps : int or None
@@ -333,7 +335,7 @@ class DCRConfig(_Section):
 
     PREFIX = "dcr"
 
-    enabled: bool = True
+    enabled: bool = False
     cps_lambda: float = 4.0
     rampup_steps: int | None = None
     pairs: str = "cutmix"

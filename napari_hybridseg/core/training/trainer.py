@@ -324,7 +324,8 @@ class Session:
         st, cfg = self.state, self.config
         counts = {r: len(st.ids(r)) for r in Role}
         if counts[Role.UNLABELED] and not cfg.dcr.enabled:
-            self.notes.append(f"{counts[Role.UNLABELED]} unlabeled image(s) unused: they enter through DCR only")
+            self.notes.append(f"{counts[Role.UNLABELED]} unlabeled image(s) unused: they enter through DCR only "
+                              "(switch on co-regularization, `--dcr`, to use them)")
         if cfg.dii.enabled and counts[Role.WEAK]:
             self.notes.append(f"DII updates every {st.tau} steps ({cfg.dii.scorer} scorer)")
         # the step applies the prior to weak images without boxes only (a box is its own negative evidence)
