@@ -612,8 +612,12 @@ def test_pixel_term_from_a_strong_set_model_waits_for_it_then_labels_from_one_fr
                       device="cpu", precision="fp32", threads=1, preview_every=0, checkpoint_every=0,
                       dcr=False, pixel_weights="exact", ple=False, teacher=False, seed=0, warmup_steps=0,
                       **{"pixel.initial": "strong-model"})
-    gen = train(col.copy(), cfg)
-    steps = [r for r in gen if isinstance(r, StepReport) and not r.paused]
+    from napari_hybridseg.core.training.reports import StartReport
+
+    reports = list(train(col.copy(), cfg))
+    start = next(r for r in reports if isinstance(r, StartReport))
+    assert any("pixel weights start after step 2" in n for n in start.notes)
+    steps = [r for r in reports if isinstance(r, StepReport) and not r.paused]
     assert len(steps) == 8
     # the network counts as having learnt the strong masks after a quarter of the run (2 steps): no
     # pixel term before, one after

@@ -386,8 +386,8 @@ class PixelWeightConfig(_Section):
         pixels filled by the current network (unlabeled images: a snapshot
         refreshed every ``unlabeled_refresh`` steps). ``"strong-model"``
         (MLB-Seg's): a snapshot of network 1 taken once it has learnt the
-        strong masks (the anchor's moment: a quarter of the run, at least the
-        warm-up; at once in a continued run) fills the unknown pixels and
+        strong masks (the anchor's moment: ``loss.anchor_after`` steps, by default
+        a quarter of the run and at least the warm-up; at once in a continued run) fills the unknown pixels and
         unlabeled images, and a box's interior keeps its class only where
         the snapshot sees it
         (:func:`~napari_hybridseg.core.methods.pixel_costs.initial_from_model`);

@@ -161,7 +161,8 @@ class PixelWeightTerm:
         #: pixel.initial="strong-model": the snapshot of network 1 that gives y~, taken after step ``starts_after``
         self.strong_model: torch.nn.Module | None = None
         self.from_strong_model = state.config.pixel.initial == "strong-model"
-        self.starts_after = strong_set_learnt(state)[1] if self.from_strong_model else state.start_step
+        self.starts_after = (strong_set_learnt(state, state.config.loss.anchor_after)[1] if self.from_strong_model
+                             else state.start_step)
 
     def compute(self, step: int, batch, logits, gamma, lr) -> PixelWeightStep | None:
         """This step's weights from network 1's ``logits`` of ``batch``; None without strong or other rows."""

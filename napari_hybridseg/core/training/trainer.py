@@ -328,6 +328,12 @@ class Session:
                               "(switch on co-regularization, `--dcr`, to use them)")
         if cfg.dii.enabled and counts[Role.WEAK]:
             self.notes.append(f"DII updates every {st.tau} steps ({cfg.dii.scorer} scorer)")
+        pixel = self.pixel_term
+        if pixel is not None and pixel.from_strong_model and pixel.starts_after > st.start_step:
+            when = (f"after step {pixel.starts_after}" if pixel.starts_after < st.total_steps else
+                    f"never in this run (it ends at step {st.total_steps}; lengthen it or set loss.anchor_after)")
+            self.notes.append(f"pixel weights start {when}, once network 1 has learnt the strong masks: their "
+                              "initial labels come from a snapshot of it (pixel.initial=strong-model)")
         # the step applies the prior to weak images without boxes only (a box is its own negative evidence)
         n_boxless = sum(1 for k in st.ids(Role.WEAK) if not len(st.prepared[k].boxes))
         if cfg.loss.size_prior and n_boxless and st.size_prior is not None and st.size_prior.active:
