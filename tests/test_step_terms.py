@@ -105,7 +105,7 @@ def test_dcr_on_the_batch_itself_compares_the_two_forwards_without_a_cutmix():
     from napari_hybridseg.core.training.config_sections import DCRConfig
     from napari_hybridseg.core.training.dcr_term import DCRTerm
 
-    st = _state(dcr=DCRConfig(pairs="batch", cps_lambda=2.0))
+    st = _state(dcr=DCRConfig(enabled=True, pairs="batch", cps_lambda=2.0))
     batch = _batch(st)
     gamma = st.gamma_of(batch.ids, batch.roles)
     la, lb = (forward(net, batch.x)[0] for net in st.nets)
