@@ -279,3 +279,61 @@ def test_the_update_rule_and_its_settings_are_validated_with_the_field_named():
                        ("dii.gate_dice=1.5", "dii.gate_dice"), ("dii.decay=-0.1", "dii.decay")):
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             apply_overrides(cfg, [bad])
+
+
+# -- in-batch scoring (dii.scoring=batch) ------------------------------------------------------------
+
+
+def test_in_batch_scores_are_the_head_gradient_dot_products_of_a_training_forward():
+    """head_scores on features captured from a train-mode forward = autograd on the head, per row."""
+    from napari_hybridseg.core.methods.dii import head_scores, strong_head_gradient
+
+    model, xs, xw, strong_fn, instance_fn = _problem()
+    head_params = list(last_layer(model).parameters())
+    g_head = strong_head_gradient(model, xs, strong_fn)
+    assert model.training
+    model.train()
+    feats = []
+    hook = model.segmentation_head.register_forward_pre_hook(lambda _m, args: feats.append(args[0]))
+    logits, _ = forward(model, xw)  # train mode: BatchNorm of this batch, as in a training step
+    hook.remove()
+    got = head_scores(model.segmentation_head, g_head, feats[0], lambda z: instance_fn(z, None, list(range(len(z)))))
+    # the definition: gradient of row k's own loss through the head only, features as the forward made them
+    names = [n for n, _ in model.segmentation_head.named_parameters()]
+    ref = []
+    for k in range(xw.shape[0]):
+        z = model.segmentation_head(feats[0][k:k + 1].detach())
+        g_k = torch.autograd.grad(instance_fn(z, None, [k]).sum(), head_params)
+        ref.append(sum((g_head[n] * g).sum() for n, g in zip(names, g_k)))
+    ref = torch.stack(ref)
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max())
+    assert (ref.abs() > 0).all()
+
+
+def test_stratum_reference_waits_for_enough_scores_then_standardises_each_stratum_alone():
+    from napari_hybridseg.core.methods.dii import StratumReference
+
+    ref = StratumReference(size=8, min_ref=4)
+    assert ref.add(["a", "b"], [1.0, 2.0], ["box", "box"]) == []  # 2 < 4: they wait
+    out = dict(ref.add(["c", "d", "t"], [3.0, 4.0, 100.0], ["box", "box", "tag:p"]))
+    assert set(out) == {"a", "b", "c", "d"}  # the waiting ones standardised with the new ones; the tag waits
+    assert out["a"] < out["b"] < 0 < out["c"] < out["d"]
+    assert out["a"] == pytest.approx(-out["d"])  # median 2.5 of 1..4
+    # a far score in another stratum does not move this one's centre
+    more = dict(ref.add(["e"], [2.5], ["box"]))
+    assert more["e"] == pytest.approx(0.0)
+    ref.reset()  # a new g_S: a new scale
+    assert ref.add(["f"], [1e6], ["box"]) == []
+
+
+def test_in_batch_scoring_needs_the_last_layer_scorer_and_the_evidence_rule():
+    from napari_hybridseg.core.errors import ConfigError
+    from napari_hybridseg.core.training.config_sections import DIIConfig
+
+    assert DIIConfig(scoring="batch").scoring == "batch"
+    with pytest.raises(ConfigError, match="dii.scoring"):
+        DIIConfig(scoring="batch", scorer="jvp")
+    with pytest.raises(ConfigError, match="dii.scoring"):
+        DIIConfig(scoring="batch", update="adam")
+    with pytest.raises(ConfigError, match="dii.scoring"):
+        DIIConfig(scoring="often")

@@ -405,3 +405,49 @@ def test_the_run_record_is_typed_takes_a_given_train_scale_and_old_weight_names_
     drive(train(again, tiny(steps=1, dii_tau=100), tmp_path / "run2", init_from=tmp_path / "run"))
     assert {k: s.value for k, s in again.sample_weights.items()} == pytest.approx(
         {k: e["value"] for k, e in data["sample_weights"].items()})
+
+
+def test_in_batch_scoring_separates_wrong_boxes_and_weighs_each_step_by_its_own_scores(tmp_path):
+    # dii.scoring=batch: updates only refresh g_S and the gate; each step scores its weak rows from its own
+    # forward and the loss of that step already uses the new weights
+    coll = make_collection(n_strong=4, n_weak=9, n_corrupt=3, seed=0)
+    config = tiny(steps=60, batch_size=4, dii_tau=10, lr=3e-3, warmup_steps=2, seed=0)
+    config = config.replace(dii=config.dii.replace(scoring="batch"))
+    from napari_hybridseg.core.training import dii_term
+    from napari_hybridseg.core.training import step as step_mod
+
+    seen = []
+    real = step_mod.SupervisedLoss.__call__
+
+    def spy(self, logits, aux, batch, gamma, *a, **k):
+        seen.append((list(batch.ids), gamma.tolist(), {i: coll.sample_weights[i].value for i in batch.ids
+                                                       if i in coll.sample_weights}))
+        return real(self, logits, aux, batch, gamma, *a, **k)
+
+    calls = []
+    real_score = dii_term.DIITerm.score_batch
+
+    def count(self, *a, **k):
+        n = real_score(self, *a, **k)
+        calls.append(n)
+        return n
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(step_mod.SupervisedLoss, "__call__", spy)
+    mp.setattr(dii_term.DIITerm, "score_batch", count)
+    try:
+        run(coll, config, tmp_path / "run")
+    finally:
+        mp.undo()
+    corrupt = [s.value for k, s in coll.sample_weights.items() if coll[k].corrupted]
+    clean = [s.value for k, s in coll.sample_weights.items() if not coll[k].corrupted]
+    assert max(corrupt) < min(clean), (corrupt, clean)
+    assert sum(calls) > 0
+    # in every step the loss saw the weights as they stood after that step's own scoring
+    for ids, gamma, now in seen:
+        for i, g in zip(ids, gamma):
+            if i in now:
+                assert g == pytest.approx(now[i], abs=1e-6)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert any("in-batch score(s) counted" in line for line in record["dii_updates"])
+    assert "weak image" in record["dii_updates"][-1]  # the last update says what it did about unseen ones

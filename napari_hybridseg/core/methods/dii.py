@@ -40,12 +40,15 @@ __all__ = [
     "EvidenceBank",
     "GammaBank",
     "InstanceLoss",
+    "StratumReference",
     "default_tau",
+    "head_scores",
     "jvp_scores",
     "last_layer_scores",
     "normalise_scores",
     "robust_z",
     "strong_gradient_loss",
+    "strong_head_gradient",
 ]
 
 #: per-instance weak loss: (logits, aux_logits, indices into the weak set) -> (N,)
@@ -314,6 +317,30 @@ def last_layer_scores(model: nn.Module, x_strong: torch.Tensor, strong_loss: Str
     Tensor (N,)
         The dot products (positive: sample k pulls the way the strong set does).
     """
+    cast = feature_autocast or contextlib.nullcontext
+    device = next(model.parameters()).device
+    g_head = strong_head_gradient(model, x_strong, strong_loss, feature_autocast=feature_autocast,
+                                  equalise=equalise)
+    head = model.segmentation_head
+    dtype = next(head.parameters()).dtype
+    out = []
+    with _EvalMode(model):
+        for idx in _chunks(x_weak.shape[0], chunk):
+            with torch.no_grad(), cast():
+                f = decoder_features(model, x_weak[idx].to(device))
+            out.append(head_scores(head, g_head, f.to(dtype), lambda z, idx=idx: instance_loss(z, None, idx)))
+    return torch.cat(out) if out else torch.zeros(0, device=device)
+
+
+def strong_head_gradient(model: nn.Module, x_strong: torch.Tensor, strong_loss: StrongLoss,
+                         feature_autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+                         equalise: bool = False) -> dict[str, torch.Tensor]:
+    """``g_S`` restricted to the segmentation head's parameters (name -> gradient), BatchNorm in eval mode.
+
+    The first half of :func:`last_layer_scores` (same arguments): one no-grad
+    forward of the strong images to the decoder features, the head and its
+    gradient in the model's precision.
+    """
     head = model.segmentation_head
     cast = feature_autocast or contextlib.nullcontext
     device = next(model.parameters()).device
@@ -339,20 +366,75 @@ def last_layer_scores(model: nn.Module, x_strong: torch.Tensor, strong_loss: Str
         else:
             g = torch.autograd.grad(loss_s, leaves, allow_unused=True)
             g = [gi if gi is not None else torch.zeros_like(params[n]) for n, gi in zip(names, g)]
-        g_head = {n: gi.detach() for n, gi in zip(names, g)}
-        out = []
-        for idx in _chunks(x_weak.shape[0], chunk):
-            with torch.no_grad():
-                with cast():
-                    f = decoder_features(model, x_weak[idx].to(device))
-                f = f.to(dtype)
-                dz = functional_call(head, g_head, (f,))  # head linear in its params: dz = J_theta z . g
-                z = head(f)
-            z = z.detach().requires_grad_(True)
-            loss = instance_loss(z, None, idx).sum()  # instances are independent: d sum / dz_k = dl_k/dz_k
-            (delta,) = torch.autograd.grad(loss, [z])
-            out.append((delta * dz).flatten(1).sum(1).detach())
-    return torch.cat(out) if out else torch.zeros(0, device=device)
+    return {n: gi.detach() for n, gi in zip(names, g)}
+
+
+def head_scores(head: nn.Module, g_head: dict[str, torch.Tensor], feats: torch.Tensor,
+                instance_loss: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``g_S . g_k`` for each row of ``feats`` (the decoder features the head maps to logits).
+
+    The head is linear in its parameters, so ``g_S . g_k = sum_p delta_k,p .
+    dz_k,p`` with ``dz`` the head applied with ``g_head`` as its weights and
+    ``delta = dl_k/dz`` (``instance_loss(z) -> (N,)``, rows independent). No
+    gradient reaches the features or the head; the features may come from a
+    training forward (the in-batch scoring, ``dii.scoring=batch``) or a
+    no-grad one (:func:`last_layer_scores`).
+    """
+    dtype = next(head.parameters()).dtype
+    f = feats.detach().to(dtype)
+    with torch.no_grad():
+        dz = functional_call(head, g_head, (f,))  # head linear in its params: dz = J_theta z . g
+        z = head(f)
+    z = z.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = instance_loss(z).sum()  # instances are independent: d sum / dz_k = dl_k/dz_k
+        (delta,) = torch.autograd.grad(loss, [z])
+    return (delta * dz).flatten(1).sum(1).detach()
+
+
+class StratumReference:
+    """Robust z of in-batch scores against the recent scores of the same stratum (``dii.scoring=batch``).
+
+    A batch holds a few weak rows, too few to standardise among themselves, so
+    each row's score is compared with the last ``size`` scores of its stratum
+    (the same strata as :func:`robust_z`; strata with fewer than ``min_size``
+    samples in the collection are pooled). Scores that arrive while a stratum
+    holds fewer than ``min_ref`` scores wait, and are standardised together
+    once it has enough. :meth:`reset` empties every stratum: a new ``g_S``
+    changes the scores' scale.
+    """
+
+    def __init__(self, size: int = 64, min_ref: int = 16):
+        self.size, self.min_ref = int(size), int(min_ref)
+        self.recent: dict[str, list[float]] = {}
+        self.waiting: dict[str, list[tuple[str, float]]] = {}
+
+    def reset(self) -> None:
+        self.recent.clear()
+        self.waiting.clear()
+
+    def add(self, ids: Sequence[str], scores: Sequence[float], strata: Sequence[str]) -> list[tuple[str, float]]:
+        """Take one batch's scores; ``(id, z)`` for every score that can be standardised now, in arrival order."""
+        import numpy as np
+
+        out: list[tuple[str, float]] = []
+        for key in dict.fromkeys(strata):  # each stratum of the batch, in first-seen order
+            rows = [(i, float(s)) for i, s, k in zip(ids, scores, strata) if k == key]
+            recent = self.recent.setdefault(key, [])
+            recent.extend(s for _, s in rows)
+            del recent[:-self.size]
+            pending = self.waiting.setdefault(key, []) + rows
+            if len(recent) < self.min_ref:
+                self.waiting[key] = pending
+                continue
+            self.waiting[key] = []
+            v = np.asarray(recent)
+            med = float(np.median(v))
+            spread = 1.4826 * float(np.median(np.abs(v - med)))
+            if not spread > 0:
+                spread = float(v.std())
+            out.extend((i, (s - med) / spread if spread > 0 else 0.0) for i, s in pending)
+        return out
 
 
 def jvp_scores(model: nn.Module, x_strong: torch.Tensor, strong_loss: StrongLoss,

@@ -270,6 +270,14 @@ class DIIConfig(_Section):
     fixed_weights : dict or None
         Per-weak-sample weights in [0, 1] held for the whole run (benchmark
         control arms ``fixed`` and ``oracle``); needs ``enabled`` off.
+    scoring : {"full", "batch"}
+        "full" (default): every update re-scores the whole weak set (one
+        no-grad forward per weak image). "batch": each update refreshes only
+        ``g_S`` and the gate; every training step scores its own weak rows from
+        the training forward's features (robust z against the recent scores of
+        the same stratum) and sets their weights before the loss uses them; the
+        last update scores the weak images that no counted step saw.
+        Last-layer scorer, evidence rule and one process only.
     """
 
     PREFIX = "dii"
@@ -286,9 +294,11 @@ class DIIConfig(_Section):
     outlier_z: float = 3.0
     gate_dice: float = 0.5
     fixed_weights: dict[str, float] | None = None
+    scoring: str = "full"
 
     def __post_init__(self):
         _flag(self._name("enabled"), self.enabled)
+        _choice(self._name("scoring"), self.scoring, ("full", "batch"))
         _choice(self._name("scorer"), self.scorer, ("last-layer", "jvp"))
         _number(self._name("tau"), self.tau, low=1, integer=True, optional=True)
         _number(self._name("lr"), self.lr, low=0)
@@ -299,6 +309,11 @@ class DIIConfig(_Section):
         _number(self._name("decay"), self.decay, low=0, high=1)
         _number(self._name("outlier_z"), self.outlier_z, low=0, low_open=True)
         _number(self._name("gate_dice"), self.gate_dice, low=0, high=1)
+        if self.scoring == "batch":
+            _check(self.scorer == "last-layer", self._name("scoring"), self.scoring,
+                   "in-batch scoring with the last-layer scorer (dii.scorer=last-layer)")
+            _check(self.update == "evidence", self._name("scoring"), self.scoring,
+                   "in-batch scoring with the evidence rule (dii.update=evidence)")
         if self.fixed_weights is not None:
             _check(isinstance(self.fixed_weights, Mapping), self._name("fixed_weights"), self.fixed_weights,
                    "a mapping sample id -> weight, or null")

@@ -11,6 +11,14 @@ counted z. With ``"adam"`` the bank takes one Adam step per update (the
 published rule, no gate). The new weights go into
 ``collection.sample_weights`` with their history; every update leaves a line
 in ``state.dii_log`` (run.json ``dii_updates``).
+
+With ``dii.scoring="batch"`` an update re-scores no weak image: it refreshes
+``g_S`` and the gate, and :meth:`DIITerm.score_batch` scores each training
+step's own weak rows from the features of the training forward (robust z
+against the recent scores of the same stratum, :class:`~napari_hybridseg.core.
+methods.dii.StratumReference`) and sets their weights before the step's loss
+uses them. The run's last update scores, the full way, the weak images that no
+counted step saw, so that every weight at the end rests on evidence.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import torch
 
 from napari_hybridseg.core.data.collection import Role, WeightState
 from napari_hybridseg.core.methods import dii as dii_mod
+from napari_hybridseg.core.network.models import decoder_features
 from napari_hybridseg.core.supervision.losses import aux_tag_loss, strong_loss, weak_losses
 from napari_hybridseg.core.supervision.targets import IGNORE
 from napari_hybridseg.core.training.reports import WeightsReport
@@ -76,11 +85,69 @@ class DIITerm:
 
     def __init__(self, state):
         self.state = state
+        # in-batch scoring (dii.scoring=batch): the head gradient and gate of the last update
+        self.g_head: dict[str, torch.Tensor] | None = None
+        self.gate_open = False
+        self.reference = dii_mod.StratumReference()
+        self.batch_counted = 0
+        self._pooled: dict[str, str] = {}
+
+    @property
+    def in_batch(self) -> bool:
+        """Whether training steps score their own weak rows (``dii.scoring=batch``)."""
+        cfg = self.state.config.dii
+        return bool(cfg.enabled) and cfg.scoring == "batch"
 
     def due(self, step: int) -> bool:
-        """Every ``tau`` steps of this run, with DII on."""
+        """Every ``tau`` steps of this run, with DII on (in-batch scoring: also at the run's last step)."""
         st = self.state
-        return st.config.dii.enabled and (step - st.start_step) % st.tau == 0
+        if not st.config.dii.enabled:
+            return False
+        return (step - st.start_step) % st.tau == 0 or (self.in_batch and step == st.total_steps)
+
+    def _strong_batch(self, strong: list[str]):
+        """The strong images behind g_S (drawn afresh each update), their targets and tag targets."""
+        st = self.state
+        cfg = st.config
+        # g_S over several batches' worth of strong images (a single batch made the scores noisy) for the
+        # last-layer scorer, whose strong forward is feature-only; the jvp scorer backpropagates through the
+        # whole network in one go, so it keeps to one batch unless told otherwise
+        per = 4 if cfg.dii.scorer == "last-layer" else 1
+        n_s = cfg.dii.strong_images or per * cfg.batch_size
+        pick = st.rng.permutation(len(strong))[:n_s]
+        dev = st.dev.device
+        xs = torch.stack([st.prepared[strong[i]].image for i in pick])
+        ys = torch.stack([st.prepared[strong[i]].target for i in pick]).to(dev)
+        ts = torch.stack([st.prepared[strong[i]].tag_target for i in pick]).to(dev)
+        return xs, ys, ts
+
+    def _strong_fn(self, ys, ts, seen: dict):
+        st = self.state
+        cfg = st.config
+        equalise = cfg.dii.scorer == "last-layer" and cfg.dii.equalise
+        aux_w = st.loss_weights.aux
+
+        def strong_fn(logits, aux):
+            if cfg.dii.scorer == "last-layer":  # the head's own output on the strong images: the gate's Dice
+                seen["dice"] = strong_dice(logits, ys)
+            per_image = strong_loss(logits, ys) + aux_w * aux_tag_loss(aux, ts)
+            return per_image if equalise else per_image.mean()
+
+        return strong_fn
+
+    def _instance_fn(self, items):
+        st = self.state
+        dev = st.dev.device
+        yw = torch.stack([p.target for p in items]).to(dev)
+        pw = torch.stack([p.present for p in items]).to(dev)
+        tw = torch.stack([p.tag_target for p in items]).to(dev)
+        aw = torch.stack([p.absent for p in items]).to(dev)
+
+        def instance_fn(logits, aux, idx):
+            return weak_losses(logits, aux, yw[idx], [items[i].boxes for i in idx], pw[idx], tw[idx],
+                               st.loss_weights, absent=aw[idx])["sum"]
+
+        return instance_fn
 
     def update(self, step: int) -> WeightsReport | None:
         """One DII update; None when there is no weak sample (or DII is off)."""
@@ -90,18 +157,10 @@ class DIITerm:
         strong = st.ids(Role.STRONG)
         if not weak or not cfg.dii.enabled:
             return None
+        if self.in_batch:
+            return self._refresh(step, weak, strong)
         net = st.nets[0]
-        dev = st.dev.device
-        # g_S over several batches' worth of strong images (a single batch made the scores noisy) for the
-        # last-layer scorer, whose strong forward is feature-only; the jvp scorer backpropagates through the
-        # whole network in one go, so it keeps to one batch unless told otherwise
-        per = 4 if cfg.dii.scorer == "last-layer" else 1
-        n_s = cfg.dii.strong_images or per * cfg.batch_size
-        pick = st.rng.permutation(len(strong))[:n_s]
-        xs = torch.stack([st.prepared[strong[i]].image for i in pick])
-        ys = torch.stack([st.prepared[strong[i]].target for i in pick]).to(dev)
-        ts = torch.stack([st.prepared[strong[i]].tag_target for i in pick]).to(dev)
-        aux_w = st.loss_weights.aux
+        xs, ys, ts = self._strong_batch(strong)
         # a distributed run scores its own span of the weak set (the scores are gathered below)
         lo, hi = (0, len(weak)) if st.dist is None else st.dist.span(len(weak))
         if st.dist is not None:
@@ -112,24 +171,10 @@ class DIITerm:
             dice = self._strong_dice(net, xs, ys) if cfg.dii.update == "evidence" else None
             return self._step(step, weak, dots, dice)  # the same gate as the ranks that scored
         xw = torch.stack([p.image for p in items])
-        yw = torch.stack([p.target for p in items]).to(dev)
-        pw = torch.stack([p.present for p in items]).to(dev)
-        tw = torch.stack([p.tag_target for p in items]).to(dev)
-        aw = torch.stack([p.absent for p in items]).to(dev)
-
         equalise = cfg.dii.scorer == "last-layer" and cfg.dii.equalise
         seen: dict[str, float] = {}
-
-        def strong_fn(logits, aux):
-            if cfg.dii.scorer == "last-layer":  # the head's own output on the strong images: the gate's Dice
-                seen["dice"] = strong_dice(logits, ys)
-            per_image = strong_loss(logits, ys) + aux_w * aux_tag_loss(aux, ts)
-            return per_image if equalise else per_image.mean()
-
-        def instance_fn(logits, aux, idx):
-            return weak_losses(logits, aux, yw[idx], [items[i].boxes for i in idx], pw[idx], tw[idx],
-                               st.loss_weights, absent=aw[idx])["sum"]
-
+        strong_fn = self._strong_fn(ys, ts, seen)
+        instance_fn = self._instance_fn(items)
         chunk = max(2, cfg.batch_size)
         if cfg.dii.scorer == "jvp":
             dots = dii_mod.jvp_scores(net, xs, strong_fn, xw, instance_fn, chunk=chunk)
@@ -144,6 +189,105 @@ class DIITerm:
         if dice is None and cfg.dii.update == "evidence":
             dice = self._strong_dice(net, xs, ys)
         return self._step(step, weak, dots, dice)
+
+    # -- in-batch scoring ---------------------------------------------------------------------------
+    def _refresh(self, step: int, weak: list[str], strong: list[str]) -> WeightsReport:
+        """``dii.scoring=batch``: a new g_S and gate for the steps that follow; at the last step, the top-up."""
+        st = self.state
+        cfg = st.config
+        net = st.nets[0]
+        xs, ys, ts = self._strong_batch(strong)
+        seen: dict[str, float] = {}
+        self.g_head = dii_mod.strong_head_gradient(net, xs, self._strong_fn(ys, ts, seen),
+                                                   feature_autocast=st.dev.autocast, equalise=cfg.dii.equalise)
+        dice = seen["dice"]
+        was_open, self.gate_open = self.gate_open, dice >= cfg.dii.gate_dice
+        self.reference.reset()  # a new g_S: the scores' scale changes
+        strata = {k: label_stratum(st.collection.samples.get(k), st.prepared[k]) for k in weak}
+        counts: dict[str, int] = {}
+        for v in strata.values():
+            counts[v] = counts.get(v, 0) + 1
+        self._pooled = {k: (v if counts[v] >= 8 else "\0small") for k, v in strata.items()}
+        since = f"{self.batch_counted} in-batch score(s) counted since the last update; " if was_open else ""
+        self.batch_counted = 0
+        gate = ("counted" if self.gate_open else f"not counted: strong-set Dice {dice:.2f} < gate "
+                f"{cfg.dii.gate_dice:g}")
+        line = f"{since}g_S refreshed, in-batch scores {gate}" + (f" (strong-set Dice {dice:.2f})"
+                                                                  if self.gate_open else "")
+        if step >= st.total_steps:
+            line += "; " + self._top_up(step, weak)
+        st.dii_log.append(f"step {step}: {line}")
+        values = st.bank.values()
+        for k, v in values.items():
+            st.collection.sample_weights.setdefault(k, WeightState(v)).record(step, v)
+        return WeightsReport(step=step, sample_weights=dict(values), gate=line)
+
+    def _top_up(self, step: int, weak: list[str]) -> str:
+        """Score, the full way, the weak images without counted evidence (none of the counted steps saw them)."""
+        st = self.state
+        missing = [k for k in weak if st.bank.states[k].acc is None]
+        if not missing:
+            return "every weak image has in-batch evidence"
+        if not self.gate_open:
+            return f"{len(missing)} weak image(s) without evidence keep their weight (gate closed)"
+        net = st.nets[0]
+        head = net.segmentation_head
+        dtype = next(head.parameters()).dtype
+        items = [st.prepared[k] for k in missing]
+        instance_fn = self._instance_fn(items)
+        chunk = max(2, st.config.batch_size)
+        out = []
+        was = net.training
+        net.eval()
+        try:
+            for lo in range(0, len(items), chunk):
+                idx = list(range(lo, min(len(items), lo + chunk)))
+                x = torch.stack([items[i].image for i in idx]).to(st.dev.device)
+                with torch.no_grad(), st.dev.autocast():
+                    f = decoder_features(net, x)
+                out.append(dii_mod.head_scores(head, self.g_head, f.to(dtype),
+                                               lambda z, idx=idx: instance_fn(z, None, idx)))
+        finally:
+            net.train(was)
+        dots = torch.cat(out).double().cpu().tolist()
+        z = dii_mod.robust_z(dots, [label_stratum(st.collection.samples.get(k), st.prepared[k]) for k in missing])
+        st.bank.observe(dict(zip(missing, z)))
+        return f"{len(missing)} weak image(s) no counted step saw scored now"
+
+    def score_batch(self, step: int, batch, feats: torch.Tensor) -> int:
+        """Score the batch's weak rows from the training forward's head input ``feats``; the number counted.
+
+        Their weights change in the bank at once (the caller reads gamma again
+        for the loss). Nothing happens before the first update with the gate open.
+        """
+        st = self.state
+        if self.g_head is None or not self.gate_open:
+            return 0
+        rows = [i for i, r in enumerate(batch.roles) if r is Role.WEAK and batch.ids[i] in st.bank.states]
+        if not rows:
+            return 0
+        idx = torch.tensor(rows, device=feats.device)
+        ids = [batch.ids[i] for i in rows]
+        boxes = [batch.boxes[i] for i in rows]
+        yw, pw, tw, aw = (t[idx] for t in (batch.target, batch.present, batch.tag_target, batch.absent))
+
+        def instance_fn(z):
+            return weak_losses(z, None, yw, boxes, pw, tw, st.loss_weights, absent=aw)["sum"]
+
+        dots = dii_mod.head_scores(st.nets[0].segmentation_head, self.g_head, feats[idx], instance_fn)
+        strata = []
+        for k in ids:
+            if k not in self._pooled:  # added since the last update
+                self._pooled[k] = label_stratum(st.collection.samples.get(k), st.prepared[k])
+            strata.append(self._pooled[k])
+        counted = self.reference.add(ids, dots.double().cpu().tolist(), strata)
+        for k, z in counted:
+            if k in st.bank.states:
+                st.bank.observe({k: z})
+                v = st.bank.value(k)
+                st.collection.sample_weights.setdefault(k, WeightState(v)).record(step, v)
+        self.batch_counted += len(counted)
+        return len(counted)
 
     @staticmethod
     def _strong_dice(net, xs: torch.Tensor, ys: torch.Tensor) -> float:

@@ -121,10 +121,16 @@ class TrainStep:
         Cross pseudo supervision of the two networks (``dcr``).
     anchor_term : AnchorTerm, optional
         Which weak samples wait for the anchor (:class:`~.anchor_term.AnchorTerm`).
+    dii_term : DIITerm, optional
+        With in-batch scoring (``dii.scoring=batch``) it scores the batch's
+        weak rows from network 1's forward and sets their weights before the
+        loss reads them (:meth:`~.dii_term.DIITerm.score_batch`).
     """
 
-    def __init__(self, state, schedule: LRSchedule, pixel_term=None, dcr_term=None, anchor_term=None):
+    def __init__(self, state, schedule: LRSchedule, pixel_term=None, dcr_term=None, anchor_term=None,
+                 dii_term=None):
         self.state = state
+        self.dii_term = dii_term
         self.anchor_term = anchor_term
         self.schedule = schedule
         self.supervised = SupervisedLoss(state.loss_weights)
@@ -150,8 +156,18 @@ class TrainStep:
         st.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=st.dev.device)
         logged: dict[str, float] = {}
-        with st.dev.autocast():
-            outs = [forward(net, batch.x) for net in st.train_nets]
+        scoring = self.dii_term is not None and self.dii_term.in_batch and self.dii_term.gate_open
+        feats: list[torch.Tensor] = []
+        hook = (st.nets[0].segmentation_head.register_forward_pre_hook(lambda _m, args: feats.append(args[0]))
+                if scoring else None)
+        try:
+            with st.dev.autocast():
+                outs = [forward(net, batch.x) for net in st.train_nets]
+        finally:
+            if hook is not None:
+                hook.remove()
+        if feats and self.dii_term.score_batch(step, batch, feats[0]):
+            gamma = st.gamma_of(batch.ids, batch.roles)  # this step's weak rows, weighed by their own scores
         pw = self.pixel_term.compute(step, batch, outs[0][0], gamma, lr) if self.pixel_term is not None else None
         affinity = self.supervised.affinity(batch)
         for n, (logits, aux) in enumerate(outs):

@@ -248,9 +248,12 @@ class Session:
         self.schedule = LRSchedule(opt.lr, opt.warmup_steps, opt.lr_schedule, cfg.steps, st.start_step)
         self.pixel_term = PixelWeightTerm(st) if cfg.pixel.mode == "exact" else None
         self.anchor = AnchorTerm(st)
-        self.train_step = TrainStep(st, self.schedule, self.pixel_term, DCRTerm(st) if cfg.dcr.enabled else None,
-                                    self.anchor)
         self.dii = DIITerm(st)
+        if self.dii.in_batch and self.dist is not None:
+            raise ConfigError("dii.scoring", "in-batch scoring is single-process (its weights change inside each "
+                              "rank's own batch)", "'full' with torchrun")
+        self.train_step = TrainStep(st, self.schedule, self.pixel_term, DCRTerm(st) if cfg.dcr.enabled else None,
+                                    self.anchor, dii_term=self.dii)
         self.previewer = Previewer(st)
         pixel = self.pixel_term
         self.checkpointer = Checkpointer(st, (lambda: pixel.summary) if pixel is not None else None,
@@ -327,7 +330,8 @@ class Session:
             self.notes.append(f"{counts[Role.UNLABELED]} unlabeled image(s) unused: they enter through DCR only "
                               "(switch on co-regularization, `--dcr`, to use them)")
         if cfg.dii.enabled and counts[Role.WEAK]:
-            self.notes.append(f"DII updates every {st.tau} steps ({cfg.dii.scorer} scorer)")
+            how = ", weak images scored in-batch" if cfg.dii.scoring == "batch" else ""
+            self.notes.append(f"DII updates every {st.tau} steps ({cfg.dii.scorer} scorer{how})")
         pixel = self.pixel_term
         if pixel is not None and pixel.from_strong_model and pixel.starts_after > st.start_step:
             when = (f"after step {pixel.starts_after}" if pixel.starts_after < st.total_steps else
