@@ -337,3 +337,5 @@ def test_in_batch_scoring_needs_the_last_layer_scorer_and_the_evidence_rule():
         DIIConfig(scoring="batch", update="adam")
     with pytest.raises(ConfigError, match="dii.scoring"):
         DIIConfig(scoring="often")
+    with pytest.raises(ConfigError, match="dii.final"):
+        DIIConfig(scoring="batch", final="some")

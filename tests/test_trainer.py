@@ -451,3 +451,16 @@ def test_in_batch_scoring_separates_wrong_boxes_and_weighs_each_step_by_its_own_
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert any("in-batch score(s) counted" in line for line in record["dii_updates"])
     assert "weak image" in record["dii_updates"][-1]  # the last update says what it did about unseen ones
+
+
+def test_in_batch_scoring_with_final_all_rescores_every_weak_image_at_the_last_update(tmp_path):
+    coll = make_collection(n_strong=4, n_weak=9, n_corrupt=3, seed=0)
+    config = tiny(steps=30, batch_size=4, dii_tau=10, lr=3e-3, warmup_steps=2, seed=0)
+    config = config.replace(dii=config.dii.replace(scoring="batch", final="all", gate_dice=0.0))
+    run(coll, config, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["dii_updates"][-1].endswith("every weak image (9) scored now by the trained network")
+    # the last update moved weights that in-batch evidence had already set
+    moved = [s for s in coll.sample_weights.values() if len(s.history) >= 2 and s.history[-1][0] == 30
+             and abs(s.history[-1][1] - s.history[-2][1]) > 1e-9]
+    assert moved

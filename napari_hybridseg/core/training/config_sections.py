@@ -278,6 +278,13 @@ class DIIConfig(_Section):
         the same stratum) and sets their weights before the loss uses them; the
         last update scores the weak images that no counted step saw.
         Last-layer scorer, evidence rule and one process only.
+    final : {"unseen", "all"}
+        ``scoring="batch"``: what the run's last update scores the full way
+        (eval mode, un-augmented, the trained network): "unseen" (default)
+        only the weak images no counted step saw; "all" every weak image, its
+        z folded into the evidence like any update's (the weights the review
+        shows then rest on the trained network's judgement too, at the cost of
+        one pass over the weak set).
     """
 
     PREFIX = "dii"
@@ -295,10 +302,12 @@ class DIIConfig(_Section):
     gate_dice: float = 0.5
     fixed_weights: dict[str, float] | None = None
     scoring: str = "full"
+    final: str = "unseen"
 
     def __post_init__(self):
         _flag(self._name("enabled"), self.enabled)
         _choice(self._name("scoring"), self.scoring, ("full", "batch"))
+        _choice(self._name("final"), self.final, ("unseen", "all"))
         _choice(self._name("scorer"), self.scorer, ("last-layer", "jvp"))
         _number(self._name("tau"), self.tau, low=1, integer=True, optional=True)
         _number(self._name("lr"), self.lr, low=0)

@@ -223,13 +223,17 @@ class DIITerm:
         return WeightsReport(step=step, sample_weights=dict(values), gate=line)
 
     def _top_up(self, step: int, weak: list[str]) -> str:
-        """Score, the full way, the weak images without counted evidence (none of the counted steps saw them)."""
+        """Score, the full way, the weak images without counted evidence (none of the counted steps saw them).
+
+        ``dii.final="all"``: every weak image, folded into its evidence like any update's scores.
+        """
         st = self.state
-        missing = [k for k in weak if st.bank.states[k].acc is None]
+        every = st.config.dii.final == "all"
+        missing = list(weak) if every else [k for k in weak if st.bank.states[k].acc is None]
         if not missing:
             return "every weak image has in-batch evidence"
         if not self.gate_open:
-            return f"{len(missing)} weak image(s) without evidence keep their weight (gate closed)"
+            return f"{len(missing)} weak image(s) keep their weight (gate closed)"
         net = st.nets[0]
         head = net.segmentation_head
         dtype = next(head.parameters()).dtype
@@ -252,6 +256,8 @@ class DIITerm:
         dots = torch.cat(out).double().cpu().tolist()
         z = dii_mod.robust_z(dots, [label_stratum(st.collection.samples.get(k), st.prepared[k]) for k in missing])
         st.bank.observe(dict(zip(missing, z)))
+        if every:
+            return f"every weak image ({len(missing)}) scored now by the trained network"
         return f"{len(missing)} weak image(s) no counted step saw scored now"
 
     def score_batch(self, step: int, batch, feats: torch.Tensor) -> int:
