@@ -61,3 +61,20 @@ def test_benchmark_trains_real_arms_and_scores_them_at_original_size(tmp_path):
     # the run folder records the scale of the original training images (36-48 px -> 32 px), as if not pre-resized
     run = json.loads((tmp_path / "out" / "runs" / "dii" / "run.json").read_text())
     assert run["train_scale"] == pytest.approx(32 / 48, rel=0.1)
+
+
+def test_a_dii_update_counts_in_the_step_it_follows_the_runs_last_one_included():
+    """The mean s/step is DII's amortised cost: the update after the last step must not fall outside it."""
+    from types import SimpleNamespace
+
+    from napari_hybridseg.core.bench.arm import _ArmTrace
+    from napari_hybridseg.core.training.reports import StartReport, StepReport, WeightsReport
+
+    trace = _ArmTrace(SimpleNamespace(val={}), SimpleNamespace(dii_init=0.5), None, [], False)
+    step = lambda k: StepReport(step=k, total_steps=2, losses={}, lr=0.0, sec_per_step=0.0, eta_s=0.0, device="cpu")  # noqa: E731
+    trace.follow(StartReport("cpu", 2, 0, 1, 1, 0, None), 0.0)
+    trace.follow(step(1), 1.0)
+    trace.follow(WeightsReport(step=1, sample_weights={"w": 0.5}), 4.0)  # a 3 s update after step 1
+    trace.follow(step(2), 5.0)
+    trace.follow(WeightsReport(step=2, sample_weights={"w": 0.5}), 7.0)  # the last update: 2 s
+    assert trace.step_times == [4.0, 1.0 + 2.0]

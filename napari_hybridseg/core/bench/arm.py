@@ -100,6 +100,11 @@ class _ArmTrace:
                 command = RequestPreview(tuple(self.preview_ids))
         elif isinstance(report, WeightsReport):
             self._weights(report)
+            # a DII update's time counts in the step it follows (amortised cost), the run's last one included:
+            # counted in the next step instead, the last update of a run fell outside every step
+            if self.step_times:
+                self.step_times[-1] += now - self.last
+            self.last = now
         elif isinstance(report, PreviewReport):
             if report.pixel_weights:
                 self.preview = report
@@ -118,7 +123,6 @@ class _ArmTrace:
             first = self.start.start_step if self.start else 0
             self.history.setdefault(sid, [[first, float(self.config.dii_init)]]).append(
                 [int(report.step), float(value)])
-        # `last` is not reset: a DII update's time counts in the step around it (amortised cost)
 
     def _curve_point(self, report: CheckpointReport) -> None:
         if self.val_truths and report.path and all(p[0] != report.step for p in self.val_curve):
