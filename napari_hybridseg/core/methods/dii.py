@@ -46,9 +46,11 @@ __all__ = [
     "jvp_scores",
     "last_layer_scores",
     "normalise_scores",
+    "pool_strata",
     "robust_z",
     "strong_gradient_loss",
     "strong_head_gradient",
+    "weak_head_scores",
 ]
 
 #: per-instance weak loss: (logits, aux_logits, indices into the weak set) -> (N,)
@@ -190,24 +192,37 @@ def robust_z(scores: Sequence[float], strata: Sequence[str], min_size: int = 8) 
     keys = list(strata)
     if len(keys) != len(s):
         raise ValueError(f"{len(s)} scores but {len(keys)} strata")
-    counts: dict[str, int] = {}
-    for k in keys:
-        counts[k] = counts.get(k, 0) + 1
-    pooled = [k if counts[k] >= min_size else "\0small" for k in keys]
+    pooled = pool_strata(keys, min_size)
     z = np.zeros_like(s)
     for key in set(pooled):
         idx = np.array([i for i, k in enumerate(pooled) if k == key])
         if len(idx) < 3:
             continue
         v = s[idx]
-        med = np.median(v)
-        spread = 1.4826 * np.median(np.abs(v - med))
-        if not spread > 0:
-            spread = float(v.std())
+        med, spread = _centre_spread(v)
         if not spread > 0:
             continue
         z[idx] = (v - med) / spread
     return [float(x) for x in z]
+
+
+def pool_strata(strata: Sequence[str], min_size: int = 8) -> list[str]:
+    """Each stratum name, or one shared pool name for strata with fewer than ``min_size`` members."""
+    counts: dict[str, int] = {}
+    for k in strata:
+        counts[k] = counts.get(k, 0) + 1
+    return [k if counts[k] >= min_size else "\0small" for k in strata]
+
+
+def _centre_spread(v) -> tuple[float, float]:
+    """Median and 1.4826 MAD of ``v`` (the standard deviation where the MAD is 0)."""
+    import numpy as np
+
+    med = float(np.median(v))
+    spread = 1.4826 * float(np.median(np.abs(v - med)))
+    if not spread > 0:
+        spread = float(v.std())
+    return med, spread
 
 
 @dataclass
@@ -317,10 +332,21 @@ def last_layer_scores(model: nn.Module, x_strong: torch.Tensor, strong_loss: Str
     Tensor (N,)
         The dot products (positive: sample k pulls the way the strong set does).
     """
-    cast = feature_autocast or contextlib.nullcontext
-    device = next(model.parameters()).device
     g_head = strong_head_gradient(model, x_strong, strong_loss, feature_autocast=feature_autocast,
                                   equalise=equalise)
+    return weak_head_scores(model, g_head, x_weak, instance_loss, chunk=chunk, feature_autocast=feature_autocast)
+
+
+def weak_head_scores(model: nn.Module, g_head: dict[str, torch.Tensor], x_weak: torch.Tensor,
+                     instance_loss: InstanceLoss, chunk: int = 8,
+                     feature_autocast: Callable[[], contextlib.AbstractContextManager] | None = None) -> torch.Tensor:
+    """``g_S . g_k`` for every weak image given ``g_S`` on the head (the second half of :func:`last_layer_scores`).
+
+    BatchNorm in eval mode, one no-grad forward to the decoder features per
+    chunk of ``x_weak``, then :func:`head_scores`.
+    """
+    cast = feature_autocast or contextlib.nullcontext
+    device = next(model.parameters()).device
     head = model.segmentation_head
     dtype = next(head.parameters()).dtype
     out = []
@@ -434,11 +460,7 @@ class StratumReference:
                 self.waiting[key] = pending
                 continue
             self.waiting[key] = []
-            v = np.asarray(recent)
-            med = float(np.median(v))
-            spread = 1.4826 * float(np.median(np.abs(v - med)))
-            if not spread > 0:
-                spread = float(v.std())
+            med, spread = _centre_spread(np.asarray(recent))
             out.extend((i, (s - med) / spread if spread > 0 else 0.0) for i, s in pending)
         return out
 

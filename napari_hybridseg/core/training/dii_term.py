@@ -27,7 +27,6 @@ import torch
 
 from napari_hybridseg.core.data.collection import Role, WeightState
 from napari_hybridseg.core.methods import dii as dii_mod
-from napari_hybridseg.core.network.models import decoder_features
 from napari_hybridseg.core.supervision.losses import aux_tag_loss, strong_loss, weak_losses
 from napari_hybridseg.core.supervision.targets import IGNORE
 from napari_hybridseg.core.training.reports import WeightsReport
@@ -203,11 +202,8 @@ class DIITerm:
         dice = seen["dice"]
         was_open, self.gate_open = self.gate_open, dice >= cfg.dii.gate_dice
         self.reference.reset()  # a new g_S: the scores' scale changes
-        strata = {k: label_stratum(st.collection.samples.get(k), st.prepared[k]) for k in weak}
-        counts: dict[str, int] = {}
-        for v in strata.values():
-            counts[v] = counts.get(v, 0) + 1
-        self._pooled = {k: (v if counts[v] >= 8 else "\0small") for k, v in strata.items()}
+        strata = [label_stratum(st.collection.samples.get(k), st.prepared[k]) for k in weak]
+        self._pooled = dict(zip(weak, dii_mod.pool_strata(strata)))  # robust_z's pooling, over the weak set
         since = f"{self.batch_counted} in-batch score(s) counted since the last update; " if was_open else ""
         self.batch_counted = 0
         gate = ("counted" if self.gate_open else f"not counted: strong-set Dice {dice:.2f} < gate "
@@ -234,26 +230,11 @@ class DIITerm:
             return "every weak image has in-batch evidence"
         if not self.gate_open:
             return f"{len(missing)} weak image(s) keep their weight (gate closed)"
-        net = st.nets[0]
-        head = net.segmentation_head
-        dtype = next(head.parameters()).dtype
         items = [st.prepared[k] for k in missing]
-        instance_fn = self._instance_fn(items)
-        chunk = max(2, st.config.batch_size)
-        out = []
-        was = net.training
-        net.eval()
-        try:
-            for lo in range(0, len(items), chunk):
-                idx = list(range(lo, min(len(items), lo + chunk)))
-                x = torch.stack([items[i].image for i in idx]).to(st.dev.device)
-                with torch.no_grad(), st.dev.autocast():
-                    f = decoder_features(net, x)
-                out.append(dii_mod.head_scores(head, self.g_head, f.to(dtype),
-                                               lambda z, idx=idx: instance_fn(z, None, idx)))
-        finally:
-            net.train(was)
-        dots = torch.cat(out).double().cpu().tolist()
+        dots = dii_mod.weak_head_scores(st.nets[0], self.g_head, torch.stack([p.image for p in items]),
+                                        self._instance_fn(items), chunk=max(2, st.config.batch_size),
+                                        feature_autocast=st.dev.autocast)
+        dots = dots.double().cpu().tolist()
         z = dii_mod.robust_z(dots, [label_stratum(st.collection.samples.get(k), st.prepared[k]) for k in missing])
         st.bank.observe(dict(zip(missing, z)))
         if every:
@@ -287,11 +268,10 @@ class DIITerm:
                 self._pooled[k] = label_stratum(st.collection.samples.get(k), st.prepared[k])
             strata.append(self._pooled[k])
         counted = self.reference.add(ids, dots.double().cpu().tolist(), strata)
-        for k, z in counted:
-            if k in st.bank.states:
-                st.bank.observe({k: z})
-                v = st.bank.value(k)
-                st.collection.sample_weights.setdefault(k, WeightState(v)).record(step, v)
+        for k, z in counted:  # every row is in the bank (rows above)
+            st.bank.observe({k: z})
+            v = st.bank.value(k)
+            st.collection.sample_weights.setdefault(k, WeightState(v)).record(step, v)
         self.batch_counted += len(counted)
         return len(counted)
 
