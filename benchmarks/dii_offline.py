@@ -22,6 +22,9 @@ algebra on those vectors:
 * ``strat``: ``dot-eq`` standardised within strata: thirds of label size (box area, point count) or,
   for tags, the tag value (``strat-gn``: the same for ``gn-0.01``);
 * ``gn-proj``: the Gauss-Newton score of the ``proj-mean`` gradients.
+* ``lin``: ``g_k . g_S`` with ``g_S`` from the non-saturating, class-balanced margin objective
+  (``dii.strong_objective=margin``), ``lin-cos`` its cosine, ``strat-lin`` / ``strat-lin-cos`` the same
+  standardised within strata.
 
 Baselines (no DII): ``-size`` (small labels trusted), ``-loss`` (each weak image's own loss under the
 model: high loss, wrong label). Higher score = more trusted; AUROC is P(score clean > score corrupted).
@@ -187,7 +190,7 @@ def score_checkpoint(args, ckpt: Path, split: dict) -> dict:
 
     from napari_hybridseg.core.bench.data import prepare
     from napari_hybridseg.core.data.collection import Role
-    from napari_hybridseg.core.supervision.losses import aux_tag_loss, strong_loss, weak_losses
+    from napari_hybridseg.core.supervision.losses import aux_tag_loss, margin_objective, strong_loss, weak_losses
     from napari_hybridseg.core.training.state import build_state
 
     global _PREP
@@ -214,9 +217,14 @@ def score_checkpoint(args, ckpt: Path, split: dict) -> dict:
     def strong_fn(z, aux, idx):
         return strong_loss(z, ys[idx]) + aux_w * aux_tag_loss(aux, ts[idx])
 
+    def strong_lin_fn(z, aux, idx):
+        # dii.strong_objective=margin: a non-saturating, class-balanced strong objective
+        return margin_objective(z, ys[idx])
+
     with torch.enable_grad():
         gk, _, names = _head_grads(st, weak, weak_fn)
         gs, fs, _ = _head_grads(st, strong, strong_fn)
+        gs_lin, _, _ = _head_grads(st, strong, strong_lin_fn)
         has_aux = getattr(st.nets[0], "classification_head", None) is not None
         if has_aux:  # issue 14 item 3: the tag head in the score, on both sides
             gk_a, _, _ = _head_grads(st, weak, weak_fn, with_aux=True)
@@ -247,6 +255,9 @@ def score_checkpoint(args, ckpt: Path, split: dict) -> dict:
         "cos": (gk @ gS_eq) / (gk.norm(dim=1) * gS_eq.norm()).clamp_min(1e-30),
         "nobias": gk[:, ~bias] @ gS_eq[~bias],
     }
+    gS_lin = (gs_lin / gs_lin.norm(dim=1, keepdim=True).clamp_min(1e-12)).mean(0)
+    scores["lin"] = gk @ gS_lin
+    scores["lin-cos"] = (gk @ gS_lin) / (gk.norm(dim=1) * gS_lin.norm()).clamp_min(1e-30)
     lam0 = float(torch.trace(G)) / P
     for lam in (1e-1, 1e-2, 1e-3):
         inv_gs = torch.linalg.solve(G + lam * lam0 * torch.eye(P, dtype=G.dtype), gS_eq)
@@ -266,6 +277,8 @@ def score_checkpoint(args, ckpt: Path, split: dict) -> dict:
     scores["strat"] = _standardise_within(scores["dot-eq"], strata)
     scores["strat-gn"] = _standardise_within(scores["gn-0.01"], strata)
     scores["strat-loss"] = _standardise_within(-loss_k.numpy(), strata)
+    scores["strat-lin"] = _standardise_within(scores["lin"], strata)
+    scores["strat-lin-cos"] = _standardise_within(scores["lin-cos"], strata)
     if has_aux:
         scores["aux-strat"] = _standardise_within(scores["aux-dot-eq"], strata)
         scores["aux-strat-cos"] = _standardise_within(scores["aux-cos"], strata)

@@ -131,6 +131,40 @@ def test_last_layer_scorer_matches_autograd_on_the_head(encoder, weights):
     assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max())
 
 
+@pytest.mark.parametrize("encoder, weights", ENCODERS)
+def test_cosine_scores_divide_by_each_weak_images_own_head_gradient_norm(encoder, weights):
+    """dii.weak_norm: g_S . g_k / ||g_k||, with g_k the autograd gradient of k's loss through the head."""
+    model, xs, xw, strong_fn, instance_fn = _problem(encoder=encoder, weights=weights)
+    head = list(last_layer(model).parameters())
+    dots = _autograd_loop(model, xs, xw, strong_fn, instance_fn, head)
+    model.eval()
+    norms = []
+    for k in range(xw.shape[0]):
+        logits, aux = forward(model, xw[k:k + 1])
+        g_k = torch.autograd.grad(instance_fn(logits, aux, [k]).sum(), head, allow_unused=True)
+        norms.append(torch.sqrt(sum((g ** 2).sum() for g in g_k if g is not None)))
+    model.train()
+    ref = dots / torch.stack(norms)
+    got = last_layer_scores(model, xs, strong_fn, xw, instance_fn, chunk=2, cosine=True)
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max())
+    # a label pulling the same way twice as hard scores the same: only the direction counts
+    twice = last_layer_scores(model, xs, strong_fn, xw, lambda z, a, idx: 2 * instance_fn(z, a, idx), chunk=2,
+                              cosine=True)
+    assert torch.allclose(twice, got, rtol=1e-6, atol=1e-9)
+    assert not torch.allclose(last_layer_scores(model, xs, strong_fn, xw, instance_fn, chunk=2), got)
+
+
+def test_weak_norm_needs_the_last_layer_scorer():
+    from napari_hybridseg.core.errors import ConfigError
+    from napari_hybridseg.core.training.config_sections import DIIConfig
+
+    assert DIIConfig(weak_norm=True, strong_objective="margin").weak_norm
+    with pytest.raises(ConfigError, match="weak_norm"):
+        DIIConfig(weak_norm=True, scorer="jvp")
+    with pytest.raises(ConfigError, match="strong_objective"):
+        DIIConfig(strong_objective="hinge")
+
+
 def test_scores_do_not_depend_on_the_batching():
     model, xs, xw, strong_fn, instance_fn = _problem()
     a = last_layer_scores(model, xs, strong_fn, xw, instance_fn, chunk=1)

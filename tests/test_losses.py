@@ -10,6 +10,7 @@ from napari_hybridseg.core.supervision.losses import (
     aux_tag_loss,
     box_tightness,
     dice_loss,
+    margin_objective,
     mil_loss,
     partial_ce,
     pixel_ce,
@@ -58,6 +59,34 @@ def test_dice_loss_is_zero_for_a_perfect_prediction_and_high_for_the_opposite():
     wrong = confident(1 - labels).softmax(1)
     assert dice_loss(perfect, labels)[0] < 1e-3
     assert dice_loss(wrong, labels)[0] > 0.9
+
+
+def test_margin_objective_keeps_pulling_where_the_mask_is_fitted_and_weighs_classes_alike():
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, 2:4, 2:4] = 1  # 4 foreground pixels, 60 background
+    labels[0, 0, 0] = IGNORE
+
+    def grad_at(scale):
+        z = confident(labels.clamp_min(0), scale=scale).requires_grad_(True)
+        margin_objective(z, labels).sum().backward()
+        return z.grad
+
+    g1, g20 = grad_at(1.0), grad_at(20.0)
+    # the gradient does not vanish as the fit becomes confident (cross-entropy's does)
+    torch.testing.assert_close(g1, g20)
+    z = confident(labels.clamp_min(0), scale=20.0).requires_grad_(True)
+    strong_loss(z, labels).sum().backward()
+    assert z.grad.abs().max() < 1e-3 * g20.abs().max()
+    # each class pulls with the same total weight, however few its pixels; ignored pixels not at all
+    fg = labels[0] == 1
+    bg = labels[0] == 0
+    assert float(g20[0, 1][fg].sum()) == pytest.approx(float(g20[0, 0][bg].sum()), rel=1e-5)
+    assert float(g20[0, :, 0, 0].abs().sum()) == 0.0
+    # lower (better) for the right mask than for the opposite one, one value per sample
+    two = torch.cat([labels, labels])
+    right = margin_objective(confident(two.clamp_min(0)), two)
+    wrong = margin_objective(confident(1 - two.clamp_min(0)), two)
+    assert right.shape == (2,) and (right < wrong).all()
 
 
 def test_strong_loss_prefers_the_right_mask():

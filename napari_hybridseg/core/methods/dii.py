@@ -296,7 +296,7 @@ def strong_gradient_loss(model: nn.Module, x_strong: torch.Tensor, strong_loss: 
 def last_layer_scores(model: nn.Module, x_strong: torch.Tensor, strong_loss: StrongLoss,
                       x_weak: torch.Tensor, instance_loss: InstanceLoss, chunk: int = 8,
                       feature_autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
-                      equalise: bool = False) -> torch.Tensor:
+                      equalise: bool = False, cosine: bool = False) -> torch.Tensor:
     """``g_S . g_k`` for every weak image through the final convolution only.
 
     Parameters
@@ -326,6 +326,8 @@ def last_layer_scores(model: nn.Module, x_strong: torch.Tensor, strong_loss: Str
         one update's scores for clean vs corrupted went from 0.23-0.73 to
         0.80-0.84; on one model that had learned to over-segment, both were
         below 0.5 (docs/training.md).
+    cosine : bool
+        Divide each score by ``||g_k||`` (see :func:`head_scores`).
 
     Returns
     -------
@@ -334,12 +336,14 @@ def last_layer_scores(model: nn.Module, x_strong: torch.Tensor, strong_loss: Str
     """
     g_head = strong_head_gradient(model, x_strong, strong_loss, feature_autocast=feature_autocast,
                                   equalise=equalise)
-    return weak_head_scores(model, g_head, x_weak, instance_loss, chunk=chunk, feature_autocast=feature_autocast)
+    return weak_head_scores(model, g_head, x_weak, instance_loss, chunk=chunk, feature_autocast=feature_autocast,
+                            cosine=cosine)
 
 
 def weak_head_scores(model: nn.Module, g_head: dict[str, torch.Tensor], x_weak: torch.Tensor,
                      instance_loss: InstanceLoss, chunk: int = 8,
-                     feature_autocast: Callable[[], contextlib.AbstractContextManager] | None = None) -> torch.Tensor:
+                     feature_autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+                     cosine: bool = False) -> torch.Tensor:
     """``g_S . g_k`` for every weak image given ``g_S`` on the head (the second half of :func:`last_layer_scores`).
 
     BatchNorm in eval mode, one no-grad forward to the decoder features per
@@ -354,7 +358,8 @@ def weak_head_scores(model: nn.Module, g_head: dict[str, torch.Tensor], x_weak: 
         for idx in _chunks(x_weak.shape[0], chunk):
             with torch.no_grad(), cast():
                 f = decoder_features(model, x_weak[idx].to(device))
-            out.append(head_scores(head, g_head, f.to(dtype), lambda z, idx=idx: instance_loss(z, None, idx)))
+            out.append(head_scores(head, g_head, f.to(dtype), lambda z, idx=idx: instance_loss(z, None, idx),
+                                   cosine=cosine))
     return torch.cat(out) if out else torch.zeros(0, device=device)
 
 
@@ -402,7 +407,7 @@ def strong_head_gradient(model: nn.Module, x_strong: torch.Tensor, strong_loss: 
 
 
 def head_scores(head: nn.Module, g_head: dict[str, torch.Tensor], feats: torch.Tensor,
-                instance_loss: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+                instance_loss: Callable[[torch.Tensor], torch.Tensor], cosine: bool = False) -> torch.Tensor:
     """``g_S . g_k`` for each row of ``feats`` (the decoder features the head maps to logits).
 
     The head is linear in its parameters, so ``g_S . g_k = sum_p delta_k,p .
@@ -411,6 +416,12 @@ def head_scores(head: nn.Module, g_head: dict[str, torch.Tensor], feats: torch.T
     gradient reaches the features or the head; the features may come from a
     training forward (the in-batch scoring, ``dii.scoring=batch``) or a
     no-grad one (:func:`last_layer_scores`).
+
+    ``cosine``: each score divided by the norm of that sample's own head
+    gradient ``||g_k||`` (one small backward through the head per sample), so
+    that the score says in which direction a label pulls, not how hard
+    (``dii.weak_norm``; ``||g_S||`` is one constant per update, which the
+    standardisation removes).
     """
     dtype = next(head.parameters()).dtype
     f = feats.detach().to(dtype)
@@ -421,7 +432,28 @@ def head_scores(head: nn.Module, g_head: dict[str, torch.Tensor], feats: torch.T
     with torch.enable_grad():
         loss = instance_loss(z).sum()  # instances are independent: d sum / dz_k = dl_k/dz_k
         (delta,) = torch.autograd.grad(loss, [z])
-    return (delta * dz).flatten(1).sum(1).detach()
+    dots = (delta * dz).flatten(1).sum(1).detach()
+    if cosine:
+        dots = dots / head_gradient_norms(head, f, delta).to(dots.dtype).clamp_min(1e-30)
+    return dots
+
+
+def head_gradient_norms(head: nn.Module, feats: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``||g_k||`` over the head's parameters for each row: ``g_k = J_theta(z_k)^T delta_k``.
+
+    One backward through the head per row (the head is small: a 3x3
+    convolution on the decoder's 16 channels); a batched backward
+    (``is_grads_batched``) gave the same and was slower on the CPU.
+    """
+    params = dict(head.named_parameters())
+    leaves = list(params.values())
+    out = []
+    with torch.enable_grad():
+        for j in range(feats.shape[0]):
+            zj = functional_call(head, params, (feats[j:j + 1],))
+            g = torch.autograd.grad(zj, leaves, grad_outputs=delta[j:j + 1].to(zj.dtype), allow_unused=True)
+            out.append(torch.sqrt(sum((gi.double() ** 2).sum() for gi in g if gi is not None)))
+    return torch.stack(out) if out else feats.new_zeros(0)
 
 
 class StratumReference:

@@ -31,6 +31,7 @@ __all__ = [
     "box_tightness",
     "colour_affinity",
     "dice_loss",
+    "margin_objective",
     "mil_loss",
     "partial_ce",
     "pixel_ce",
@@ -98,6 +99,30 @@ def strong_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy + soft Dice of strong samples, per sample ``(B,)``."""
     probs = logits.float().softmax(1)
     return partial_ce(logits, target) + dice_loss(probs, target)
+
+
+def margin_objective(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A non-saturating, class-balanced objective on strong samples, per sample ``(B,)``.
+
+    Minus the mean centred logit (``z_c - mean_c' z_c'``) of each class over the
+    pixels of that class in the mask, averaged over the classes the mask holds
+    (pixels at IGNORE left out). Its gradient with respect to the logits is a
+    constant per pixel, ``-(e_c - 1/K) / n_c``: unlike cross-entropy + Dice it
+    does not vanish where the network already fits the mask. DII's
+    ``dii.strong_objective=margin`` takes ``g_S`` from it: "which way do the
+    strong masks pull the head", not "which way does the strong loss still
+    pull" (the residual, small and of changing sign once the strong set is
+    learnt).
+    """
+    z = logits.float()
+    zc = z - z.mean(1, keepdim=True)
+    k = z.shape[1]
+    valid = (target != IGNORE).unsqueeze(1).float()
+    onehot = F.one_hot(target.clamp_min(0).long(), k).permute(0, 3, 1, 2).float() * valid
+    count = onehot.flatten(2).sum(2)  # (B, K)
+    mean_c = (zc * onehot).flatten(2).sum(2) / count.clamp_min(1.0)
+    present = (count > 0).float()
+    return -(mean_c * present).sum(1) / present.sum(1).clamp_min(1.0)
 
 
 def box_tightness(probs: torch.Tensor, boxes: Sequence[np.ndarray], eps: float = 1e-6) -> torch.Tensor:

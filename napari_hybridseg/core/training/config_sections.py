@@ -253,6 +253,16 @@ class DIIConfig(_Section):
         Last-layer scorer: g_S = mean of unit-norm per-strong-image gradients. Default True.
     strong_images : int or None
         Strong images behind g_S; None: 4 batches (last-layer), 1 (jvp).
+    strong_objective : {"loss", "margin"}
+        What ``g_S`` is the gradient of. "loss" (default, the method as
+        published): the strong loss (CE + Dice, + tag head). "margin": a
+        non-saturating, class-balanced objective
+        (:func:`~napari_hybridseg.core.supervision.losses.margin_objective`)
+        whose gradient does not vanish on strong pixels the network fits.
+    weak_norm : bool
+        Last-layer scorer: divide each weak image's score by the norm of its
+        own head gradient (the cosine of ``g_k`` and ``g_S`` up to one constant
+        per update): the direction a label pulls, not how hard. Default False.
     update : {"evidence", "adam"}
         How scores become weights. "evidence" (default): each update's scores
         as robust z within the label's stratum (kind, tag value), accumulated
@@ -296,6 +306,8 @@ class DIIConfig(_Section):
     init: float = 0.5
     equalise: bool = True
     strong_images: int | None = None
+    strong_objective: str = "loss"
+    weak_norm: bool = False
     update: str = "evidence"
     decay: float = 0.5
     outlier_z: float = 3.0
@@ -314,6 +326,11 @@ class DIIConfig(_Section):
         _number(self._name("init"), self.init, low=0, high=1)
         _flag(self._name("equalise"), self.equalise)
         _number(self._name("strong_images"), self.strong_images, low=1, integer=True, optional=True)
+        _choice(self._name("strong_objective"), self.strong_objective, ("loss", "margin"))
+        _flag(self._name("weak_norm"), self.weak_norm)
+        if self.weak_norm:
+            _check(self.scorer == "last-layer", self._name("weak_norm"), self.weak_norm,
+                   "the last-layer scorer (dii.scorer=last-layer): the jvp scorer has no per-sample gradient")
         _choice(self._name("update"), self.update, ("evidence", "adam"))
         _number(self._name("decay"), self.decay, low=0, high=1)
         _number(self._name("outlier_z"), self.outlier_z, low=0, low_open=True)

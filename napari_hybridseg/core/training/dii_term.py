@@ -27,7 +27,7 @@ import torch
 
 from napari_hybridseg.core.data.collection import Role, WeightState
 from napari_hybridseg.core.methods import dii as dii_mod
-from napari_hybridseg.core.supervision.losses import aux_tag_loss, strong_loss, weak_losses
+from napari_hybridseg.core.supervision.losses import aux_tag_loss, margin_objective, strong_loss, weak_losses
 from napari_hybridseg.core.supervision.targets import IGNORE
 from napari_hybridseg.core.training.reports import WeightsReport
 
@@ -129,7 +129,10 @@ class DIITerm:
         def strong_fn(logits, aux):
             if cfg.dii.scorer == "last-layer":  # the head's own output on the strong images: the gate's Dice
                 seen["dice"] = strong_dice(logits, ys)
-            per_image = strong_loss(logits, ys) + aux_w * aux_tag_loss(aux, ts)
+            if cfg.dii.strong_objective == "margin":
+                per_image = margin_objective(logits, ys) + aux_w * aux_tag_loss(aux, ts)
+            else:
+                per_image = strong_loss(logits, ys) + aux_w * aux_tag_loss(aux, ts)
             return per_image if equalise else per_image.mean()
 
         return strong_fn
@@ -181,7 +184,8 @@ class DIITerm:
             # the decoder features (the bulk of the cost) in the run's precision: on a trained Kvasir-SEG model
             # bf16 features gave scores correlated 0.99994 with float32 ones, 1.6x faster
             dots = dii_mod.last_layer_scores(net, xs, strong_fn, xw, instance_fn, chunk=chunk,
-                                             feature_autocast=st.dev.autocast, equalise=equalise)
+                                             feature_autocast=st.dev.autocast, equalise=equalise,
+                                             cosine=cfg.dii.weak_norm)
         if st.dist is not None:
             dots = st.dist.gather_scores(dots)  # every rank's span, in order: the same scores on every rank
         dice = seen.get("dice")
@@ -233,7 +237,7 @@ class DIITerm:
         items = [st.prepared[k] for k in missing]
         dots = dii_mod.weak_head_scores(st.nets[0], self.g_head, torch.stack([p.image for p in items]),
                                         self._instance_fn(items), chunk=max(2, st.config.batch_size),
-                                        feature_autocast=st.dev.autocast)
+                                        feature_autocast=st.dev.autocast, cosine=st.config.dii.weak_norm)
         dots = dots.double().cpu().tolist()
         z = dii_mod.robust_z(dots, [label_stratum(st.collection.samples.get(k), st.prepared[k]) for k in missing])
         st.bank.observe(dict(zip(missing, z)))
@@ -261,7 +265,8 @@ class DIITerm:
         def instance_fn(z):
             return weak_losses(z, None, yw, boxes, pw, tw, st.loss_weights, absent=aw)["sum"]
 
-        dots = dii_mod.head_scores(st.nets[0].segmentation_head, self.g_head, feats[idx], instance_fn)
+        dots = dii_mod.head_scores(st.nets[0].segmentation_head, self.g_head, feats[idx], instance_fn,
+                                   cosine=st.config.dii.weak_norm)
         strata = []
         for k in ids:
             if k not in self._pooled:  # added since the last update
