@@ -142,6 +142,46 @@ def test_dii_term_moves_the_weak_weights_and_records_them_every_tau_steps():
     assert DIITerm(_state(dcr=False, dii=False)).update(3) is None
 
 
+def test_dii_scores_tag_only_images_against_the_margin_objective_and_boxes_as_before():
+    from napari_hybridseg.core.methods import dii as dii_mod
+    from napari_hybridseg.core.training.config_sections import DIIConfig
+    from napari_hybridseg.core.training.dii_term import DIITerm, label_stratum
+    from napari_hybridseg.core.training.state import build_state
+
+    def term_for(tag_objective):
+        config = TrainConfig(model=ModelConfig(encoder_weights=None, input_size=32), steps=10, batch_size=4,
+                             device="cpu", precision="fp32", threads=1, preview_every=0, checkpoint_every=0,
+                             dcr=False, dii=DIIConfig(tau=3, gate_dice=0.0, tag_objective=tag_objective))
+        st = build_state(make_collection(n_strong=2, n_weak=6, tags=True), config, None, None)
+        return st, DIITerm(st)
+
+    def dots(st, term):
+        weak = st.ids(Role.WEAK)
+        items = [st.prepared[k] for k in weak]
+        xs, ys, ts = term._strong_batch(st.ids(Role.STRONG))
+        xw = torch.stack([p.image for p in items])
+        kinds = [label_stratum(st.collection.samples.get(k), p) for k, p in zip(weak, items)]
+        got = term._last_layer_dots(st.nets[0], xs, ys, ts, {}, items, xw, 4, True)
+        return got, kinds, (xs, ys, ts, items, xw)
+
+    st, term = term_for("margin")
+    got, kinds, (xs, ys, ts, items, xw) = dots(st, term)
+    tags = [i for i, k in enumerate(kinds) if k.startswith("tag:")]
+    boxes = [i for i, k in enumerate(kinds) if k == "box"]
+    assert tags and boxes
+    for rows, objective, cosine in ((tags, "margin", True), (boxes, None, False)):
+        ref = dii_mod.last_layer_scores(st.nets[0], xs, term._strong_fn(ys, ts, {}, objective), xw[rows],
+                                        term._instance_fn([items[i] for i in rows]), chunk=4, equalise=True,
+                                        cosine=cosine)
+        assert torch.allclose(got[rows], ref, rtol=1e-4, atol=1e-6)
+    # "same": the tags scored like the boxes; the boxes' scores do not change
+    st2, term2 = term_for("same")
+    same, _, _ = dots(st2, term2)
+    assert torch.allclose(same[boxes], got[boxes], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(same[tags], got[tags], rtol=1e-3)
+    assert term.update(3).gate.startswith("counted")
+
+
 def test_checkpointer_is_due_by_steps_and_writes_nothing_without_a_run_folder(tmp_path):
     from napari_hybridseg.core.training.checkpointer import Checkpointer
 

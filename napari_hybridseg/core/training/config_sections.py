@@ -263,6 +263,14 @@ class DIIConfig(_Section):
         Last-layer scorer: divide each weak image's score by the norm of its
         own head gradient (the cosine of ``g_k`` and ``g_S`` up to one constant
         per update): the direction a label pulls, not how hard. Default False.
+    tag_objective : {"margin", "same"}
+        Last-layer scorer, full scoring: how images whose only label is a tag
+        are scored. "margin": against the margin objective's ``g_S``, each
+        score divided by its own head-gradient norm (a tag pulls the whole
+        image; the strong loss's residual, concentrated on the boundaries of
+        masks the network fits, says nothing about presence, the masks' class
+        direction does). "same": like every other label (``strong_objective``,
+        ``weak_norm``). In-batch scoring scores tags like every other label.
     update : {"evidence", "adam"}
         How scores become weights. "evidence" (default): each update's scores
         as robust z within the label's stratum (kind, tag value), accumulated
@@ -308,6 +316,7 @@ class DIIConfig(_Section):
     strong_images: int | None = None
     strong_objective: str = "loss"
     weak_norm: bool = False
+    tag_objective: str = "same"
     update: str = "evidence"
     decay: float = 0.5
     outlier_z: float = 3.0
@@ -328,6 +337,7 @@ class DIIConfig(_Section):
         _number(self._name("strong_images"), self.strong_images, low=1, integer=True, optional=True)
         _choice(self._name("strong_objective"), self.strong_objective, ("loss", "margin"))
         _flag(self._name("weak_norm"), self.weak_norm)
+        _choice(self._name("tag_objective"), self.tag_objective, ("margin", "same"))
         if self.weak_norm:
             _check(self.scorer == "last-layer", self._name("weak_norm"), self.weak_norm,
                    "the last-layer scorer (dii.scorer=last-layer): the jvp scorer has no per-sample gradient")
