@@ -287,6 +287,10 @@ def test_label_strata_follow_the_label_kind_and_the_tag_value():
     assert label_stratum(tags, prep([False, True, False], [False, False, True])) == "tag:pa"
     assert label_stratum(tags, prep([False, False, False], [False, True, False])) == "tag:a-"
     assert label_stratum(tags, none) == "other"
+    # dii.tag_objective=margin: every tag in one stratum, whatever its value
+    assert label_stratum(tags, prep([False, True, False], [False, False, True]), by_tag_value=False) == "tag"
+    assert label_stratum(tags, prep([False, False, False], [False, True, False]), by_tag_value=False) == "tag"
+    assert label_stratum(SimpleNamespace(boxes=[1], points=[]), none, by_tag_value=False) == "box"
 
 
 def test_strong_dice_pools_images_ignores_ignored_pixels_and_averages_classes():

@@ -269,7 +269,8 @@ class DIIConfig(_Section):
         score divided by its own head-gradient norm (a tag pulls the whole
         image; the strong loss's residual, concentrated on the boundaries of
         masks the network fits, says nothing about presence, the masks' class
-        direction does). "same": like every other label (``strong_objective``,
+        direction does), and every tag standardised in one stratum (not by
+        tag value). "same": like every other label (``strong_objective``,
         ``weak_norm``). In-batch scoring scores tags like every other label.
     update : {"evidence", "adam"}
         How scores become weights. "evidence" (default): each update's scores

@@ -34,14 +34,18 @@ from napari_hybridseg.core.training.reports import WeightsReport
 __all__ = ["DIITerm", "label_stratum", "strong_dice"]
 
 
-def label_stratum(sample, prepared) -> str:
+def label_stratum(sample, prepared, by_tag_value: bool = True) -> str:
     """What kind of label a weak sample has, the unit within which its scores are compared.
 
     "box" and "point" by the label's kind (a box wins over clicks on one image);
     tags by what they say per class ("tag:p-" = class 1 present, class 2
     unknown; "a" absent), so that "present" and "absent" tags, whose scores move
     apart with the network's foreground bias, are each standardised among
-    their own.
+    their own. ``by_tag_value=False`` (``dii.tag_objective=margin``): every tag in
+    one stratum "tag", since that score does not move with the foreground bias
+    and the tag value carries evidence of its own (30% flipped BUSI tags make
+    two thirds of the "absent" tags wrong: standardised within their value, the
+    wrong ones sit at that stratum's median).
     """
     if sample is not None and sample.boxes:
         return "box"
@@ -49,6 +53,8 @@ def label_stratum(sample, prepared) -> str:
         return "point"
     present, absent = prepared.present.tolist(), prepared.absent.tolist()
     if any(present) or any(absent):
+        if not by_tag_value:
+            return "tag"
         return "tag:" + "".join("p" if p else "a" if a else "-" for p, a in zip(present[1:], absent[1:]))
     return "other"
 
@@ -211,7 +217,7 @@ class DIITerm:
             weak = st.ids(Role.WEAK)
             lo = 0 if st.dist is None else st.dist.span(len(weak))[0]
             tags = [i for i, p in enumerate(items)
-                    if label_stratum(st.collection.samples.get(weak[lo + i]), p).startswith("tag:")]
+                    if label_stratum(st.collection.samples.get(weak[lo + i]), p).startswith("tag")]
         rest = [i for i in range(len(items)) if i not in set(tags)]
         dev = st.dev.device
         dots = torch.zeros(len(items), device=dev)
@@ -336,7 +342,8 @@ class DIITerm:
             values = st.bank.step({k: -float(d) for k, d in zip(weak, dots.cpu().tolist())})
             gate = "counted (adam, no gate)"
         else:
-            strata = [label_stratum(st.collection.samples.get(k), st.prepared[k]) for k in weak]
+            by_value = cfg.dii.tag_objective != "margin" or cfg.dii.scorer != "last-layer"
+            strata = [label_stratum(st.collection.samples.get(k), st.prepared[k], by_value) for k in weak]
             z = dii_mod.robust_z(dots.double().cpu().tolist(), strata)
             if dice is None or dice >= cfg.dii.gate_dice:
                 values = st.bank.observe(dict(zip(weak, z)))
