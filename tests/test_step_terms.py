@@ -148,11 +148,11 @@ def test_dii_scores_tag_only_images_against_the_margin_objective_and_boxes_as_be
     from napari_hybridseg.core.training.dii_term import DIITerm, label_stratum
     from napari_hybridseg.core.training.state import build_state
 
-    def term_for(tag_objective):
+    def term_for(tag_objective, n_weak=24):
         config = TrainConfig(model=ModelConfig(encoder_weights=None, input_size=32), steps=10, batch_size=4,
                              device="cpu", precision="fp32", threads=1, preview_every=0, checkpoint_every=0,
                              dcr=False, dii=DIIConfig(tau=3, gate_dice=0.0, tag_objective=tag_objective))
-        st = build_state(make_collection(n_strong=2, n_weak=6, tags=True), config, None, None)
+        st = build_state(make_collection(n_strong=2, n_weak=n_weak, tags=True), config, None, None)
         return st, DIITerm(st)
 
     def dots(st, term):
@@ -180,6 +180,11 @@ def test_dii_scores_tag_only_images_against_the_margin_objective_and_boxes_as_be
     assert torch.allclose(same[boxes], got[boxes], rtol=1e-4, atol=1e-6)
     assert not torch.allclose(same[tags], got[tags], rtol=1e-3)
     assert term.update(3).gate.startswith("counted")
+    # fewer tag images than the smallest stratum (8): pooled with the boxes, so scored like them
+    st3, term3 = term_for("margin", n_weak=6)
+    st4, term4 = term_for("same", n_weak=6)
+    assert not term3._tags_by_margin() and term._tags_by_margin()
+    torch.testing.assert_close(dots(st3, term3)[0], dots(st4, term4)[0])
 
 
 def test_checkpointer_is_due_by_steps_and_writes_nothing_without_a_run_folder(tmp_path):

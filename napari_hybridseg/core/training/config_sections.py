@@ -265,7 +265,8 @@ class DIIConfig(_Section):
         per update): the direction a label pulls, not how hard. Default False.
     tag_objective : {"margin", "same"}
         Last-layer scorer, full scoring: how images whose only label is a tag
-        are scored. "margin": against the margin objective's ``g_S``, each
+        are scored, when there are at least 8 of them. "margin" (default since
+        2026-12-08): against the margin objective's ``g_S``, each
         score divided by its own head-gradient norm (a tag pulls the whole
         image; the strong loss's residual, concentrated on the boundaries of
         masks the network fits, says nothing about presence, the masks' class
@@ -317,7 +318,7 @@ class DIIConfig(_Section):
     strong_images: int | None = None
     strong_objective: str = "loss"
     weak_norm: bool = False
-    tag_objective: str = "same"
+    tag_objective: str = "margin"
     update: str = "evidence"
     decay: float = 0.5
     outlier_z: float = 3.0

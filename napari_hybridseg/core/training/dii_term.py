@@ -198,6 +198,18 @@ class DIITerm:
             dice = self._strong_dice(net, xs, ys)
         return self._step(step, weak, dots, dice)
 
+    def _tags_by_margin(self) -> bool:
+        """Whether tag-only images get the margin score this run: ``dii.tag_objective=margin``, the last-layer
+        scorer and full scoring, and enough of them (8, robust_z's smallest stratum) to be standardised among
+        themselves; fewer would be pooled with the other labels, whose scores are on another scale."""
+        st = self.state
+        cfg = st.config
+        if cfg.dii.tag_objective != "margin" or cfg.dii.scorer != "last-layer" or self.in_batch:
+            return False
+        n = sum(label_stratum(st.collection.samples.get(k), st.prepared[k]).startswith("tag")
+                for k in st.ids(Role.WEAK))
+        return n >= 8
+
     def _last_layer_dots(self, net, xs, ys, ts, seen: dict, items, xw, chunk: int, equalise: bool) -> torch.Tensor:
         """The last-layer scores of ``items``; tag-only images the way ``dii.tag_objective`` says.
 
@@ -213,7 +225,7 @@ class DIITerm:
         st = self.state
         cfg = st.config
         tags = []
-        if cfg.dii.tag_objective == "margin":
+        if self._tags_by_margin():
             weak = st.ids(Role.WEAK)
             lo = 0 if st.dist is None else st.dist.span(len(weak))[0]
             tags = [i for i, p in enumerate(items)
@@ -342,7 +354,7 @@ class DIITerm:
             values = st.bank.step({k: -float(d) for k, d in zip(weak, dots.cpu().tolist())})
             gate = "counted (adam, no gate)"
         else:
-            by_value = cfg.dii.tag_objective != "margin" or cfg.dii.scorer != "last-layer"
+            by_value = not self._tags_by_margin()
             strata = [label_stratum(st.collection.samples.get(k), st.prepared[k], by_value) for k in weak]
             z = dii_mod.robust_z(dots.double().cpu().tolist(), strata)
             if dice is None or dice >= cfg.dii.gate_dice:
