@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp
 
@@ -442,26 +441,11 @@ def head_scores(head: nn.Module, g_head: dict[str, torch.Tensor], feats: torch.T
 def head_gradient_norms(head: nn.Module, feats: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """``||g_k||`` over the head's parameters for each row: ``g_k = J_theta(z_k)^T delta_k``.
 
-    For smp's usual head (one convolution, identity upsampling and
-    activation) in closed form with one batched matmul; any other head: one
-    backward through the head per row.
+    One backward through the head per row (the head is small: a 3x3
+    convolution on the decoder's 16 channels). Measured at 128 px, batch 8, one
+    thread: 0.02 s, a tenth of the no-grad forward that scoring needs anyway;
+    the closed form through ``unfold`` took 0.09 s.
     """
-    conv = head[0] if isinstance(head, nn.Sequential) and len(head) else head
-    rest_is_identity = isinstance(head, nn.Sequential) and all(
-        not list(m.parameters())
-        and (isinstance(m, nn.Identity) or isinstance(getattr(m, "activation", None), nn.Identity))
-        for m in list(head)[1:])
-    if (isinstance(conv, nn.Conv2d) and rest_is_identity and conv.groups == 1 and conv.stride == (1, 1)
-            and conv.dilation == (1, 1) and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-            and delta.shape[-2:] == feats.shape[-2:]):
-        # the usual head (one convolution, identity upsampling and activation): per-sample gradients in closed
-        # form, dW_k = delta_k @ unfold(f_k)^T and db_k = sum_p delta_k,p, one batched matmul
-        u = F.unfold(feats.to(conv.weight.dtype), conv.kernel_size, padding=conv.padding)  # (B, C k k, P)
-        d = delta.to(u.dtype).flatten(2)  # (B, out, P)
-        sq = torch.einsum("bop,bcp->boc", d, u).double().pow(2).flatten(1).sum(1)
-        if conv.bias is not None:
-            sq = sq + d.sum(2).double().pow(2).sum(1)
-        return sq.sqrt()
     params = dict(head.named_parameters())
     leaves = list(params.values())
     out = []
